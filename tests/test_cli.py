@@ -1,0 +1,73 @@
+"""`optbench` end to end through real Hydra runs and multiruns."""
+
+import json
+import time
+
+import pandas as pd
+
+from conftest import run_cli
+
+
+def test_help_lists_subcommands_without_importing_torch():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    assert all(cmd in out.stdout for cmd in ("train", "list", "data"))
+    probe = run_cli("list")
+    assert "optimizer:" in probe.stdout and "adam" in probe.stdout
+
+
+def test_list_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from optbench.cli import main; main(['list']); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_train_single_run_into_given_dir(mnist_root, tmp_path):
+    out = run_cli("train", f"data.root={mnist_root}", "optimizer=sgd", "optimizer.lr=0.05",
+                  "trainer.max_steps=20", "seed=3", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["choices"]["optimizer"] == "sgd"
+    assert (tmp_path / ".hydra" / "config.yaml").exists() and (tmp_path / "train.log").stat().st_size > 0
+    assert "optimizer.lr=0.05" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_multirun_makes_one_named_directory_per_combination(mnist_root, tmp_path):
+    out = run_cli("train", "-m", f"data.root={mnist_root}", "optimizer=sgd,adam", "seed=0,1",
+                  "trainer.max_steps=10", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    runs = sorted(p.parent for p in tmp_path.glob("*/summary.json"))
+    assert len(runs) == 4
+    names = " ".join(p.name for p in runs)
+    assert "optimizer=adam" in names and "seed=1" in names  # folder names say what varied
+    seen = {(json.loads((r / "summary.json").read_text())["choices"]["optimizer"],
+             pd.read_csv(r / "metrics.csv").step.max()) for r in runs}
+    assert seen == {("sgd", 10), ("adam", 10)}
+
+
+def test_cfg_job_prints_the_composed_config():
+    out = run_cli("train", "--cfg", "job", "optimizer=sgd")
+    assert out.returncode == 0
+    assert "torch.optim.SGD" in out.stdout and "batch_size: 128" in out.stdout
+
+
+def test_unknown_option_is_one_line_with_suggestion(tmp_path):
+    out = run_cli("train", "optimizer=adamm", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "did you mean adam" in out.stderr and "sgd" in out.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_value_is_one_line_and_non_zero(mnist_root, tmp_path):
+    out = run_cli("train", f"data.root={mnist_root}", "optimizer.lr=-0.1", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("optbench: error: optimizer: Invalid learning rate")
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_command_suggests():
+    out = run_cli("trian")
+    assert out.returncode == 2 and "did you mean train" in out.stderr

@@ -1,0 +1,136 @@
+"""The training loop on the real MNIST files: splits, determinism, divergence, interruption."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import compose
+from optbench import data
+from optbench.errors import UserError
+from optbench.trainer import fit, make_splits
+
+
+def cfg_for(root, *overrides):
+    return compose(f"data.root={root}", "device=cpu", *overrides)
+
+
+def test_split_sizes_and_training_statistics(mnist_root):
+    arrays = data.load_arrays("mnist", mnist_root)
+    split = make_splits(arrays, 10_000, torch.device("cpu"))
+    assert [len(split[s][0]) for s in ("train", "val", "test")] == [50_000, 10_000, 10_000]
+    train = arrays["train_images"][:50_000].astype(np.float64)
+    assert split["mean"].item() == pytest.approx(train.mean(), rel=1e-5)
+    assert split["std"].item() == pytest.approx(train.std(ddof=1), rel=1e-4)
+    # validation is the tail of the training file, never the test file
+    assert torch.equal(split["val"][1], torch.from_numpy(arrays["train_labels"][50_000:]).long())
+
+
+def test_same_seed_gives_identical_metrics(mnist_root, tmp_path):
+    cfg = cfg_for(mnist_root, "trainer.max_steps=40", "trainer.eval_every=20", "seed=7")
+    fit(cfg, tmp_path / "a")
+    fit(cfg, tmp_path / "b")
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in "ab")
+    not_time = a.metric != "train_time"
+    assert len(a) > 40 * 5
+    pd.testing.assert_frame_equal(a[not_time], b[not_time])
+    other = cfg_for(mnist_root, "trainer.max_steps=40", "trainer.eval_every=20", "seed=8")
+    fit(other, tmp_path / "c")
+    c = pd.read_csv(tmp_path / "c" / "metrics.csv")
+    assert not np.allclose(a[a.metric == "loss"].value, c[c.metric == "loss"].value)
+
+
+def test_run_directory_contents_and_per_step_metrics(mnist_root, tmp_path):
+    summary = fit(cfg_for(mnist_root, "trainer.max_steps=30", "optimizer=sgd"), tmp_path, {"optimizer": "sgd"})
+    assert {"config.yaml", "metrics.csv", "summary.json"} <= {p.name for p in tmp_path.iterdir()}
+    m = pd.read_csv(tmp_path / "metrics.csv")
+    steps = m[(m.split == "train") & (m.metric == "grad_norm")]
+    assert list(steps.step) == list(range(1, 31))
+    assert {"loss", "lr", "grad_norm/fc0", "grad_norm/fc1", "grad_norm/fc2"} <= set(m.metric)
+    # the global norm is the norm of the per-layer norms
+    layers = m[m.metric.str.startswith("grad_norm/") & (m.step == 30)].value
+    assert steps.value.iloc[-1] == pytest.approx(np.sqrt((layers**2).sum()), rel=1e-4)
+    evals = m[(m.metric == "acc")]
+    assert set(evals.split) == {"train", "val", "test"} and set(evals.step) == {0, 30}
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    assert on_disk["status"] == "completed" and on_disk["step"] == 30
+    assert on_disk["choices"] == {"optimizer": "sgd"} and on_disk["optimizer_impl"] == "fused"
+    assert on_disk["versions"]["torch"] == torch.__version__
+
+
+def test_divergence_ends_the_run_with_status_diverged(mnist_root, tmp_path):
+    summary = fit(cfg_for(mnist_root, "optimizer=sgd", "optimizer.lr=1e6", "trainer.max_steps=200"), tmp_path)
+    assert summary["status"] == "diverged"
+    assert 1 <= summary["diverged_at_step"] < 200
+    assert summary["step"] < 200  # stopped early, not after all steps
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("optimizer.lr=-1", "Invalid learning rate"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("trainer.batch_size=50001", "trainer.batch_size"),
+        ("model.hidden=[0]", "model.hidden"),
+    ],
+)
+def test_bad_values_raise_user_errors(mnist_root, tmp_path, override, words):
+    with pytest.raises(UserError, match=words):
+        fit(cfg_for(mnist_root, override, "trainer.max_steps=1"), tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_real_mnist_two_epochs_of_adam_reach_97_percent(mnist_root, tmp_path):
+    # batch norm makes 2 epochs enough; the plain default MLP needs ~4 (the README's run uses 10)
+    summary = fit(cfg_for(mnist_root, "optimizer=adam", "trainer.epochs=2", "model.batchnorm=pre"), tmp_path)
+    assert summary["status"] == "completed" and summary["epoch"] == 2
+    assert summary["final"]["test_acc"] >= 0.97
+
+
+def _start_run(mnist_root, run_dir, *overrides):
+    return subprocess.Popen(
+        [sys.executable, "-m", "optbench", "train", f"data.root={mnist_root}", "device=cpu",
+         f"hydra.run.dir={run_dir}", "trainer.epochs=50", "trainer.eval_every=50", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_for_rows(path, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.stat().st_size > 2000:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never grew")
+
+
+def test_ctrl_c_ends_cleanly_with_status_interrupted(mnist_root, tmp_path):
+    proc = _start_run(mnist_root, tmp_path)
+    _wait_for_rows(tmp_path / "metrics.csv")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    m = pd.read_csv(tmp_path / "metrics.csv")
+    # the last step was finished, recorded and evaluated
+    assert m.step.max() == summary["step"] and (m[m.metric == "acc"].step == summary["step"]).any()
+
+
+def test_sigkill_keeps_the_metrics_written_so_far(mnist_root, tmp_path):
+    proc = _start_run(mnist_root, tmp_path)
+    _wait_for_rows(tmp_path / "metrics.csv")
+    time.sleep(1.0)
+    proc.kill()
+    proc.communicate(timeout=60)
+    m = pd.read_csv(tmp_path / "metrics.csv")  # still a readable table
+    assert (m.metric == "acc").any() and m.step.max() > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "running"  # never "completed"
