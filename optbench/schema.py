@@ -33,6 +33,7 @@ class TrainerConf:
     batch_size: int = MISSING
     eval_every: Optional[int] = None
     log_every: int = 1
+    checkpoint_every: int = 1
 
 
 @dataclass

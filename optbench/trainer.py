@@ -7,6 +7,7 @@ waits on the accelerator inside a step.
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # of the sync and how long a diverged run goes on before it is stopped.
 SYNC_EVERY = 50
 EVAL_CHUNK = 8192
+CHECKPOINT = "checkpoint.pt"
 
 
 def select_device(name: str) -> torch.device:
@@ -156,6 +158,23 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, epoch: int, shuffle: torch.Generator) -> None:
+    """Everything needed to continue the run, written atomically (temp file + rename)."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+    }
+    if torch.cuda.is_available():
+        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -198,6 +217,7 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float) -> dict:
 
     model = build_mlp(**cfg.model).to(device)
     init_weights(model, cfg.init)
+    torch.save(model.state_dict(), run_dir / "init.pt")  # the start point, for distance-from-init and landscapes
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     scheduler = instantiate(cfg.schedule)(optimizer)
     loss_fn = instantiate(cfg.loss)
@@ -318,6 +338,9 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float) -> dict:
                         if not (flush_steps() and run_eval()):
                             ok = False
                             break
+                    end_of_epoch = i == steps_per_epoch - 1 or step == total_steps
+                    if end_of_epoch and cfg.trainer.checkpoint_every and epoch % cfg.trainer.checkpoint_every == 0:
+                        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, scheduler, step, epoch, shuffle)
                     if step >= total_steps or stop.signal is not None:
                         break
             if not ok:
