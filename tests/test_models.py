@@ -33,3 +33,28 @@ def test_batchnorm_pre_drops_the_linear_bias_and_orders_modules():
 def test_bad_model_settings_name_the_key(kwargs, words):
     with pytest.raises(UserError, match=words):
         build_mlp(**kwargs)
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_batchnorm_eval_uses_running_statistics(placement):
+    torch.manual_seed(0)
+    model = build_mlp([8], activation="tanh", batchnorm=placement)
+    bn = next(m for m in model if isinstance(m, torch.nn.BatchNorm1d))
+    for _ in range(20):  # training mode: batch statistics, and the running averages move
+        model(torch.randn(64, 784) * 3 + 1)
+    assert not torch.allclose(bn.running_mean, torch.zeros(8))
+    x = torch.randn(32, 784)
+    model.eval()
+    one_by_one = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(model(x), one_by_one)  # no batch statistics: each output depends on its input only
+    # by hand with the running averages
+    layers = list(model)
+    h = layers[1](x)
+    if placement == "post":
+        h = layers[2](h)
+    z = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    if placement == "pre":
+        z = layers[3](z)
+    torch.testing.assert_close(layers[-1](z), model(x))
+    model.train()
+    assert not torch.allclose(model(x), one_by_one)  # training mode normalises with the batch's own statistics

@@ -1,0 +1,332 @@
+"""Every lecture knob does what it says: formulas, counts and invariants checked on real runs."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+
+from conftest import compose
+from optbench import data
+from optbench.errors import UserError
+from optbench.models import SoftmaxMSELoss, build_mlp, init_weights, linear_layers
+from optbench.trainer import build_optimizer, build_scheduler, evaluations_without_improvement, fit, random_shift
+
+CONF = Path(__file__).resolve().parents[1] / "optbench" / "conf"
+FASHION_SYSTEM_DIR = Path(data.DATASETS["fashion_mnist"]["system_dirs"][0])
+
+
+def train_groups() -> list[str]:
+    """The groups `optbench train` composes: those named in config.yaml's defaults list."""
+    defaults = yaml.safe_load((CONF / "config.yaml").read_text())["defaults"]
+    return [next(iter(d)) for d in defaults if isinstance(d, dict)]
+
+
+OPTION_FILES = sorted(p for group in train_groups() for p in (CONF / group).glob("*.yaml"))
+
+
+def run(root, tmp_path, *overrides, name="run"):
+    """fit() on real MNIST with a tiny model, on the CPU; returns (summary, metrics DataFrame, run dir)."""
+    cfg = compose(f"data.root={root}", "device=cpu", "model.hidden=[16]", *overrides)
+    run_dir = tmp_path / name
+    summary = fit(cfg, run_dir)
+    return summary, pd.read_csv(run_dir / "metrics.csv"), run_dir
+
+
+def step_series(metrics: pd.DataFrame, metric: str) -> np.ndarray:
+    """Per-step values of a train metric, steps 1, 2, ... (an evaluation's train loss comes after its step's row)."""
+    rows = metrics[(metrics.split == "step") & (metrics.metric == metric) & (metrics.step > 0)]
+    return rows.drop_duplicates("step", keep="first").sort_values("step").value.to_numpy()
+
+
+def lrs(schedule_overrides, steps, *, interval_steps=1, total_steps=100, steps_per_epoch=10, lr=0.1):
+    """Learning rates a schedule gives at scheduler steps 0..steps-1 (SGD, one parameter)."""
+    cfg = compose("optimizer=sgd", f"optimizer.lr={lr}", *schedule_overrides)
+    optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    scheduler, interval, warmup = build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch)
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return np.array(out), interval
+
+
+# ------------------------------------------------------------------ every option trains
+
+@pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_option_composes_and_trains_three_steps(path, mnist_root, tmp_path):
+    group, option = path.parent.name, path.stem
+    root = mnist_root
+    if group == "data" and option != "mnist":
+        if option == "fashion_mnist" and not FASHION_SYSTEM_DIR.is_dir():
+            pytest.skip(f"{FASHION_SYSTEM_DIR} absent (apt-get install dataset-fashion-mnist)")
+        root = "null"  # the dataset's own lookup: cache, then system folder, then mirrors
+    summary, metrics, _ = run(root, tmp_path, f"{group}={option}", "trainer.max_steps=3", "trainer.checkpoint_every=0")
+    assert summary["status"] == "completed", summary.get("reason")
+    assert summary["step"] == 3
+    assert np.isfinite(step_series(metrics, "loss")).all() and len(step_series(metrics, "loss")) == 3
+
+
+# ------------------------------------------------------------------ schedules
+
+def test_linear_schedule_is_the_lecture_formula_then_constant():
+    values, interval = lrs(["schedule=linear", "schedule.end_factor=0.05"], 150, total_steps=100)
+    assert interval == "step"
+    a0, a_tau, tau = 0.1, 0.1 * 0.05, 100  # total_iters null: the run's 100 steps
+    for t in (0, 1, 25, 50, 99, 100, 149):
+        expected = (1 - t / tau) * a0 + (t / tau) * a_tau if t <= tau else a_tau
+        assert values[t] == pytest.approx(expected, rel=1e-6), t
+
+
+def test_inverse_time_schedule_is_eta_over_one_plus_eps_k():
+    values, _ = lrs(["schedule=inverse_time", "schedule.decay=0.01"], 1001, total_steps=1001)
+    for k in (0, 1, 10, 100, 1000):
+        assert values[k] == pytest.approx(0.1 / (1 + 0.01 * k), rel=1e-6), k
+
+
+def test_warm_restarts_return_to_the_base_rate_at_each_restart():
+    values, interval = lrs(["schedule=warm_restarts"], 15)
+    assert interval == "epoch"  # T_0=2 epochs, T_mult=2: restarts at epochs 2, 6, 14
+    for restart in (2, 6, 14):
+        assert values[restart] == pytest.approx(0.1)
+        assert values[restart - 1] < values[restart]
+    # in between, SGDR's cosine: 0.1 * (1 + cos(pi * T_cur / T_i)) / 2
+    for epoch, t_cur, t_i in ((1, 1, 2), (3, 1, 4), (5, 3, 4), (13, 7, 8)):
+        assert values[epoch] == pytest.approx(0.1 * (1 + math.cos(math.pi * t_cur / t_i)) / 2), epoch
+
+
+def test_null_lengths_become_the_run_length():
+    values, _ = lrs(["schedule=cosine"], 101, total_steps=100)
+    assert values[50] == pytest.approx(0.05) and values[100] == pytest.approx(0.0, abs=1e-12)
+    epochs, interval = lrs(["schedule=cosine", "schedule.interval=epoch"], 11, total_steps=100, steps_per_epoch=10)
+    assert interval == "epoch" and epochs[10] == pytest.approx(0.0, abs=1e-12)  # T_max = 10 epochs
+
+
+def test_warmup_multiplies_any_schedule_in_the_trainer(mnist_root, tmp_path):
+    _, metrics, _ = run(mnist_root, tmp_path, "optimizer=sgd", "optimizer.lr=0.1", "schedule=linear",
+                        "schedule.warmup_steps=4", "trainer.max_steps=8", "trainer.checkpoint_every=0")
+    lr = step_series(metrics, "lr")
+    linear = [(1 - t / 8) * 0.1 + (t / 8) * 0.001 for t in range(8)]
+    warm = [min(1, (t + 1) / 4) for t in range(8)]
+    np.testing.assert_allclose(lr, np.multiply(linear, warm), rtol=1e-6)
+
+
+def test_plateau_lowers_the_rate_only_when_validation_loss_stops_improving(mnist_root, tmp_path):
+    common = ("optimizer=sgd", "optimizer.lr=0.1", "schedule=plateau", "schedule.patience=0", "trainer.eval_every=2",
+              "trainer.max_steps=6", "trainer.checkpoint_every=0")
+    # early training: every evaluation improves the validation loss, the rate stays
+    _, metrics, _ = run(mnist_root, tmp_path, *common, name="improving")
+    assert (metrics[(metrics.split == "val") & (metrics.metric == "loss")].value.diff().dropna() < 0).all()
+    np.testing.assert_allclose(step_series(metrics, "lr"), [0.1] * 6)
+    # a relative threshold of 10 makes no evaluation an improvement: the rate drops by factor after each one
+    _, metrics, _ = run(mnist_root, tmp_path, *common, "schedule.threshold=10", name="stalled")
+    np.testing.assert_allclose(step_series(metrics, "lr"), [0.1] * 2 + [0.01] * 2 + [0.001] * 2)
+
+
+# ------------------------------------------------------------------ initialisation
+
+def trained_model(root, tmp_path, *overrides):
+    _, _, run_dir = run(root, tmp_path, *overrides, "trainer.max_steps=5", name="_".join(overrides))
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_zeros_init_keeps_hidden_units_identical_and_lecun_normal_does_not(mnist_root, tmp_path):
+    for init, identical in (("zeros", True), ("lecun_normal", False)):
+        # sigmoid(0) = 0.5, so with zeros the units do learn (unlike relu(0) = 0), but all alike
+        state = trained_model(mnist_root, tmp_path, f"init={init}", "model.hidden=[16,16]",
+                              "model.activation=sigmoid", "optimizer=sgd", "optimizer.lr=1.0")
+        for key in ("1.weight", "3.weight"):  # hidden layers: each row is one unit's incoming weights
+            w = state[key]
+            assert torch.count_nonzero(w) > 0, (init, key)  # it moved
+            assert torch.allclose(w, w[:1].expand_as(w)) == identical, (init, key)
+
+
+@pytest.mark.parametrize("init, variance", [("he_normal", lambda n_in, n_out: 2 / n_in),
+                                            ("lecun_normal", lambda n_in, n_out: 1 / n_in),
+                                            ("xavier_normal", lambda n_in, n_out: 2 / (n_in + n_out)),
+                                            ("xavier_uniform", lambda n_in, n_out: 2 / (n_in + n_out)),
+                                            ("he_uniform", lambda n_in, n_out: 2 / n_in)])
+def test_init_variance_matches_the_formula(init, variance):
+    torch.manual_seed(0)
+    model = build_mlp([512, 256])
+    init_weights(model, compose(f"init={init}").init)
+    for _, layer in linear_layers(model):
+        n_out, n_in = layer.weight.shape
+        assert layer.weight.var().item() == pytest.approx(variance(n_in, n_out), rel=0.05), (init, n_in)
+        assert layer.weight.mean().item() == pytest.approx(0, abs=0.05 * math.sqrt(variance(n_in, n_out)))
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+# ------------------------------------------------------------------ batch size
+
+def test_gd_takes_one_step_per_epoch(mnist_root, tmp_path):
+    summary, _, _ = run(mnist_root, tmp_path, "optimizer=gd", "trainer.epochs=2", "trainer.checkpoint_every=0")
+    assert summary["status"] == "completed"
+    assert (summary["steps_per_epoch"], summary["epoch"], summary["step"]) == (1, 2, 2)
+
+
+def test_batch_size_one_takes_50000_steps_per_epoch(mnist_root, tmp_path):
+    summary, _, _ = run(mnist_root, tmp_path, "trainer.batch_size=1", "trainer.max_steps=5", "trainer.checkpoint_every=0")
+    assert (summary["steps_per_epoch"], summary["epoch"], summary["step"]) == (50_000, 1, 5)
+
+
+# ------------------------------------------------------------------ optimizers
+
+def test_momentum_ema_follows_the_lecture_formula():
+    """z = beta*z - (1-beta)*g, w = w + alpha*z on 0.5*||A w - b||^2, against optimizer=momentum_ema."""
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    cfg = compose("optimizer=momentum_ema", "optimizer.lr=0.05", "optimizer.fused=false")
+    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    optimizer = build_optimizer(cfg.optimizer, [w])
+    alpha, beta = 0.05, cfg.optimizer.momentum
+    w_ref, z = torch.zeros(3, dtype=torch.float64), None
+    for _ in range(20):
+        optimizer.zero_grad()
+        (0.5 * (a @ w - b).pow(2).sum()).backward()
+        optimizer.step()
+        g = a.T @ (a @ w_ref - b)
+        # torch starts the average at the first gradient (z_1 = -g_1) where the lecture starts at z_0 = 0
+        z = -g if z is None else beta * z - (1 - beta) * g
+        w_ref = w_ref + alpha * z
+        torch.testing.assert_close(w.detach(), w_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_rmsprop_uses_the_lectures_rho():
+    cfg = compose("optimizer=rmsprop")
+    optimizer = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(1))])
+    assert optimizer.defaults["alpha"] == 0.9 and optimizer.defaults["eps"] == 1e-8
+
+
+def test_lbfgs_trains_with_a_schedule(mnist_root, tmp_path):
+    summary, metrics, _ = run(mnist_root, tmp_path, "optimizer=lbfgs", "optimizer.max_iter=5", "schedule=linear",
+                              "trainer.batch_size=2000", "trainer.max_steps=4", "trainer.checkpoint_every=0")
+    assert summary["status"] == "completed"
+    np.testing.assert_allclose(step_series(metrics, "lr"), [1 - t / 4 * 0.99 for t in range(4)], rtol=1e-6)
+    loss = step_series(metrics, "loss")
+    assert loss[-1] < 0.5 * loss[0]
+
+
+# ------------------------------------------------------------------ clipping, L1, early stopping
+
+def first_step_update(root, tmp_path, *overrides):
+    """(recorded grad_norm, the step's actual update / lr, summary) for one plain SGD step with lr 0.1."""
+    summary, metrics, run_dir = run(root, tmp_path, "optimizer=sgd", "optimizer.lr=0.1", "trainer.max_steps=1",
+                                    *overrides, name="_".join(overrides) or "plain")
+    before = torch.load(run_dir / "init.pt", weights_only=True)
+    after = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    update = torch.cat([(after[k] - before[k]).flatten() for k in before]) / 0.1
+    return step_series(metrics, "grad_norm")[0], update, summary
+
+
+def test_clip_by_norm_caps_the_update_and_records_the_pre_clip_norm(mnist_root, tmp_path):
+    free_norm, free_update, _ = first_step_update(mnist_root, tmp_path)
+    assert free_update.norm().item() == pytest.approx(free_norm, rel=1e-4)  # no clipping: update = gradient
+    clipped_norm, clipped_update, summary = first_step_update(mnist_root, tmp_path, "trainer.clip_grad_norm=0.05")
+    assert free_norm > 0.05
+    assert clipped_norm == pytest.approx(free_norm, rel=1e-6)  # grad_norm is the norm before clipping
+    assert clipped_update.norm().item() == pytest.approx(0.05, rel=1e-3)  # the step used the clipped gradient
+    torch.testing.assert_close(clipped_update / clipped_update.norm(), free_update / free_update.norm(),
+                               rtol=1e-3, atol=1e-5)  # same direction
+    assert summary["clipped_steps"] == 1
+
+
+def test_clip_by_value_clamps_every_entry(mnist_root, tmp_path):
+    _, free_update, _ = first_step_update(mnist_root, tmp_path)
+    _, update, summary = first_step_update(mnist_root, tmp_path, "trainer.clip_grad_value=0.001")
+    assert free_update.abs().max() > 0.001
+    assert update.abs().max().item() == pytest.approx(0.001, rel=1e-3)
+    torch.testing.assert_close(update, free_update.clamp(-0.001, 0.001), rtol=1e-3, atol=1e-6)
+    assert summary["clipped_steps"] == 1
+
+
+def test_l1_penalty_adds_lambda_sign_w_to_the_weight_gradient(mnist_root, tmp_path):
+    _, free_update, _ = first_step_update(mnist_root, tmp_path)
+    _, update, _ = first_step_update(mnist_root, tmp_path, "trainer.l1=0.01")
+    before = torch.load(tmp_path / "plain" / "init.pt", weights_only=True)
+    # weights get -lr * l1 * sign(w) more; biases nothing
+    expected = torch.cat([(0.01 * before[k].sign() if k.endswith("weight") else torch.zeros_like(before[k])).flatten()
+                          for k in before])
+    torch.testing.assert_close(free_update - update, expected, rtol=1e-3, atol=1e-5)
+
+
+def stop_evaluation(curve, patience, min_delta):
+    """Index of the evaluation after which the trainer stops, or None."""
+    for i in range(len(curve)):
+        if evaluations_without_improvement(curve[: i + 1], min_delta) >= patience:
+            return i
+    return None
+
+
+def test_early_stopping_decision_on_a_scripted_validation_curve():
+    curve = [1.0, 0.8, 0.6, 0.61, 0.59, 0.60, 0.60, 0.60, 0.50]
+    assert stop_evaluation(curve, patience=3, min_delta=0.0) == 7  # 0.59 at 4 was the last improvement
+    assert stop_evaluation(curve, patience=3, min_delta=0.05) == 5  # 0.59 is not 0.05 better than 0.6
+    assert stop_evaluation(curve, patience=5, min_delta=0.0) is None
+    assert evaluations_without_improvement([], 0.0) == 0
+
+
+def test_early_stopping_ends_the_run_completed_and_says_so(mnist_root, tmp_path):
+    # min_delta 100: no evaluation after the first can improve, so patience 2 stops after epoch 2 of 5
+    summary, _, _ = run(mnist_root, tmp_path, "trainer.batch_size=10000", "trainer.epochs=5", "trainer.patience=2",
+                        "trainer.min_delta=100", "trainer.checkpoint_every=0")
+    assert summary["status"] == "completed" and summary["stopped_early"] is True
+    assert (summary["epoch"], summary["step"]) == (2, 10)
+    assert "early stopping" in summary["reason"]
+    unstopped, _, _ = run(mnist_root, tmp_path, "trainer.batch_size=25000", "trainer.epochs=3",
+                          "trainer.checkpoint_every=0", name="unstopped")
+    assert unstopped["stopped_early"] is False and unstopped["epoch"] == 3
+
+
+# ------------------------------------------------------------------ loss, augmentation
+
+def test_mse_loss_is_squared_error_of_softmax_against_one_hot():
+    logits, target = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), torch.tensor([0, 2])
+    p = logits.softmax(1)
+    expected = ((p[0] - torch.tensor([1.0, 0, 0])) ** 2).sum() + ((p[1] - torch.tensor([0, 0, 1.0])) ** 2).sum()
+    assert SoftmaxMSELoss()(logits, target).item() == pytest.approx(expected.item() / 2)
+    assert isinstance(instantiate(compose("loss=mse").loss), SoftmaxMSELoss)
+
+
+def test_random_shift_moves_each_image_within_the_range(mnist_root):
+    images = torch.from_numpy(data.load_arrays("mnist", mnist_root)["train_images"][:64])
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.dtype == torch.uint8 and shifted.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    seen = set()
+    for i in range(len(images)):
+        offsets = [(dy, dx) for dy in range(5) for dx in range(5)
+                   if torch.equal(shifted[i], padded[i, dy : dy + 28, dx : dx + 28])]
+        assert offsets, i  # each output is the image moved by at most 2 pixels, zeros shifted in
+        seen.add(offsets[0])
+    assert len(seen) > 10  # and the offsets differ from image to image
+
+
+# ------------------------------------------------------------------ mistakes get one-line errors
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["optimizer=momentum", "optimizer.momentum=-0.5"], "momentum"),
+        (["optimizer=adam", "optimizer.betas=[1.0,0.999]"], "beta"),
+        (["optimizer=nesterov", "optimizer.momentum=0"], "Nesterov"),
+        (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm"),
+        (["trainer.clip_grad_value=-1"], "trainer.clip_grad_value"),
+        (["optimizer=lbfgs", "trainer.clip_grad_norm=1"], "lbfgs"),
+        (["optimizer=lbfgs", "+optimizer.weight_decay=0.1"], "weight_decay"),
+        (["trainer.l1=-1"], "trainer.l1"),
+        (["trainer.patience=0"], "trainer.patience"),
+        (["schedule.interval=sometimes"], "schedule.interval"),
+        (["schedule=inverse_time", "schedule.decay=-1"], "schedule.decay"),
+        (["data.augment_shift=-1"], "data.augment_shift"),
+    ],
+)
+def test_bad_option_values_raise_a_user_error(overrides, words, mnist_root, tmp_path):
+    with pytest.raises(UserError, match=words) as e:
+        run(mnist_root, tmp_path, *overrides, "trainer.max_steps=1")
+    assert "\n" not in str(e.value)
