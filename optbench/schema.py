@@ -16,6 +16,7 @@ class DataConf:
     name: str = MISSING
     root: Optional[str] = None
     val_size: int = MISSING
+    augment_shift: int = 0
 
 
 @dataclass
@@ -30,10 +31,36 @@ class ModelConf:
 class TrainerConf:
     epochs: int = MISSING
     max_steps: Optional[int] = None
-    batch_size: int = MISSING
+    batch_size: Optional[int] = MISSING
     eval_every: Optional[int] = None
     log_every: int = 1
     checkpoint_every: int = 1
+    clip_grad_norm: Optional[float] = None
+    clip_grad_value: Optional[float] = None
+    l1: float = 0.0
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+    vectorize: str = "auto"
+    skip_completed: bool = True
+    resume: bool = True
+
+
+@dataclass
+class ThresholdsConf:
+    exploding_grad_norm: float = MISSING
+    vanishing_ratio: float = MISSING
+    dead_fraction: float = MISSING
+    saturated_fraction: float = MISSING
+
+
+@dataclass
+class DiagnosticsConf:
+    level: str = MISSING
+    probe_size: int = MISSING
+    histogram_bins: int = MISSING
+    histogram_at: List[float] = MISSING
+    saturation: float = MISSING
+    thresholds: ThresholdsConf = field(default_factory=ThresholdsConf)
 
 
 @dataclass
@@ -41,6 +68,7 @@ class Config:
     data: DataConf = field(default_factory=DataConf)
     model: ModelConf = field(default_factory=ModelConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    diagnostics: DiagnosticsConf = field(default_factory=DiagnosticsConf)
     optimizer: Any = MISSING
     schedule: Any = MISSING
     init: Any = MISSING

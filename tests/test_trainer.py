@@ -50,11 +50,12 @@ def test_run_directory_contents_and_per_step_metrics(mnist_root, tmp_path):
     summary = fit(cfg_for(mnist_root, "trainer.max_steps=30", "optimizer=sgd"), tmp_path, {"optimizer": "sgd"})
     assert {"config.yaml", "metrics.csv", "summary.json"} <= {p.name for p in tmp_path.iterdir()}
     m = pd.read_csv(tmp_path / "metrics.csv")
-    steps = m[(m.split == "train") & (m.metric == "grad_norm")]
+    steps = m[(m.split == "step") & (m.metric == "grad_norm")]
     assert list(steps.step) == list(range(1, 31))
     assert {"loss", "lr", "grad_norm/fc0", "grad_norm/fc1", "grad_norm/fc2"} <= set(m.metric)
     # the global norm is the norm of the per-layer norms
-    layers = m[m.metric.str.startswith("grad_norm/") & (m.step == 30)].value
+    layers = m[m.metric.str.fullmatch(r"grad_norm/fc\d") & (m.step == 30)].value
+    assert len(layers) == 3
     assert steps.value.iloc[-1] == pytest.approx(np.sqrt((layers**2).sum()), rel=1e-4)
     evals = m[(m.metric == "acc")]
     assert set(evals.split) == {"train", "val", "test"} and set(evals.step) == {0, 30}
@@ -134,3 +135,86 @@ def test_sigkill_keeps_the_metrics_written_so_far(mnist_root, tmp_path):
     m = pd.read_csv(tmp_path / "metrics.csv")  # still a readable table
     assert (m.metric == "acc").any() and m.step.max() > 0
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "running"  # never "completed"
+
+
+def _train_cmd(mnist_root, run_dir, *overrides):
+    return [sys.executable, "-m", "optbench", "train", f"data.root={mnist_root}", "device=cpu",
+            f"hydra.run.dir={run_dir}", *overrides]
+
+
+def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(mnist_root, tmp_path):
+    overrides = ("trainer.epochs=4", "model.hidden=[128]", "model.dropout=0.2", "data.augment_shift=1", "seed=5")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_train_cmd(mnist_root, whole, *overrides), check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(mnist_root, killed, *overrides), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert json.loads((killed / "summary.json").read_text())["status"] == "running", "killed too late to test"
+    again = subprocess.run(_train_cmd(mnist_root, killed, *overrides), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from the checkpoint" in (killed / "train.log").read_text()
+    a, b = (pd.read_csv(d / "metrics.csv") for d in (whole, killed))
+    keep = lambda m: m[m.metric != "train_time"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(keep(a), keep(b))  # no row lost, none twice, same numbers
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, killed))
+    assert sb["status"] == "completed" and sb["best_val_acc"] == sa["best_val_acc"]
+
+
+def test_a_different_config_in_the_same_directory_starts_over(mnist_root, tmp_path):
+    fit(cfg_for(mnist_root, "trainer.max_steps=20"), tmp_path)
+    fit(cfg_for(mnist_root, "trainer.max_steps=10", "optimizer=sgd"), tmp_path)
+    m = pd.read_csv(tmp_path / "metrics.csv")
+    train_loss = m[(m.metric == "loss") & (m.split == "step")]
+    assert m.step.max() == 10 and (train_loss.groupby("step").size() == 1).all()
+
+
+def test_diagnostics_flag_a_deep_sigmoid_with_unit_normal_init_and_not_he_relu(mnist_root, tmp_path):
+    deep = "model.hidden=[64,64,64,64,64,64,64,64,64,64]"
+    bad = fit(cfg_for(mnist_root, deep, "model.activation=sigmoid", "init=normal", "trainer.max_steps=20",
+                      "trainer.eval_every=10"),
+              tmp_path / "sigmoid")
+    good = fit(cfg_for(mnist_root, deep, "model.activation=relu", "init=he_normal", "trainer.max_steps=20"),
+               tmp_path / "relu")
+    assert bad["flags"]["saturated"] == 0 or bad["flags"]["vanishing_gradients"] is not None
+    assert good["flags"] == {k: None for k in good["flags"]}
+    m = pd.read_csv(tmp_path / "sigmoid" / "metrics.csv")
+    diag = m[m.split == "diag"]
+    assert {"saturated/fc9", "act_std/fc0", "grad_std/fc5", "update_size/fc10", "distance/fc0"} <= set(diag.metric)
+    assert {"grad_norm/fc3.weight", "grad_norm/fc3.bias", "grad_norm/fc3"} <= set(m.metric)
+    hist = pd.read_csv(tmp_path / "sigmoid" / "histograms.csv")
+    assert sorted(hist.step.unique()) == [0, 10, 20]  # start, middle, end
+    assert (hist.groupby(["step", "layer", "kind"])["count"].sum() == 512 * 64).all()
+
+
+def test_diagnostics_off_records_only_the_global_numbers(mnist_root, tmp_path):
+    fit(cfg_for(mnist_root, "diagnostics=off", "trainer.max_steps=5"), tmp_path)
+    m = pd.read_csv(tmp_path / "metrics.csv")
+    assert set(m[m.split == "step"].metric) == {"loss", "lr", "grad_norm"} and "diag" not in set(m.split)
+
+
+def test_clipping_counts_the_steps_it_changed(mnist_root, tmp_path):
+    always = fit(cfg_for(mnist_root, "optimizer=sgd", "trainer.clip_grad_norm=1e-6", "trainer.max_steps=12"),
+                 tmp_path / "always")
+    never = fit(cfg_for(mnist_root, "optimizer=sgd", "trainer.clip_grad_norm=1e6", "trainer.max_steps=12"),
+                tmp_path / "never")
+    assert (always["clipped_steps"], never["clipped_steps"]) == (12, 0)
+
+
+def test_a_non_finite_gradient_is_never_applied():
+    from optbench.trainer import guard_and_clip
+
+    w = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([w, b], lr=0.1)
+    counters = torch.zeros(2, dtype=torch.int64)
+    w.grad, b.grad = torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([1.0, 1.0])
+    guard_and_clip([w, b], torch.stack(torch._foreach_norm([w.grad, b.grad])), None, None, counters)
+    optimizer.step()
+    assert torch.equal(w, torch.ones(3)) and torch.equal(b, torch.ones(2)) and counters.tolist() == [0, 1]
+    w.grad, b.grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 0.0])
+    guard_and_clip([w, b], torch.stack(torch._foreach_norm([w.grad, b.grad])), 1.0, None, counters)
+    assert torch.allclose(w.grad, torch.tensor([0.6, 0.0, 0.8])) and counters.tolist() == [1, 1]
