@@ -1,0 +1,270 @@
+"""Figures of a set of runs: pure functions from the results tables to a matplotlib Figure.
+
+Every function takes the runs table and (where curves are drawn) the long
+metrics table from `optbench.results`, plus the grouping keys; runs of one
+group (the seeds of a configuration) are drawn as their mean with a min-max
+band, one colour per group. Figures are built without pyplot, so no GUI
+backend is involved and nothing global changes; the CLI saves them.
+"""
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from optbench.results import as_text
+
+DPI = 150
+X_LABELS = {"step": "optimisation step", "epoch": "epoch", "time": "training time (s)"}
+
+
+def group_labels(runs: pd.DataFrame, by: list[str]) -> pd.Series:
+    """run -> the label of its group: the values of `by` ("adam", "sgd, 0.1"), or the run's name."""
+    if not by:
+        label = runs["run"] if len(runs) == 1 else pd.Series("all runs", index=runs.index)
+    else:
+        label = as_text(runs[by]).agg(", ".join, axis=1)
+    return pd.Series(label.values, index=runs["run"].values)
+
+
+def _legend_title(by: list[str]) -> str:
+    return ", ".join(by) if by else "run"
+
+
+def _colours(labels: pd.Series) -> dict:
+    """One colour per group, in the runs' order, stable across every figure of a report."""
+    from matplotlib import colormaps
+
+    groups = list(dict.fromkeys(labels))
+    cmap = colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    return {g: cmap(i % cmap.N) for i, g in enumerate(groups)}
+
+
+def with_x(metrics: pd.DataFrame, runs: pd.DataFrame, x: str) -> pd.DataFrame:
+    """metrics plus an `x` column: the step, the epoch (fractional, from steps_per_epoch) or the training time.
+
+    Training time is recorded at each evaluation; steps in between get it by
+    linear interpolation.
+    """
+    m = metrics.copy()
+    if x == "step":
+        m["x"] = m["step"]
+    elif x == "epoch":
+        per_epoch = runs.set_index("run")["steps_per_epoch"].astype(float)
+        m["x"] = m["step"] / m["run"].map(per_epoch)
+    elif x == "time":
+        m["x"] = np.nan
+        times = m[(m.split == "run") & (m.metric == "train_time")]
+        for run, t in times.groupby("run"):
+            rows = m["run"] == run
+            m.loc[rows, "x"] = np.interp(m.loc[rows, "step"], t["step"], t["value"])
+    else:
+        raise ValueError(f"x must be step, epoch or time, not {x!r}")
+    return m
+
+
+def _series(m: pd.DataFrame, split: str, metric: str) -> pd.DataFrame:
+    rows = m[(m.split == split) & (m.metric == metric)]
+    return rows[np.isfinite(rows["value"])]
+
+
+SMOOTH = 100  # per-step curves are averaged over 1/SMOOTH of each run's recorded steps
+
+
+def _smooth(rows: pd.DataFrame) -> pd.DataFrame:
+    """A centred moving average per run over 1% of its rows (per-step mini-batch values are noisy).
+
+    Per run, because runs of different batch sizes record very different numbers of steps.
+    """
+
+    def average(v):
+        return v.rolling(max(1, len(v) // SMOOTH), min_periods=1, center=True).mean()
+
+    return rows.assign(value=rows.groupby("run")["value"].transform(average))
+
+
+def _draw_groups(ax, rows: pd.DataFrame, labels: pd.Series, colours: dict) -> None:
+    """Mean over the runs of each group per step as a line, their min-max as a band."""
+    rows = rows.assign(group=rows["run"].map(labels))
+    for group, colour in colours.items():
+        g = rows[rows.group == group]
+        if g.empty:
+            continue
+        agg = g.groupby("step").agg(x=("x", "mean"), mean=("value", "mean"), lo=("value", "min"), hi=("value", "max"))
+        ax.plot(agg["x"], agg["mean"], color=colour, lw=1.4, label=group, marker="o" if len(agg) == 1 else None)
+        if g["run"].nunique() > 1:
+            ax.fill_between(agg["x"], agg["lo"], agg["hi"], color=colour, alpha=0.2, lw=0)
+
+
+def _legend(fig: Figure, colours: dict, by: list[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2) for c in colours.values()]
+    fig.legend(handles, list(colours), title=_legend_title(by), loc="outside right upper", fontsize="small")
+
+
+def _new_figure(width: float, height: float, title: str) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig.suptitle(title)
+    return fig
+
+
+def _log_y(ax, values: pd.Series) -> None:
+    """Log y axis labelled with plain numbers (0.3, 2), enough of them to read values off."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    positive = values[values > 0]
+    span = positive.max() / positive.min() if len(positive) else np.inf
+    # under a decade: label every in-between tick; under three: the 2s and 5s; wider: only the powers of 10
+    leading = {2, 3, 4, 5, 6, 7, 8, 9} if span < 10 else {2, 5} if span < 1000 else set()
+
+    def minor(v, _):
+        return f"{v:g}" if round(v / 10 ** np.floor(np.log10(v) + 1e-9)) in leading else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def _window_text(rows: pd.DataFrame) -> str:
+    longest = rows.groupby("run").size().max() if len(rows) else 0
+    return "per step" if longest < 2 * SMOOTH else "moving average over 1% of each run"
+
+
+def _accuracy_limits(ax, rows: pd.DataFrame) -> None:
+    """Start the accuracy axis near where the curves are after step 0 (the untrained ~10% hides the rest)."""
+    later = rows[rows.step > 0]["value"]
+    if len(later):
+        ax.set_ylim(max(0.0, min(later.quantile(0.05), later.max() - 0.02) - 0.01), min(1.0, later.max() + 0.01))
+
+
+def learning_curves(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: str = "step") -> Figure:
+    """Training loss per step (smoothed), validation loss and accuracy and test accuracy per evaluation."""
+    labels, colours = group_labels(runs, by), _colours(group_labels(runs, by))
+    m = with_x(metrics, runs, x)
+    train = _series(m, "step", "loss")
+    panels = [
+        (_smooth(train), f"training loss (mini-batch, {_window_text(train)})", "cross-entropy (log)", True),
+        (_series(m, "val", "loss"), "validation loss", "cross-entropy (log)", True),
+        (_series(m, "val", "acc"), "validation accuracy", "accuracy", False),
+        (_series(m, "test", "acc"), "test accuracy (never used to choose)", "accuracy", False),
+    ]
+    fig = _new_figure(11, 7.5, "Learning curves: mean over seeds, band = min-max")
+    axes = fig.subplots(2, 2, sharex=True)
+    for ax, (rows, title, ylabel, log) in zip(axes.flat, panels):
+        _draw_groups(ax, rows, labels, colours)
+        ax.set_title(title, fontsize="medium")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if log and (rows["value"] > 0).any():
+            _log_y(ax, rows["value"])
+        if not log:
+            _accuracy_limits(ax, rows)
+    for ax in axes[1]:
+        ax.set_xlabel(X_LABELS[x])
+    _legend(fig, colours, by)
+    return fig
+
+
+def gradient_norms(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: str = "step") -> Figure:
+    """The global gradient norm per step, then one small panel per layer (grad_norm/fc<i>)."""
+    labels, colours = group_labels(runs, by), _colours(group_labels(runs, by))
+    m = with_x(metrics, runs, x)
+    names = {n for n in m.metric.unique() if n.startswith("grad_norm/")}
+    # per layer (fc0), not per parameter tensor (fc0.weight), when both are recorded
+    layers = sorted({n for n in names if "." not in n} or names, key=_layer_number)
+    global_norm = _smooth(_series(m, "step", "grad_norm"))
+    cols = min(len(layers), 4)
+    rows = -(-len(layers) // cols) if layers else 0
+    fig = _new_figure(11, 4.5 + 2.4 * rows, f"Gradient norms (L2, {_window_text(global_norm)}; mean over seeds, band = min-max)")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.5, 2.4 * rows]) if layers else (fig, None)
+    ax = top.subplots()
+    _draw_groups(ax, global_norm, labels, colours)
+    ax.set(title="all parameters", ylabel="||g|| (log)", xlabel=X_LABELS[x])
+    _log_y(ax, global_norm["value"])
+    ax.grid(alpha=0.3)
+    if layers:
+        small = np.atleast_1d(bottom.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
+        values = []
+        for ax, name in zip(small, layers):
+            rows_ = _smooth(_series(m, "step", name))
+            values.append(rows_["value"])
+            _draw_groups(ax, rows_, labels, colours)
+            ax.set_title(f"layer {name.split('/', 1)[1]}", fontsize="medium")
+            ax.grid(alpha=0.3)
+        for ax in small[len(layers):]:
+            ax.set_visible(False)
+        _log_y(small[0], pd.concat(values) if values else pd.Series(dtype=float))
+        bottom.supylabel("||g_layer|| (log)", fontsize="medium")
+        bottom.supxlabel(X_LABELS[x], fontsize="medium")
+    _legend(fig, colours, by)
+    return fig
+
+
+def _layer_number(name: str) -> tuple:
+    tail = name.rsplit("/", 1)[-1]
+    digits = "".join(ch for ch in tail if ch.isdigit())
+    return (int(digits) if digits else 0, tail)
+
+
+def learning_rates(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: str = "step") -> Figure:
+    """The learning rate each step actually used, as recorded (not recomputed from the schedule)."""
+    labels, colours = group_labels(runs, by), _colours(group_labels(runs, by))
+    m = with_x(metrics, runs, x)
+    lr = _series(m, "step", "lr")
+    fig = _new_figure(9, 4.5, "Learning rate used at each step (first parameter group)")
+    ax = fig.subplots()
+    _draw_groups(ax, lr, labels, colours)
+    positive = lr["value"][lr["value"] > 0]
+    if len(positive) and positive.max() / positive.min() > 20:
+        _log_y(ax, positive)
+    ax.set(xlabel=X_LABELS[x], ylabel="learning rate")
+    ax.grid(alpha=0.3)
+    _legend(fig, colours, by)
+    return fig
+
+
+def lr_sensitivity(runs: pd.DataFrame, by: list[str], lr_key: str = "optimizer.lr",
+                   metric: str = "best_val_acc") -> Figure:
+    """Best validation accuracy against the learning rate (log x), one line per group of `by`.
+
+    Points are the mean over seeds, bars their min-max; diverged runs count
+    with the accuracy they reached before diverging.
+    """
+    by = [k for k in by if k != lr_key]
+    labels = group_labels(runs, by)
+    colours = _colours(labels)
+    data = runs.assign(group=runs["run"].map(labels), lr=runs[lr_key].astype(float))
+    fig = _new_figure(9, 5, "Learning-rate sensitivity: mean over seeds, bars = min-max")
+    ax = fig.subplots()
+    for group, colour in colours.items():
+        agg = data[data.group == group].groupby("lr")[metric].agg(["mean", "min", "max"])
+        ax.errorbar(agg.index, agg["mean"], yerr=[agg["mean"] - agg["min"], agg["max"] - agg["mean"]],
+                    color=colour, marker="o", ms=4, capsize=3, label=group)
+    ax.set(xscale="log", xlabel=f"learning rate ({lr_key}, log scale)", ylabel="best validation accuracy")
+    ax.grid(alpha=0.3, which="both")
+    _legend(fig, colours, by)
+    return fig
+
+
+def final_metrics(runs: pd.DataFrame, by: list[str],
+                  metrics=(("best_val_acc", "best validation accuracy"),
+                           ("test_acc_at_best_val", "test accuracy at the best-validation evaluation"))) -> Figure:
+    """Per group, the distribution over runs of each final metric: a box plot and the runs as dots."""
+    labels = group_labels(runs, by)
+    colours = _colours(labels)
+    groups = list(colours)
+    fig = _new_figure(max(7.0, 1.0 + 0.6 * len(groups)) * len(metrics) / 1.6, 5, "Final metrics per run")
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    data = runs.assign(group=runs["run"].map(labels))
+    rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
+    for ax, (column, title) in zip(axes, metrics):
+        values = [data.loc[data.group == g, column].astype(float).dropna().to_numpy() for g in groups]
+        ax.boxplot(values, tick_labels=groups, widths=0.5, showfliers=False,
+                   medianprops={"color": "black"})
+        for i, (v, g) in enumerate(zip(values, groups), start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=14, color=colours[g], zorder=3)
+        ax.set_title(title, fontsize="medium")
+        ax.set(xlabel=_legend_title(by), ylabel="accuracy")
+        ax.tick_params(axis="x", labelrotation=45 if len(groups) > 4 else 0)
+        ax.grid(alpha=0.3, axis="y")
+    return fig

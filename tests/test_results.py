@@ -1,0 +1,192 @@
+"""The results table, the ranking and skip-completed, on a real multirun and on constructed run directories."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import run_cli
+from optbench import results
+from optbench.errors import UserError
+
+SWEEP = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20", "trainer.eval_every=10")
+
+
+def sweep(mnist_root, sweep_dir, *extra):
+    out = run_cli("train", "-m", f"data.root={mnist_root}", *SWEEP, *extra, f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_sweep(mnist_root, tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    sweep(mnist_root, sweep_dir)
+    return sweep_dir
+
+
+def write_run(run_dir, optimizer, lr, seed, val, test, status="completed", steps=30, evals=(0, 10, 20, 30)):
+    """A run directory in optbench's format whose validation accuracy rises linearly to `val`."""
+    run_dir.mkdir(parents=True)
+    config = {"optimizer": {"_target_": f"torch.optim.{optimizer.upper()}", "lr": lr},
+              "model": {"hidden": [8, 8]}, "trainer": {"epochs": 1}, "seed": seed, "device": "cpu"}
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+    rows = []
+    for step in range(1, steps + 1):
+        rows += [(step, 1, "step", "lr", lr), (step, 1, "step", "loss", 2.0 / step),
+                 (step, 1, "step", "grad_norm", 1.0 + seed)]
+        rows += [(step, 1, "step", f"grad_norm/fc{i}", 0.5 + i) for i in range(3)]
+    eval_rows = []
+    for step in evals:
+        frac = step / evals[-1]
+        eval_rows += [(step, 1, "train", "loss", 1.0 - 0.5 * frac), (step, 1, "train", "acc", 0.1 + (val - 0.1) * frac),
+                      (step, 1, "val", "loss", 1.0 - 0.4 * frac), (step, 1, "val", "acc", 0.1 + (val - 0.1) * frac),
+                      (step, 1, "test", "loss", 1.0), (step, 1, "test", "acc", 0.1 + (test - 0.1) * frac),
+                      (step, 1, "run", "train_time", 0.01 * step)]
+    metrics = pd.DataFrame(rows + eval_rows, columns=results.COLUMNS).sort_values("step", kind="stable")
+    metrics.to_csv(run_dir / results.METRICS, index=False)
+    summary = {"status": status, "choices": {"optimizer": optimizer}, "best_val_acc": val,
+               "test_acc_at_best_val": test, "final": {"train_loss": 0.5}, "steps_per_epoch": steps,
+               "optimizer_impl": "foreach", "train_time": 0.01 * steps, "wall_time": 1.0}
+    results.write_json_atomic(run_dir / results.SUMMARY, summary)
+
+
+@pytest.fixture
+def constructed(tmp_path):
+    """Optimizer x gets its best validation score at lr 0.1, but its best test score at lr 0.01."""
+    for seed in (0, 1):
+        write_run(tmp_path / f"x_0.1_{seed}", "x", 0.1, seed, val=0.95 + 0.01 * seed, test=0.90)
+        write_run(tmp_path / f"x_0.01_{seed}", "x", 0.01, seed, val=0.93, test=0.99)
+        write_run(tmp_path / f"y_0.1_{seed}", "y", 0.1, seed, val=0.90, test=0.91)
+        write_run(tmp_path / f"y_0.01_{seed}", "y", 0.01, seed, val=0.97, test=0.96,
+                  status="diverged" if seed else "completed")
+    write_run(tmp_path / "y_0.01_2", "y", 0.01, 2, val=0.20, test=0.20, status="running")  # killed: no live process
+    return tmp_path
+
+
+def test_table_has_one_row_per_run_with_config_columns(real_sweep):
+    runs = results.load_runs(real_sweep)
+    assert len(runs) == 4 and set(runs.status) == {"completed"}
+    assert sorted(zip(runs["optimizer.name"], runs["seed"])) == [("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
+    assert dict(zip(runs["optimizer.name"], runs["optimizer.lr"])) == {"sgd": 0.1, "adam": 0.001}
+    for column in ("trainer.max_steps", "model.hidden", "best_val_acc", "test_acc_at_best_val", "optimizer_impl",
+                   "wall_time", "final.train_loss", "run_dir"):
+        assert column in runs, column
+    assert (runs["trainer.max_steps"] == 20).all()
+    assert results.varied_keys(runs) == ["optimizer.name"]  # seed excluded, lr and _target_ follow the optimizer
+
+    metrics = results.load_metrics(runs)
+    assert set(metrics.run) == set(runs.run)
+    assert (metrics.groupby("run").step.max() == 20).all()
+    evals = metrics[(metrics.split == "train") & (metrics.metric == "loss")]
+    assert sorted(evals.step.unique()) == [0, 10, 20]  # the whole-split loss, apart from the mini-batch one
+    assert len(metrics[(metrics.split == "step") & (metrics.metric == "loss")]) == 4 * 20
+
+
+def test_report_writes_tables_pandas_reads_in_one_line(real_sweep):
+    out = run_cli("report", str(real_sweep), "--target", "0.5")
+    assert out.returncode == 0, out.stderr
+    assert "grouped by optimizer.name" in out.stdout and "adam" in out.stdout and "sgd" in out.stdout
+    assert len(pd.read_csv(real_sweep / "runs.csv")) == 4
+    metrics = pd.read_csv(real_sweep / "metrics.csv.gz")
+    assert {"run", "step", "split", "metric", "value"} <= set(metrics.columns)
+    ranking = pd.read_csv(real_sweep / "ranking.csv")
+    assert sorted(ranking["optimizer.name"]) == ["adam", "sgd"] and (ranking.runs == 2).all()
+    assert ranking.best_val_acc.is_monotonic_decreasing
+    md = (real_sweep / "ranking.md").read_text().splitlines()
+    assert md[0].startswith("| optimizer.name |") and len(md) == 4
+
+
+def test_rerun_skips_completed_and_false_forces(mnist_root, real_sweep):
+    runs = sorted(real_sweep.glob("*/metrics.csv"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs}
+    out = sweep(mnist_root, real_sweep)
+    assert (out.stdout + out.stderr).count("skipped:") == 4
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs} == before
+
+    # forcing one configuration retrains that one, in its folder, and leaves the others alone
+    out = run_cli("train", "-m", f"data.root={mnist_root}", "optimizer=sgd", "seed=0", *SWEEP[2:],
+                  "trainer.skip_completed=false", f"hydra.sweep.dir={real_sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(real_sweep.glob("*/metrics.csv")) == runs
+    changed = [p for p in runs if p.stat().st_mtime_ns != before[p][0]]
+    assert [p.parent.name for p in changed] == ["0_optimizer=sgd,seed=0,trainer.eval_every=10,trainer.max_steps=20"]
+    steps = pd.read_csv(changed[0]).query("split == 'step' and metric == 'lr'").step
+    assert steps.is_unique and steps.max() == 20  # started over, not appended
+    assert json.loads((changed[0].parent / "summary.json").read_text())["status"] == "completed"
+
+
+def test_same_config_notices_a_changed_default(tmp_path):
+    cfg = OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": True}})
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    assert results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": False}}))
+    assert not results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.2}, "trainer": {}}))
+
+
+def test_ranking_chooses_on_validation_even_when_test_disagrees(constructed):
+    runs = results.load_runs(constructed)
+    assert len(runs) == 9  # diverged and killed runs are rows too
+    assert dict(runs.status.value_counts()) == {"completed": 7, "diverged": 1, "incomplete": 1}
+    table = results.rank(runs, results.load_metrics(runs), target=0.94)
+    assert table.attrs["by"] == ["optimizer.name"] and table.attrs["tuned"] == ["optimizer.lr"]
+    assert list(table["optimizer.name"]) == ["y", "x"]  # one row per optimizer, best validation first
+    x, y = table.iloc[1], table.iloc[0]
+    assert x["optimizer.lr"] == "0.1"  # best validation (0.955), not best test (0.99 at lr 0.01)
+    assert x["best_val_acc"] == pytest.approx(0.955) and x["test_acc"] == pytest.approx(0.90)
+    # y at lr 0.01: the killed seed 2 (val 0.20) is counted but not averaged in
+    assert y["optimizer.lr"] == "0.01" and y["best_val_acc"] == pytest.approx(0.97)
+    assert (y["runs"], y["diverged"], y["unfinished"]) == (3, 1, 1)
+
+
+def test_ranking_counts_diverged_and_unfinished_and_time_to_target(constructed):
+    runs = results.load_runs(constructed)
+    table = results.rank(runs, results.load_metrics(runs), by=["optimizer"], target=0.94)
+    x = table.set_index("optimizer.name").loc["x"]
+    assert x["reached"] == 2 and x["runs"] == 2 and x["diverged"] == 0
+    # val acc rises linearly from 0.1 at step 0 to 0.95/0.96 at step 30: first evaluation >= 0.94 is step 30
+    assert x["steps_to_target"] == 30 and x["time_to_target"] == pytest.approx(0.30)
+    text = results.format_ranking(table)
+    assert "reached 94%" in text.columns and text.loc[1, "best val acc"].startswith("0.9550 ± ")
+
+
+def test_report_on_empty_or_missing_dir_is_one_line(tmp_path):
+    for target in (tmp_path, tmp_path / "nope"):
+        out = run_cli("report", str(target))
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("optbench: error:")
+    with pytest.raises(UserError, match="no runs"):
+        results.load_runs(tmp_path)
+
+
+def test_unknown_by_key_names_the_keys_that_varied(constructed):
+    out = run_cli("report", str(constructed), "--by", "optimiser")
+    assert out.returncode == 2 and "optimizer.name" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_live_running_run_is_running_and_killed_one_incomplete(tmp_path):
+    write_run(tmp_path / "a", "x", 0.1, 0, 0.5, 0.5, status="running")
+    results.write_process(tmp_path / "a")  # this process: alive
+    write_run(tmp_path / "b", "x", 0.1, 1, 0.5, 0.5, status="running")
+    results.write_json_atomic(tmp_path / "b" / results.PROCESS, {"host": os.uname().nodename, "pid": 2**22 + 1})
+    runs = results.load_runs(tmp_path)
+    assert dict(zip(runs.run, runs.status)) == {"a": "running", "b": "incomplete"}
+
+
+def test_export_tensorboard_reads_back(real_sweep, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = run_cli("export", "tensorboard", str(real_sweep), "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    runs = sorted(p.parent for p in tmp_path.glob("*/*/events.out.tfevents.*"))
+    assert [p.relative_to(tmp_path).as_posix() for p in runs] == [
+        "optimizer.name=adam/seed=0", "optimizer.name=adam/seed=1", "optimizer.name=sgd/seed=0", "optimizer.name=sgd/seed=1"]
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    metrics = pd.read_csv(next(real_sweep.glob("*optimizer=adam,seed=0*/metrics.csv")))
+    val = metrics.query("split == 'val' and metric == 'acc'")
+    scalars = events.Scalars("val/acc")
+    assert [e.step for e in scalars] == list(val.step) and [e.value for e in scalars] == pytest.approx(list(val.value))
+    assert len(events.Scalars("step/loss")) == 20 and len(events.Scalars("train/loss")) == 3
+    assert "step/grad_norm/fc0" in events.Tags()["scalars"]
