@@ -1,0 +1,530 @@
+"""`optbench search`: random, TPE, CMA-ES or grid search over any config keys, on Optuna.
+
+A command rather than a Hydra sweeper plugin: the released
+hydra-optuna-sweeper pins optuna < 3, and a sweeper cannot run several seeds
+per trial and score their mean. Each trial composes its config with Hydra's
+compose API (the same config `optbench train` would get) and trains with the
+same `trainer.fit`, one ordinary run directory per seed, so `optbench report`
+and `plot` read searches like any sweep.
+
+A search directory holds:
+  search.yaml   the settings (space, sampler, seeds, fixed overrides); a rerun with --dir resumes them
+  study.db      Optuna's study (SQLite): finished trials survive an interruption
+  runs/         one run directory per trial and seed: <trial>_<what varied>,seed=<s>
+  trials.csv    one row per trial: state, parameters, mean/std validation accuracy, reason
+  *.png         Optuna's history, slice and importance plots
+  best/         (final_seeds > 0) the best trial's settings rerun with more seeds
+
+Trials are scored by the mean over seeds of each run's best validation
+accuracy; test accuracy is recorded beside it and never chosen on. A run that
+diverges ends its trial as PRUNED with the reason; an interrupted run ends the
+search (the trial is marked FAIL and does not count: resuming runs a new one).
+"""
+
+import argparse
+import logging
+import math
+import re
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from optbench.errors import UserError
+from optbench.results import read_summary
+
+log = logging.getLogger(__name__)
+
+CONF = Path(__file__).parent / "conf"
+SAMPLERS = ("random", "tpe", "cmaes", "grid")
+SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed")
+DEFAULTS = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [], "final_seeds": 0,
+            "sampler_seed": 0}
+METRIC = "best_val_acc"  # the objective: validation only, maximised
+FORMS = "log(low, high), uniform(low, high), int(low, high), choice(a, b, ...), a YAML list, or {type, low, high, log, step, choices}"
+
+
+# --- search spaces --------------------------------------------------------------------------------
+
+
+def parse_space(space: dict) -> dict:
+    """{config key: optuna distribution} from the YAML forms in FORMS."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not isinstance(space, dict) or not space:
+        raise UserError(f"search space must be a non-empty mapping of config keys to ranges ({FORMS})")
+    out = {}
+    for key, value in space.items():
+        try:
+            if isinstance(value, list):
+                value = {"type": "categorical", "choices": value}
+            elif isinstance(value, str):
+                value = _parse_short(value)
+            if not isinstance(value, dict):
+                raise ValueError(f"{value!r} is not a range")
+            kind = value.get("type")
+            if kind == "categorical":
+                out[key] = CategoricalDistribution([_choice(c) for c in value["choices"]])
+            elif kind in ("float", "int"):
+                cast = float if kind == "float" else int
+                log_scale = bool(value.get("log", False))
+                step = value.get("step")
+                low, high = cast(float(value["low"])), cast(float(value["high"]))
+                dist = FloatDistribution if kind == "float" else IntDistribution
+                step = None if step is None else cast(float(step))
+                out[key] = dist(low, high, log=log_scale, step=step if kind == "float" else (step or 1))
+            else:
+                raise ValueError(f"type {kind!r} is not float, int or categorical")
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"search space key {key}: {e}; write one of {FORMS}") from None
+    return out
+
+
+def _parse_short(text: str) -> dict:
+    """`log(1e-5, 1e1)` and friends; the arguments are parsed as Hydra parses override values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    match = re.fullmatch(r"\s*(\w+)\((.*)\)\s*", text)
+    if not match or match[1] not in ("log", "uniform", "int", "choice"):
+        raise ValueError(f"{text!r} is not a range")
+    try:
+        args = OverridesParser.create().parse_override(f"x=[{match[2]}]").value()
+    except Exception:
+        raise ValueError(f"cannot read the arguments of {text!r}") from None
+    if match[1] == "choice":
+        return {"type": "categorical", "choices": args}
+    if len(args) != 2:
+        raise ValueError(f"{text!r} needs exactly two numbers, low and high")
+    kind = "int" if match[1] == "int" else "float"
+    return {"type": kind, "low": args[0], "high": args[1], "log": match[1] == "log"}
+
+
+def _choice(value):
+    # optuna stores str/int/float/bool/None; a list (model.hidden=[256,256]) travels as its override text
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return _override_text(value)
+
+
+def _override_text(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(_override_text(v) for v in value) + "]"
+    return str(value)
+
+
+def grid(space: dict, points: int) -> list[dict]:
+    """Every combination: categorical choices, ints (thinned to `points` if more), `points` floats per range."""
+    from optuna.distributions import CategoricalDistribution
+
+    axes = {}
+    for key, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            axes[key] = list(d.choices)
+            continue
+        if d.step is not None and (d.high - d.low) / d.step + 1 <= points:
+            values = np.arange(d.low, d.high + d.step / 2, d.step)
+        elif d.log:
+            values = np.geomspace(d.low, d.high, points)
+        else:
+            values = np.linspace(d.low, d.high, points)
+        values = np.clip(values, d.low, d.high)  # geomspace may round just outside
+        is_int = isinstance(d.low, int)
+        axes[key] = sorted({int(round(v)) if is_int else float(v) for v in values})
+    keys = list(axes)
+    combos = [[]]
+    for key in keys:
+        combos = [c + [v] for c in combos for v in axes[key]]
+    return [dict(zip(keys, c)) for c in combos]
+
+
+def suggest(trial, key: str, d):
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(key, d.choices)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+    return trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+
+
+def trial_overrides(params: dict) -> list[str]:
+    """Hydra overrides for a trial: `group=option` for config groups, `++key=value` (set or add) for keys."""
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    return [f"{'' if k in groups else '++'}{k}={_override_text(v)}" for k, v in params.items()]
+
+
+# --- scoring --------------------------------------------------------------------------------------
+
+
+def score(summaries: list[dict]) -> tuple[float, float]:
+    """Mean and std over seeds of the best validation accuracy: the trial's objective (test never enters)."""
+    values = [s[METRIC] for s in summaries]
+    return float(np.mean(values)), float(np.std(values))
+
+
+# --- protocols ------------------------------------------------------------------------------------
+
+
+def performance_profile(costs, r_max: float = 4.0, taus=None):
+    """Dolan-More performance profiles: rows are problems, columns solvers, values a cost (time or
+    steps to the target; inf or NaN where the target was never reached).
+
+    rho_s(tau) = share of problems where solver s is within a factor tau of the best solver;
+    ratios above r_max count as never solved (AlgoPerf). Returns a DataFrame indexed by tau.
+    """
+    import pandas as pd
+
+    ratios = performance_ratios(costs, r_max)
+    if taus is None:
+        taus = np.unique(np.concatenate([[1.0, r_max], ratios.to_numpy()[np.isfinite(ratios.to_numpy())]]))
+    return pd.DataFrame({s: [(ratios[s] <= t).mean() for t in taus] for s in ratios.columns},
+                        index=pd.Index(taus, name="tau"))
+
+
+def performance_ratios(costs, r_max: float = 4.0):
+    costs = costs.astype(float).where(lambda c: c.notna(), np.inf)
+    best = costs.min(axis=1)
+    ratios = costs.div(best, axis=0)
+    ratios.loc[~np.isfinite(best)] = np.inf  # nobody reached the target: unsolved for all
+    return ratios.where(ratios <= r_max, np.inf)
+
+
+def profile_score(costs, r_max: float = 4.0):
+    """AlgoPerf's benchmark score: the area under each solver's profile over tau in [1, r_max],
+    divided by r_max - 1 (1 = fastest on every problem). Exact: the profile is a step function, so a
+    problem solved at ratio r adds (r_max - r) / (r_max - 1) / n_problems."""
+    ratios = performance_ratios(costs, r_max)
+    return ((r_max - ratios).clip(lower=0) / (r_max - 1)).mean()
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def load_spec(name: str | None) -> dict:
+    """A preset under conf/search/ by name, or a YAML file by path; None gives the defaults with no space."""
+    if name is None:
+        return {}
+    path = Path(name)
+    if not path.is_file():
+        path = CONF / "search" / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in (CONF / "search").glob("*.yaml"))
+        raise UserError(f"--space {name}: no such file or preset; presets: {', '.join(options)}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - set(SPEC_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(SPEC_KEYS)}")
+    return spec
+
+
+def make_sampler(name: str, seed: int):
+    import optuna
+
+    if name == "random" or name == "grid":  # grid points are enqueued; the sampler is never asked
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "cmaes":
+        # the cmaes package does the work; categorical keys fall back to random sampling
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    raise UserError(f"sampler={name} is not a sampler; choices: {', '.join(SAMPLERS)}")
+
+
+def run_search(search_dir: Path, spec: dict, threads: int | None = None):
+    """Run (or resume) the search in `search_dir` until `trials` trials finished; return the study."""
+    import optuna
+    import torch
+    from hydra import initialize_config_module
+    from optuna.trial import TrialState
+
+    from optbench import schema
+
+    search_dir = Path(search_dir)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    spec = _settle_spec(search_dir, spec)
+    space = parse_space(spec["space"])
+    if threads:
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # optbench logs each trial itself
+    storage = f"sqlite:///{(search_dir / 'study.db').resolve()}"
+    study = optuna.create_study(study_name="optbench", storage=storage, load_if_exists=True, direction="maximize")
+    # the sampler's seed moves on with the study, so a resumed random search does not replay its first points
+    study.sampler = make_sampler(spec["sampler"], spec["sampler_seed"] + len(study.trials))
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
+    todo = (spec["trials"] or len(points) or 20) - len(done)
+    if points:
+        todo = min(todo, _enqueue_grid(study, points))
+    schema.register()
+    objective = _objective(search_dir, space, spec)
+    try:
+        with initialize_config_module("optbench.conf", version_base="1.3"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if todo > 0:
+                log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, len(done), todo, spec["sampler"])
+                study.optimize(objective, n_trials=todo)
+            if spec["final_seeds"] and not (search_dir / "best" / "result.txt").exists():
+                rerun_best(study, search_dir, spec)
+    finally:
+        write_table(study, search_dir)
+    save_plots(study, search_dir)
+    return study
+
+
+def _settle_spec(search_dir: Path, spec: dict) -> dict:
+    """Fill defaults; a directory that already holds a search keeps its settings (only `trials` may grow)."""
+    saved_path = search_dir / "search.yaml"
+    full = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
+    if saved_path.exists():
+        saved = yaml.safe_load(saved_path.read_text())
+        given = {k: v for k, v in spec.items() if v is not None and k != "trials"}
+        clash = [k for k, v in given.items() if saved.get(k) != v]
+        if clash:
+            raise UserError(f"{search_dir} holds a search with other {', '.join(clash)}; "
+                            "resume it without changing them, or pick a new --dir")
+        full = {**saved, "trials": spec.get("trials") or saved["trials"]}
+    if full["sampler"] not in SAMPLERS:
+        raise UserError(f"sampler={full['sampler']} is not a sampler; choices: {', '.join(SAMPLERS)}")
+    if "space" not in full:
+        raise UserError("no search space: pass --space NAME (a preset in conf/search) or --space FILE.yaml")
+    full["seeds"] = [int(s) for s in full["seeds"]]
+    full["overrides"] = [str(o) for o in full["overrides"]]
+    saved_path.write_text(yaml.safe_dump(full, sort_keys=False))
+    return full
+
+
+def _enqueue_grid(study, points: list[dict]) -> int:
+    """Queue the grid points not yet finished or queued (an interrupted point is queued again)."""
+    from optuna.trial import TrialState
+
+    seen = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+    seen |= {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    new = [p for p in points if _key(p) not in seen]
+    for params in new:
+        study.enqueue_trial(params)
+    log.info("grid: %d points, %d queued", len(points), waiting + len(new))
+    return waiting + len(new)
+
+
+def _key(params: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
+
+
+def _objective(search_dir: Path, space: dict, spec: dict):
+    import optuna
+
+    def objective(trial) -> float:
+        params = {key: suggest(trial, key, d) for key, d in space.items()}
+        overrides = spec["overrides"] + trial_overrides(params)
+        summaries = []
+        for seed in spec["seeds"]:
+            run_dir = search_dir / "runs" / f"{trial.number:03d}_{_dirname(params, seed)}"
+            summary = run_one([*overrides, f"seed={seed}"], run_dir)
+            summaries.append(summary)
+            trial.set_user_attr("runs", [*trial.user_attrs.get("runs", []), str(run_dir.relative_to(search_dir))])
+            if summary["status"] == "interrupted":
+                trial.set_user_attr("reason", f"interrupted (seed {seed})")
+                raise KeyboardInterrupt
+            if summary["status"] != "completed":
+                reason = f"seed {seed} {summary['status']}: {summary.get('reason')}"
+                trial.set_user_attr("reason", reason)
+                log.warning("trial %d: %s", trial.number, reason)
+                raise optuna.TrialPruned(reason)
+        mean, std = score(summaries)
+        trial.set_user_attr("val_acc_std", std)
+        # reported beside the objective, never optimised
+        trial.set_user_attr("test_acc_mean", float(np.mean([s["test_acc_at_best_val"] for s in summaries])))
+        log.info("trial %d %s: val acc %.4f +- %.4f over %d seed(s)", trial.number, params, mean, std, len(summaries))
+        return mean
+
+    return objective
+
+
+def _dirname(params: dict, seed: int) -> str:
+    def short(v):
+        return f"{v:.4g}" if isinstance(v, float) else _override_text(v)
+
+    return ",".join([*(f"{k}={short(v)}" for k, v in params.items()), f"seed={seed}"]).replace("/", "-")
+
+
+def run_one(overrides: list[str], run_dir: Path) -> dict:
+    """One ordinary run directory: compose the config as `optbench train` would, then trainer.fit."""
+    from hydra import compose
+    from omegaconf import OmegaConf, open_dict
+
+    from optbench.trainer import fit
+
+    try:
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    except Exception as e:  # a bad key or value in the space or the overrides
+        raise UserError(f"cannot compose {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        return fit(cfg, run_dir, choices)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def rerun_best(study, search_dir: Path, spec: dict) -> None:
+    """DeepOBS's last step: the best trial's settings again with `final_seeds` seeds; mean and std."""
+    best = study.best_trial
+    seeds = range(1000, 1000 + spec["final_seeds"])  # fresh seeds: the search's own seeds chose this point
+    summaries = []
+    for s in seeds:  # after an interruption: keep completed reruns, never append to a half-written one
+        run_dir = search_dir / "best" / f"seed={s}"
+        summary = read_summary(run_dir)
+        while summary is not None and summary["status"] != "completed":
+            run_dir = run_dir.with_name(run_dir.name + "_again")
+            summary = read_summary(run_dir)
+        if summary is None:
+            summary = run_one([*spec["overrides"], *trial_overrides(best.params), f"seed={s}"], run_dir)
+        summaries.append(summary)
+    ok = [s for s in summaries if s["status"] == "completed"]
+    val = [s[METRIC] for s in ok]
+    test = [s["test_acc_at_best_val"] for s in ok]
+    line = (f"best trial {best.number} {best.params} rerun with {len(seeds)} seeds: "
+            f"val acc {np.mean(val):.4f} +- {np.std(val):.4f}, test acc {np.mean(test):.4f} +- {np.std(test):.4f}"
+            f" ({len(summaries) - len(ok)} not completed)")
+    (search_dir / "best" / "result.txt").write_text(line + "\n")
+    print(line)
+
+
+def trials_table(study):
+    """One row per trial: number, state, parameters, val_acc_mean (the objective), std, test, reason."""
+    df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+    if df.empty:
+        return df
+    df = df.rename(columns={"value": "val_acc_mean"}).rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
+    df["duration"] = df["duration"].dt.total_seconds().round(1)
+    front = ["number", "state", *study.trials[0].params.keys(), "val_acc_mean", "val_acc_std", "test_acc_mean"]
+    front = [c for c in front if c in df.columns]
+    return df[front + [c for c in df.columns if c not in front]]
+
+
+def write_table(study, search_dir: Path) -> None:
+    import pandas as pd
+
+    df = trials_table(study)
+    if df.empty:
+        return
+    df.to_csv(search_dir / "trials.csv", index=False)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(df.drop(columns=["runs"], errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    complete = [t for t in study.trials if t.value is not None]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        print(f"best trial {best.number}: {best.params}: mean val acc {best.value:.4f} "
+              f"(test acc {best.user_attrs.get('test_acc_mean', float('nan')):.4f}, reported only)")
+
+
+TITLES = {"history": "objective per trial and best so far", "slice": "objective against each parameter",
+          "importance": "parameter importance (fANOVA)"}
+
+
+def save_plots(study, search_dir: Path) -> list[Path]:
+    """Optuna's matplotlib plots: history, and per-parameter slices; importance when >= 2 parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+    from optuna.visualization import matplotlib as ovm
+
+    complete = [t for t in study.trials if t.value is not None]
+    if len(complete) < 2:
+        return []
+    plots = {"history": ovm.plot_optimization_history, "slice": ovm.plot_slice}
+    if len(complete[0].params) >= 2:
+        plots["importance"] = ovm.plot_param_importances  # fANOVA built into optuna, no scikit-learn
+    saved = []
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                axes = plot(study, target_name="mean best val acc")
+            except (ValueError, RuntimeError) as e:
+                log.warning("no %s plot: %s", name, e)
+                continue
+        fig = np.ravel(axes)[0].figure
+        for ax in fig.axes:
+            if ax.get_xscale() == "log":
+                ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short log ranges
+        if name == "history":
+            fig.axes[0].set_xlabel("trial number")
+            fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        title = f"{search_dir.name}: {TITLES[name]}"
+        if name == "slice":  # its colorbar has its own axes: keep optuna's layout, replace its title
+            fig.suptitle(title)
+        else:
+            for loc in ("left", "right"):  # optuna puts some titles on the left: one title only
+                fig.axes[0].set_title("", loc=loc)
+            fig.axes[0].set_title(title)
+            fig.set_size_inches(8.0, 4.5)
+            fig.tight_layout()
+        path = search_dir / f"{name}.png"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        plt.close(fig)
+        saved.append(path)
+    return saved
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def main(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="optbench search",
+        description="Search config keys with Optuna; every trial is an ordinary run directory. "
+        "Overrides (e.g. optimizer=sgd trainer.epochs=1) are fixed for every trial.",
+    )
+    parser.add_argument("--space", help="a preset in optbench/conf/search (see `optbench list`) or a YAML file")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="default tpe")
+    parser.add_argument("--trials", type=int, help="finished trials wanted in the study (default 20; grid: its size)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="seeds per trial, e.g. 0,1,2 (default 0)")
+    parser.add_argument("--grid-points", type=int, dest="grid_points", help="points per float range for --sampler grid (default 5)")
+    parser.add_argument("--final-seeds", type=int, dest="final_seeds", help="rerun the best trial with this many new seeds")
+    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help="seed of the sampler (default 0)")
+    parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides fixed for every trial")
+    opts = parser.parse_intermixed_args(args)
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise UserError("optbench search needs optuna: pip install 'optbench[search]'") from None
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    search_dir = Path(opts.dir or f"searches/{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    spec = load_spec(opts.space) if opts.space else {}
+    if spec.get("overrides") and opts.overrides:
+        opts.overrides = [*spec["overrides"], *opts.overrides]  # the command line adds to (and wins over) the preset
+    cli = {k: getattr(opts, k) for k in ("sampler", "trials", "seeds", "grid_points", "final_seeds", "sampler_seed")}
+    spec.update({k: v for k, v in cli.items() if v is not None})
+    if opts.overrides:
+        spec["overrides"] = opts.overrides
+    if "space" not in spec and not (search_dir / "search.yaml").exists():
+        raise UserError("no search space: pass --space NAME (a preset: see `optbench list`) or --space FILE.yaml")
+    if opts.trials is not None and opts.trials < 1:
+        raise UserError(f"--trials={opts.trials} must be >= 1")
+    from optbench import cli as optbench_cli
+
+    optbench_cli.check_group_choices(spec.get("overrides", []))
+    study = run_search(search_dir, spec, opts.threads)
+    print(f"search directory: {search_dir} ({len(study.trials)} trials; table in trials.csv)")
+    return 0

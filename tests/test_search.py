@@ -1,0 +1,185 @@
+"""optbench search: spaces, validation-only scoring, performance profiles, and real searches that resume."""
+
+import json
+import math
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from optbench.errors import UserError
+
+optuna = pytest.importorskip("optuna")
+from optbench import search  # noqa: E402
+
+
+def test_space_forms_become_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = search.parse_space({
+        "optimizer.lr": "log(1e-5, 1e1)",
+        "optimizer.momentum": "uniform(0, 0.99)",
+        "trainer.batch_size": "choice(32, 128)",
+        "model.hidden": "choice([128], [256,256])",
+        "optimizer": ["sgd", "adam"],
+        "trainer.epochs": "int(1, 5)",
+        "optimizer.weight_decay": {"type": "float", "low": "1e-6", "high": 1e-2, "log": True},
+    })
+    assert space["optimizer.lr"] == FloatDistribution(1e-5, 10.0, log=True)
+    assert space["optimizer.momentum"] == FloatDistribution(0.0, 0.99)
+    assert space["trainer.batch_size"] == CategoricalDistribution([32, 128])
+    assert space["model.hidden"] == CategoricalDistribution(["[128]", "[256,256]"])
+    assert space["optimizer"] == CategoricalDistribution(["sgd", "adam"])
+    assert space["trainer.epochs"] == IntDistribution(1, 5)
+    assert space["optimizer.weight_decay"] == FloatDistribution(1e-6, 1e-2, log=True)
+    assert search.trial_overrides({"optimizer": "sgd", "optimizer.lr": 0.5, "model.hidden": "[256,256]"}) == [
+        "optimizer=sgd", "++optimizer.lr=0.5", "++model.hidden=[256,256]"]
+
+
+@pytest.mark.parametrize("bad", ["log(1, 0.1)", "log(0, 1)", "lognormal(1, 2)", "uniform(1)", 3, {"type": "gauss"}])
+def test_bad_range_is_a_user_error_naming_the_key(bad):
+    with pytest.raises(UserError, match="optimizer.lr"):
+        search.parse_space({"optimizer.lr": bad})
+
+
+def test_grid_is_log_spaced_inside_the_range_and_crosses_choices():
+    points = search.grid(search.parse_space({"optimizer.lr": "log(1e-5, 1e2)"}), 36)
+    lrs = [p["optimizer.lr"] for p in points]
+    assert len(lrs) == 36 and lrs[0] == 1e-5 and lrs[-1] == 1e2
+    assert np.allclose(np.diff(np.log10(lrs)), 7 / 35)
+    both = search.grid(search.parse_space({"optimizer.lr": "log(0.01, 1)", "trainer.batch_size": [32, 128]}), 3)
+    assert len(both) == 6 and {p["trainer.batch_size"] for p in both} == {32, 128}
+    assert search.grid(search.parse_space({"trainer.epochs": "int(1, 3)"}), 5) == [{"trainer.epochs": v} for v in (1, 2, 3)]
+
+
+def test_trial_score_is_mean_validation_accuracy_and_ignores_test():
+    # trial A wins on validation, trial B would win on test: the objective must pick A
+    a = [{"best_val_acc": 0.90, "test_acc_at_best_val": 0.50}, {"best_val_acc": 0.92, "test_acc_at_best_val": 0.52}]
+    b = [{"best_val_acc": 0.80, "test_acc_at_best_val": 0.99}, {"best_val_acc": 0.82, "test_acc_at_best_val": 0.99}]
+    assert search.score(a) == pytest.approx((0.91, 0.01))
+    assert search.score(b) == pytest.approx((0.81, 0.01))
+    assert search.score(a)[0] > search.score(b)[0]
+    # changing the test figures changes nothing
+    assert search.score([{**s, "test_acc_at_best_val": 0.0} for s in a]) == search.score(a)
+
+
+def test_performance_profile_matches_a_hand_computed_table():
+    # seconds to the target; inf: never reached; problem p4 nobody solved
+    costs = pd.DataFrame({"sgd": [10, 20, 30, np.inf], "adam": [5, 40, 30, np.inf], "lbfgs": [50, np.nan, 15, np.inf]},
+                         index=["p1", "p2", "p3", "p4"])
+    # ratios to the fastest per problem (> r_max = 4 counts as unsolved):
+    #        sgd  adam  lbfgs
+    #   p1   2    1     inf (10 > 4)
+    #   p2   1    2     inf
+    #   p3   2    2     1
+    #   p4   inf  inf   inf
+    profile = search.performance_profile(costs, r_max=4, taus=[1, 1.5, 2, 4])
+    expected = pd.DataFrame({"sgd": [1 / 4, 1 / 4, 3 / 4, 3 / 4], "adam": [1 / 4, 1 / 4, 3 / 4, 3 / 4],
+                             "lbfgs": [1 / 4, 1 / 4, 1 / 4, 1 / 4]}, index=pd.Index([1, 1.5, 2, 4], name="tau"))
+    pd.testing.assert_frame_equal(profile, expected, check_index_type=False)
+    # area under each profile over [1, 4] / 3: sum over problems of (4 - r) / 3 / 4
+    score = search.profile_score(costs, r_max=4)
+    assert score["sgd"] == pytest.approx(((4 - 2) + (4 - 1) + (4 - 2)) / 3 / 4)  # 7/12
+    assert score["adam"] == pytest.approx(7 / 12)
+    assert score["lbfgs"] == pytest.approx((4 - 1) / 3 / 4)  # 1/4
+    # the exact area equals a fine numerical integral of the step function
+    taus = np.linspace(1, 4, 30001)
+    fine = search.performance_profile(costs, r_max=4, taus=taus)
+    assert np.trapezoid(fine["sgd"], taus) / 3 == pytest.approx(7 / 12, abs=1e-3)
+
+
+def _trials(search_dir):
+    with sqlite3.connect(search_dir / "study.db") as db:
+        return db.execute("select number, state from trials order by number").fetchall()
+
+
+def _completed_any(search_dir) -> bool:
+    try:
+        return any(st == "COMPLETE" for _, st in _trials(search_dir))
+    except sqlite3.Error:  # not created yet, or busy
+        return False
+
+
+def _params(search_dir):
+    with sqlite3.connect(search_dir / "study.db") as db:
+        return db.execute("select t.number, p.param_value from trial_params p join trials t using (trial_id)").fetchall()
+
+
+def _search(tmp_path, mnist_root, *args):
+    return run_cli("search", "--dir", str(tmp_path / "s"), *args, "optimizer=sgd", "trainer.max_steps=10",
+                   "trainer.checkpoint_every=0", f"data.root={mnist_root}")
+
+
+def test_random_search_writes_run_dirs_scores_validation_and_resumes(mnist_root, tmp_path):
+    out = _search(tmp_path, mnist_root, "--space", "lr", "--sampler", "random", "--trials", "2", "--seeds", "0,1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = tmp_path / "s"
+    assert _trials(s) == [(0, "COMPLETE"), (1, "COMPLETE")]
+    runs = sorted(p.parent for p in s.glob("runs/*/summary.json"))
+    assert len(runs) == 4  # 2 trials x 2 seeds, each an ordinary run directory
+    assert all({"config.yaml", "metrics.csv", "train.log", ".hydra"} <= {p.name for p in r.iterdir()} for r in runs)
+    first = {r.name: (r / "summary.json").read_text() for r in runs}
+    table = pd.read_csv(s / "trials.csv")
+    for _, row in table.iterrows():  # the objective is the mean of the runs' best validation accuracy
+        summaries = [json.loads((s / r / "summary.json").read_text()) for r in eval(row["runs"])]
+        assert row["val_acc_mean"] == pytest.approx(np.mean([x["best_val_acc"] for x in summaries]))
+        assert row["test_acc_mean"] == pytest.approx(np.mean([x["test_acc_at_best_val"] for x in summaries]))
+    assert (s / "history.png").stat().st_size > 0 and (s / "slice.png").stat().st_size > 0
+
+    # same directory, a larger budget: the two finished trials are kept, one more runs
+    out = _search(tmp_path, mnist_root, "--trials", "3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _trials(s) == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
+    runs = sorted(p.parent for p in s.glob("runs/*/summary.json"))
+    assert len(runs) == 6 and all((r / "summary.json").read_text() == first[r.name] for r in runs if r.name in first)
+    lrs = [v for _, v in _params(s)]
+    assert len(set(lrs)) == 3  # the resumed sampler does not replay the first points
+
+    # asking again for a different space in the same directory is refused in one line
+    out = _search(tmp_path, mnist_root, "--space", "lr_batch")
+    assert out.returncode == 2 and "pick a new --dir" in out.stderr
+
+
+def test_tpe_search_interrupted_by_ctrl_c_resumes_without_repeating_trials(mnist_root, tmp_path):
+    s = tmp_path / "s"
+    cmd = [sys.executable, "-m", "optbench", "search", "--dir", str(s), "--space", "lr", "--sampler", "tpe",
+           "--trials", "3", "optimizer=sgd", "trainer.max_steps=10", "trainer.checkpoint_every=0", f"data.root={mnist_root}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C once the first trial finished
+    deadline = time.time() + 120
+    while time.time() < deadline and not _completed_any(s):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output[-3000:]
+    before = _trials(s)
+    completed = [n for n, st in before if st == "COMPLETE"]
+    assert 1 <= len(completed) <= 3
+    summaries = {p.parent.name: p.read_text() for p in s.glob("runs/*/summary.json")}
+
+    out = run_cli("search", "--dir", str(s), "--trials", "3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = _trials(s)
+    assert [n for n, st in after if st == "COMPLETE"][: len(completed)] == completed
+    assert sum(st == "COMPLETE" for _, st in after) == 3
+    assert len(after) - len(before) == 3 - len(completed)  # only the missing trials ran
+    for name, text in summaries.items():  # finished runs untouched
+        if json.loads(text)["status"] == "completed":
+            assert (s / "runs" / name / "summary.json").read_text() == text
+
+
+def test_grid_search_records_a_diverged_trial_as_pruned_with_its_reason(mnist_root, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("# two learning rates, one far too large\nspace:\n  optimizer.lr: [0.05, 1.0e+6]\n")
+    out = _search(tmp_path, mnist_root, "--space", str(space), "--sampler", "grid")
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "s" / "trials.csv").set_index("optimizer.lr")
+    assert table.loc[0.05, "state"] == "COMPLETE" and table.loc[0.05, "val_acc_mean"] > 0.3
+    assert table.loc[1e6, "state"] == "PRUNED" and "diverged" in table.loc[1e6, "reason"]
+    assert math.isnan(table.loc[1e6, "val_acc_mean"])
