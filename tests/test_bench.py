@@ -1,0 +1,14 @@
+"""`optbench bench` runs end to end on a tiny setting and prints its table (figures are never asserted)."""
+
+from optbench import bench
+
+
+def test_bench_prints_the_table_and_the_sweep_ratio(mnist_root, capsys):
+    assert bench.main([f"data.root={mnist_root}", "device=cpu", "--epochs", "1", "--rounds", "1",
+                       "--sweep", "2", "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    for row in ("DataLoader loop (workers=0)", "GEMM floor", "| approach", "s/epoch", "of floor", "peak memory"):
+        assert row in out
+    assert "| optbench" in out
+    assert "`optbench --help`:" in out and "first step done" in out
+    assert "sweep of 2 runs" in out and "x faster" in out

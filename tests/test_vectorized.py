@@ -1,0 +1,110 @@
+"""The vectorized sweep path: K models in one pass match K separate trainer.fit runs, and the launcher uses it."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import compose, run_cli
+from optbench.errors import UserError
+from optbench.trainer import fit
+from optbench.vectorized import fit_many, plan, why_not
+
+STEPS = ["trainer.max_steps=8", "trainer.eval_every=4"]
+
+
+def cfg_for(root, *overrides):
+    # diagnostics beyond the per-step losses and gradient norms are not vectorized: they are switched off here
+    return compose(f"data.root={root}", "device=cpu", "diagnostics=off", *STEPS, *overrides)
+
+
+def metrics(run_dir):
+    m = pd.read_csv(run_dir / "metrics.csv")
+    return m[m.metric != "train_time"].reset_index(drop=True)  # wall-clock times differ by nature
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        # plain SGD, with one learning rate that diverges while the others go on
+        [["optimizer=sgd", "seed=0"], ["optimizer=sgd", "seed=1", "optimizer.lr=0.05"],
+         ["optimizer=sgd", "seed=2", "optimizer.lr=1e6"]],
+        [["optimizer=momentum", "seed=0"], ["optimizer=momentum", "seed=3", "optimizer.lr=0.02"]],
+        [["optimizer=adam", "seed=0"], ["optimizer=adam", "seed=1", "optimizer.lr=0.003", "optimizer.betas=[0.8,0.99]"]],
+        # per-model batch-norm statistics
+        # (SGD: Adam's first steps normalise gradients that batch norm makes ~0 to +-lr, amplifying rounding)
+        [["model.batchnorm=pre", "optimizer=sgd", "seed=0"], ["model.batchnorm=pre", "optimizer=sgd", "seed=1"]],
+    ],
+    ids=["sgd+diverging", "momentum", "adam", "sgd+batchnorm"],
+)
+def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
+    cfgs = [cfg_for(mnist_root, *r) for r in runs]
+    separate = [fit(c, tmp_path / f"separate{i}") for i, c in enumerate(cfgs)]
+    together = fit_many(cfgs, [tmp_path / f"vectorized{i}" for i in range(len(cfgs))])
+    for i, (a, b) in enumerate(zip(separate, together)):
+        one, many = tmp_path / f"separate{i}", tmp_path / f"vectorized{i}"
+        assert {"config.yaml", "metrics.csv", "summary.json", "init.pt"} <= {p.name for p in many.iterdir()}
+        ma, mb = metrics(one), metrics(many)
+        pd.testing.assert_frame_equal(ma.drop(columns="value"), mb.drop(columns="value"))
+        pd.testing.assert_series_equal(ma.value, mb.value, rtol=1e-5, atol=1e-6)
+        assert set(b) - set(a) == {"vectorized"} and set(a) <= set(b)
+        assert (b["status"], b.get("diverged_at_step"), b["step"]) == (a["status"], a.get("diverged_at_step"), a["step"])
+        assert json.loads((many / "summary.json").read_text())["status"] == b["status"]
+        if a["status"] == "completed":
+            wa = torch.load(one / "checkpoint.pt")["model"]
+            wb = torch.load(many / "checkpoint.pt")["model"]
+            assert wa.keys() == wb.keys()
+            for key in wa:
+                torch.testing.assert_close(wb[key], wa[key], rtol=1e-5, atol=1e-6, msg=key)
+    statuses = [s["status"] for s in together]
+    assert statuses.count("completed") >= len(runs) - 1
+
+
+def test_plan_groups_what_can_share_a_pass(mnist_root):
+    cfgs = [cfg_for(mnist_root, f"seed={s}") for s in range(3)]
+    cfgs.append(cfg_for(mnist_root, "optimizer=sgd", "optimizer.lr=0.3"))  # other optimizer: same pass
+    cfgs.append(cfg_for(mnist_root, "model.hidden=[64]"))  # other model: its own pass
+    cfgs.append(cfg_for(mnist_root, "model.dropout=0.1"))  # random masks: alone
+    cfgs.append(cfg_for(mnist_root, "trainer.vectorize=off", "seed=9"))
+    assert plan(cfgs) == [[0, 1, 2, 3], [4], [5], [6]]
+    assert "dropout" in why_not(cfgs[5])
+    with pytest.raises(UserError, match="trainer.vectorize=on"):
+        plan([cfg_for(mnist_root, "model.dropout=0.1", "trainer.vectorize=on")])
+    with pytest.raises(UserError, match="trainer.vectorize"):
+        plan([cfg_for(mnist_root, "trainer.vectorize=sometimes")])
+
+
+def test_multirun_trains_one_pass_into_ordinary_run_dirs(mnist_root, tmp_path):
+    out = run_cli("train", "-m", f"data.root={mnist_root}", "device=cpu", "diagnostics=off", "trainer.max_steps=3", "seed=0,1",
+                  f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "1 vectorized pass" in out.stdout + out.stderr
+    dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(dirs) == 2
+    for d in dirs:
+        assert {"config.yaml", "metrics.csv", "summary.json", "init.pt", "checkpoint.pt", "train.log", ".hydra"} <= {
+            p.name for p in d.iterdir()}
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["vectorized"]["models"] == 2
+        assert "epoch 1 step 3" in (d / "train.log").read_text()
+
+
+def test_sweep_that_cannot_be_vectorized_runs_as_with_the_basic_launcher(mnist_root, tmp_path):
+    args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=2", "model.dropout=0.1",
+            "seed=0,1"]
+    ours = run_cli(*args, f"hydra.sweep.dir={tmp_path / 'ours'}")
+    basic = run_cli(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'basic'}")
+    assert ours.returncode == basic.returncode == 0, ours.stderr + basic.stderr
+
+    def launcher_lines(out):
+        # the one addition: why a job runs on its own (trainer.vectorize=auto says so)
+        return [line.split("]", 2)[-1] for line in out.stdout.splitlines()
+                if "[HYDRA]" in line and "runs on its own" not in line]
+
+    assert launcher_lines(ours) == launcher_lines(basic)
+    for d in sorted(p.name for p in (tmp_path / "basic").iterdir() if p.is_dir()):
+        a, b = tmp_path / "basic" / d, tmp_path / "ours" / d
+        assert sorted(p.name for p in a.rglob("*")) == sorted(p.name for p in b.rglob("*"))
+        pd.testing.assert_frame_equal(metrics(a), metrics(b))
+        assert "vectorized" not in json.loads((b / "summary.json").read_text())
