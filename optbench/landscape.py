@@ -1,0 +1,208 @@
+"""Loss-landscape slices of a trained MLP, read from its run directory.
+
+Three slices of the training loss on a fixed subset of the training split:
+  - along one random direction d:           L(w + a d)            (1-D curve)
+  - on the plane of two random directions:  L(w + a d1 + b d2)    (2-D contour)
+  - on the segment from the initial to the final weights: L((1-t) w0 + t w)
+    (Goodfellow, Vinyals & Saxe 2015, "Qualitatively characterizing neural
+    network optimization problems").
+Random directions are filter-normalised (Li et al. 2018, "Visualizing the
+Loss Landscape of Neural Nets"): every row of a weight matrix (the incoming
+weights of one unit, a "filter" of a Linear layer) is rescaled to the norm
+of the same row of the weights, so that a = 1 means "as far again as the
+weights themselves" in every layer alike. Biases and batch-norm parameters get
+a zero direction, as in the paper.
+
+All grid points are evaluated in batches with torch.func: `vmap` over
+`functional_call`, so one call runs a chunk of models on the whole subset.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.func import functional_call, vmap
+
+from optbench import data
+from optbench.errors import UserError
+from optbench.models import build_mlp
+from optbench.trainer import CHECKPOINT, make_splits, normalise, select_device
+
+INIT = "init.pt"
+
+
+def load_run(run_dir, which: str = "final", device: str | None = None):
+    """(cfg, model, init_state, final_state) of a run; the model holds `which` ("final" or "init") weights, in eval mode."""
+    run_dir = Path(run_dir)
+    missing = [f for f in ("config.yaml", INIT, CHECKPOINT) if not (run_dir / f).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a finished run directory: no {', '.join(missing)} "
+                        "(runs write them from optbench train; checkpoint.pt at the end of each epoch)")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    dev = select_device(device or cfg.get("device", "auto"))
+    init = torch.load(run_dir / INIT, map_location=dev, weights_only=True)
+    final = torch.load(run_dir / CHECKPOINT, map_location=dev, weights_only=True)["model"]
+    model = build_mlp(**cfg.model).to(dev)
+    model.load_state_dict(final if which == "final" else init)
+    model.eval()  # batch norm uses its running statistics, dropout is off: L(w) is a function of w alone
+    return cfg, model, init, final
+
+
+def training_subset(cfg, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `samples` images of the run's training split, normalised as in training."""
+    split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
+    x, y = split["train"]
+    if not 1 <= samples <= len(x):
+        raise UserError(f"--samples={samples} must be between 1 and the training split's {len(x)}")
+    return normalise(x[:samples], split["mean"], split["std"]), y[:samples]
+
+
+def filter_normalised_direction(params: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A gaussian direction with each row of each weight matrix scaled to that row's norm in `params`.
+
+    1-D parameters (biases, batch-norm scale and shift) get zeros.
+    """
+    direction = {}
+    for name, p in params.items():
+        if p.dim() <= 1:
+            direction[name] = torch.zeros_like(p)
+            continue
+        d = torch.randn(p.shape, generator=generator, device=generator.device, dtype=p.dtype).to(p.device)
+        rows_d = d.flatten(1).norm(dim=1)
+        rows_p = p.flatten(1).norm(dim=1)
+        direction[name] = d * (rows_p / rows_d.clamp_min(1e-12)).view(-1, *[1] * (p.dim() - 1))
+    return direction
+
+
+@torch.no_grad()
+def losses_along(model, loss_fn, x, y, base: dict, directions: list[dict], coeffs: torch.Tensor,
+                 chunk: int = 16) -> torch.Tensor:
+    """L(base + sum_k coeffs[g, k] * directions[k]) for every row g of coeffs, as a tensor of len(coeffs).
+
+    `model` is build_mlp's Sequential (Flatten, first Linear, rest); buffers keep the model's values.
+    The first Linear holds most of the multiply-adds (784 inputs), and its output is linear in its
+    weights: x W^T on the slice is x W0^T + sum_k c_k x D_k^T. So it is computed once per direction,
+    and only the rest of the network runs per grid point (about 3x faster for the default MLP).
+    """
+    first, rest = model[1], model[2:]
+    if not isinstance(first, torch.nn.Linear):
+        raise TypeError("losses_along expects build_mlp's layout: Flatten, Linear, ...")
+    w, b = "1.weight", "1.bias"
+    inputs = x.flatten(1)
+    products = torch.stack([F.linear(inputs, p[w], p.get(b)) for p in (base, *directions)])  # (1 + k, N, h)
+    names = [n for n in base if n not in (w, b)]
+    stacked = {n: torch.stack([d[n] for d in directions]) for n in names}  # (k, *shape)
+
+    def loss_at(params, hidden):
+        return loss_fn(functional_call(rest, params, (hidden,)), y)
+
+    batched_loss = vmap(loss_at)
+    out = []
+    coeffs = coeffs.to(device=x.device, dtype=x.dtype)
+    for c in coeffs.split(chunk):
+        params = {n: base[n] + torch.tensordot(c, stacked[n], dims=1) for n in names}
+        hidden = products[0] + torch.tensordot(c, products[1:], dims=1)
+        out.append(batched_loss(params, hidden))
+    return torch.cat(out)
+
+
+def landscape(run_dir, points: int = 41, span: float = 1.0, samples: int = 10000, which: str = "final",
+              seed: int = 0, device: str | None = None, chunk: int = 16) -> dict:
+    """Every slice of one run as numpy arrays, plus the time the evaluation took (seconds)."""
+    if points < 3:
+        raise UserError(f"--points={points} must be >= 3")
+    if not span > 0:
+        raise UserError(f"--span={span} must be > 0")
+    cfg, model, init, final = load_run(run_dir, which, device)
+    dev = next(model.parameters()).device
+    x, y = training_subset(cfg, samples, dev)
+    loss_fn = instantiate(cfg.loss)
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    d1, d2 = filter_normalised_direction(base, gen), filter_normalised_direction(base, gen)
+
+    started = time.perf_counter()
+    a = torch.linspace(-span, span, points)
+    grid = torch.cartesian_prod(a, a)  # row-major: grid[i * points + j] = (a[i], a[j])
+    surface = losses_along(model, loss_fn, x, y, base, [d1, d2], grid, chunk).view(points, points)
+    curve = losses_along(model, loss_fn, x, y, base, [d1], a[:, None], chunk)
+    t = torch.linspace(-0.5, 1.5, points)
+    start = {n: init[n].to(dev) for n in base}
+    interp = losses_along(model, loss_fn, x, y, start, [{n: final[n].to(dev) - start[n] for n in base}],
+                          t[:, None], chunk)
+    seconds = time.perf_counter() - started
+    return {
+        "name": Path(run_dir).resolve().name, "which": which, "samples": len(x),
+        "alpha": a.numpy(), "surface": surface.cpu().numpy(), "curve": curve.cpu().numpy(),
+        "t": t.numpy(), "interp": interp.cpu().numpy(), "seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------- figures
+
+def _label(r: dict) -> str:
+    return f"{r['name']} ({r['which']} weights)"
+
+
+def plot_curves(results: list[dict]):
+    """1-D slices: loss along the random direction, and along the init -> final segment."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for r in results:
+        ax1.plot(r["alpha"], r["curve"], label=_label(r))
+        ax2.plot(r["t"], r["interp"], label=r["name"])
+    ax1.set(xlabel="step along a filter-normalised random direction, a", ylabel="training loss (cross-entropy)",
+            yscale="log", title="1-D slice: L(w + a d)")
+    ax2.set(xlabel="interpolation t (0: initial weights, 1: final weights)", ylabel="training loss (cross-entropy)",
+            yscale="log", title="Linear interpolation: L((1-t) w0 + t w)")
+    for t in (0, 1):
+        ax2.axvline(t, color="grey", lw=0.6, ls=":")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"Training loss on {results[0]['samples']} training images")
+    return fig
+
+
+def plot_surfaces(results: list[dict]):
+    """2-D contours, one panel per run, on one shared logarithmic colour scale."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    lo = min(float(r["surface"][np.isfinite(r["surface"])].min()) for r in results)
+    hi = max(float(r["surface"][np.isfinite(r["surface"])].max()) for r in results)
+    levels = np.geomspace(lo, hi, 30)
+    norm = LogNorm(lo, hi)
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1, 4.6), layout="constrained", squeeze=False)
+    for ax, r in zip(axes[0], results):
+        a = r["alpha"]
+        # surface[i, j] is at (a[i], a[j]): transpose so that the first direction runs along x
+        cs = ax.contourf(a, a, r["surface"].T, levels=levels, norm=norm, cmap="viridis")
+        ax.contour(a, a, r["surface"].T, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
+        ax.plot(0, 0, "r+", ms=10)
+        ax.set(xlabel="direction 1, a", ylabel="direction 2, b", title=_label(r), aspect="equal")
+    bar = fig.colorbar(cs, ax=axes[0].tolist(), label="training loss (cross-entropy, log scale)")
+    bar.set_ticks(levels[::4], labels=[f"{v:.3g}" for v in levels[::4]])
+    fig.suptitle(f"2-D slice L(w + a d1 + b d2), filter-normalised directions, {results[0]['samples']} training images")
+    return fig
+
+
+def save_figures(results: list[dict], out_dir) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prefix = "landscape" + ("_init" if results[0]["which"] == "init" else "")
+    paths = []
+    for name, fig in ((f"{prefix}_1d.png", plot_curves(results)), (f"{prefix}_2d.png", plot_surfaces(results))):
+        fig.savefig(out_dir / name, dpi=150)
+        plt.close(fig)
+        paths.append(out_dir / name)
+    arrays = {f"{i}_{k}": v for i, r in enumerate(results) for k, v in r.items() if isinstance(v, np.ndarray)}
+    np.savez(out_dir / f"{prefix}.npz", **arrays)
+    paths.append(out_dir / f"{prefix}.npz")
+    return paths
