@@ -6,6 +6,7 @@ at module level: `optbench --help` and `optbench list` answer at once.
 """
 
 import difflib
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -13,27 +14,50 @@ from pathlib import Path
 from optbench.errors import UserError
 
 CONF = Path(__file__).parent / "conf"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 log = logging.getLogger("optbench")
 
 USAGE = """\
 usage: optbench <command> [args]
 
 commands:
-  train [overrides]     train one model (Hydra app: `optbench train --help`; -m for sweeps)
+  train [overrides]     train one model (Hydra app: `optbench train --help`; -m for sweeps;
+                        --dry-run: build and check everything, train nothing)
   list                  every config group and its options, with what each is for
   data download|check   obtain MNIST and verify it, or verify what is on disk
+  report DIR... [--by KEY] [--target 0.97]
+                        one table of every run below DIR (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv)
+  plot DIR [--by KEY] [--x step|epoch|time] [--format png|svg|pdf]
+                        learning curves, gradient norms, learning rates, lr sensitivity, final metrics into DIR/plots/
+  export tensorboard DIR [--out DIR/tensorboard]
+                        every run's metrics as TensorBoard event files (needs `pip install optbench[tensorboard]`)
+  search --space NAME [--sampler random|tpe|cmaes|grid] [--trials N] [--seeds 0,1] [--dir DIR] [overrides]
+                        Optuna search over config keys; every trial is a run directory (`optbench search -h`)
+  gradcheck [overrides] autograd vs finite differences on the configured model (float64)
+  trajectories [overrides] [--gif] [--out DIR]
+                        optimizers from conf/optimizer/ stepping on a 2-D surface (surface=quadratic|...)
+  landscape RUN_DIR [RUN_DIR2] [--points 41] [--span 1] [--samples 10000] [--init]
+                        training-loss slices around a run's weights (random directions, init->final)
+  bench [overrides] [--epochs 2] [--rounds 2] [--sweep 8]
+                        seconds per epoch: optbench vs a DataLoader loop vs the GEMM floor; vectorized sweep speedup
 
 examples:
   optbench train optimizer=adam
   optbench train optimizer=sgd optimizer.lr=0.05 trainer.epochs=5 seed=3
   optbench train -m optimizer=sgd,adam seed=0,1
+  optbench train +experiment=optimizers          # a preset comparison (conf/experiment/), then:
+  optbench report multirun/<stamp> && optbench plot multirun/<stamp>
+  optbench trajectories optimizer=sgd,momentum,adam surface=rosenbrock --gif
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
-    commands = {"train": train, "list": list_options, "data": data_command}
+    commands = {"train": train, "list": list_options, "data": data_command, "gradcheck": gradcheck_command,
+                "trajectories": trajectories_command, "landscape": landscape_command, "search": search_command,
+                "report": report_command, "plot": plot_command, "export": export_command,
+                "bench": bench_command}
     if command in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
@@ -89,16 +113,59 @@ def check_group_choices(args: list[str]) -> None:
                 )
 
 
+def validate_overrides(args: list[str]) -> None:
+    """Compose the config for every value a sweep names, so a bad key or type fails now, in one line.
+
+    Hydra would report it too, but over several lines, and in a sweep only
+    when it reaches that job.
+    """
+    try:
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = get_args_parser().parse_args(args)
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+        variants = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in overrides]
+    except BaseException:
+        return  # malformed command line or a sweep kind we cannot expand: Hydra explains it
+    if parsed.help or parsed.hydra_help or parsed.shell_completion or parsed.info:
+        return
+
+    def line(o, value: str) -> str:
+        return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
+
+    base = [line(o, values[0]) for o, values in zip(overrides, variants)]
+    compose_config(base)
+    for i, (o, values) in enumerate(zip(overrides, variants)):
+        for value in values[1:]:
+            compose_config(base[:i] + [line(o, value)] + base[i + 1 :])
+
+
 def train(args: list[str]) -> int:
     import hydra
 
     from optbench import schema
 
+    if "--dry-run" in args:
+        return dry_run([a for a in args if a != "--dry-run"])
     check_group_choices(args)
     schema.register()
+    validate_overrides(args)
     # Hydra reads sys.argv itself; give it exactly what followed `train`
     sys.argv = [f"{Path(sys.argv[0]).name} train", *args]
     hydra.main(config_path="conf", config_name="config", version_base="1.3")(_train_task)()
+    return 0
+
+
+def dry_run(args: list[str]) -> int:
+    """`optbench train --dry-run [overrides]`: compose, validate and build everything, train nothing, write nothing."""
+    cfg = compose_config(args)
+    from optbench.trainer import prepare
+
+    s = prepare(cfg)
+    n_params = sum(p.numel() for p in s.model.parameters())
+    print(f"ok: {type(s.optimizer).__name__} on {s.device}, {n_params} parameters, "
+          f"{s.total_steps} steps of batch {s.batch_size} ({s.steps_per_epoch} per epoch), schedule per {s.interval}")
     return 0
 
 
@@ -106,10 +173,16 @@ def _train_task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from optbench import results
     from optbench.trainer import fit
 
     hydra_cfg = HydraConfig.get()
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    _share_machine(cfg, hydra_cfg)
+    previous = _finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
+    if previous is not None:
+        return previous.get("best_val_acc")
+    results.write_process(hydra_cfg.runtime.output_dir)
     try:
         summary = fit(cfg, hydra_cfg.runtime.output_dir, choices)
     except UserError as e:
@@ -118,9 +191,85 @@ def _train_task(cfg) -> float | None:
             return None
         print(f"optbench: error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # what was written before stays readable; the summary says failed. Later jobs would fail the same way.
+        print(f"optbench: error: the disk is full (or over quota) writing {e.filename or 'the run directory'}: "
+              f"{e.strerror}; the run in {hydra_cfg.runtime.output_dir} is marked failed", file=sys.stderr)
+        raise SystemExit(1)
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt  # also ends a multirun instead of starting the next job
     return summary.get("best_val_acc")
+
+
+def _finished_run(cfg, run_dir: Path) -> dict | None:
+    """The summary of a run already finished in run_dir with this config, when it is to be kept.
+
+    Re-running a sweep with the same hydra.sweep.dir then trains only what
+    is missing.
+    """
+    from optbench import results
+
+    summary = results.read_summary(run_dir)
+    if summary is None:
+        return None
+    if (cfg.trainer.get("skip_completed", True) and summary.get("status") in results.FINISHED
+            and results.same_config(run_dir, cfg)):
+        log.info("skipped: %s already %s with this config (trainer.skip_completed=false reruns it)",
+                 run_dir, summary["status"])
+        return summary
+    if summary.get("status") in results.FINISHED and cfg.trainer.get("skip_completed", True):
+        changed = results.config_differences(run_dir, cfg)
+        log.info("training %s again: its config changed (%s)", run_dir, ", ".join(changed[:5]))
+    return None  # fit() resumes an unfinished run of this config, or starts over
+
+
+def _share_machine(cfg, hydra_cfg) -> None:
+    """Parallel jobs split the machine instead of fighting over it: torch threads per job, GPU per job."""
+    import os
+
+    import torch
+    from hydra.types import RunMode
+
+    threads = job_threads(hydra_cfg.launcher, len(os.sched_getaffinity(0)))
+    if threads:
+        torch.set_num_threads(threads)  # the summary records torch_threads
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        cfg.device = job_device(cfg.device, hydra_cfg.job.num, torch.cuda.device_count())
+
+
+def job_threads(launcher, cores: int) -> int | None:
+    """Torch threads for one job: its share of the cores under joblib, cpus_per_task under submitit,
+    None (torch's default) under the basic launcher, which runs one job at a time."""
+    target = launcher.get("_target_", "")
+    if "joblib" in target:
+        n_jobs = launcher.get("n_jobs") or -1
+        if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
+            n_jobs = max(cores + 1 + n_jobs, 1)
+        return max(cores // n_jobs, 1)
+    if "submitit" in target:
+        return launcher.get("cpus_per_task") or None
+    return None
+
+
+def job_device(device: str, job_num: int, n_gpus: int) -> str:
+    """With several GPUs sweep job k trains on GPU k mod n; with one GPU the jobs share it."""
+    if device in ("auto", "cuda") and n_gpus > 1:
+        return f"cuda:{job_num % n_gpus}"
+    return device
+
+
+def bench_command(args: list[str]) -> int:
+    from optbench import bench
+
+    return bench.main(args)
+
+
+def search_command(args: list[str]) -> int:
+    from optbench import search
+
+    return search.main(args)
 
 
 def list_options(args: list[str]) -> int:
@@ -134,9 +283,125 @@ def list_options(args: list[str]) -> int:
 
 def _describe(path: Path) -> str:
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
+        if line.startswith("#") and not line.lstrip("# ").startswith("@"):  # not a Hydra header (# @package)
             return line.lstrip("# ").strip()
     return ""
+
+
+def compose_config(overrides: list[str]):
+    """The config `optbench train <overrides>` would run, for commands that are not Hydra apps."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from optbench import schema
+
+    check_group_choices(overrides)
+    schema.register()
+    try:
+        with initialize_config_module("optbench.conf", version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(_one_line(e)) from None
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra's message, and its cause's first line (the actual reason), on one line."""
+    parts = [str(error).strip().splitlines()[0]]
+    if error.__cause__ is not None and str(error.__cause__).strip():
+        parts.append(str(error.__cause__).strip().splitlines()[0])
+    return ": ".join(" ".join(part.split()) for part in parts)
+
+
+def gradcheck_command(args: list[str]) -> int:
+    """optbench gradcheck [overrides]: lecture 000's numerical derivative against backprop."""
+    if args and args[0] in ("-h", "--help"):
+        print("usage: optbench gradcheck [overrides]   (same overrides as train, e.g. model.activation=tanh)")
+        return 0
+    cfg = compose_config(args)
+    import torch
+    from hydra.utils import instantiate
+
+    from optbench import data, diagnostics
+    from optbench.models import build_mlp, init_weights
+    from optbench.trainer import make_splits, normalise
+
+    torch.manual_seed(cfg.seed)
+    split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, torch.device("cpu"))
+    x, y = split["val"][0][:64], split["val"][1][:64]
+    model = build_mlp(**cfg.model)
+    init_weights(model, cfg.init)
+    rows = diagnostics.gradcheck(model, instantiate(cfg.loss), normalise(x, split["mean"], split["std"]), y)
+    print(f"{'parameter':<14} {'max abs error':>14} {'max rel error':>14}  verdict")
+    for r in rows:
+        print(f"{r['param']:<14} {r['max_abs_error']:>14.2e} {r['max_rel_error']:>14.2e}  {'pass' if r['passed'] else 'FAIL'}")
+    failed = [r["param"] for r in rows if not r["passed"]]
+    print(f"gradient check {'failed for ' + ', '.join(failed) if failed else 'passed'} "
+          f"({len(rows)} tensors, 5 sampled entries each, float64 central differences)")
+    return 1 if failed else 0
+
+
+def trajectories_command(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="optbench trajectories",
+        description="Step optimizers from conf/optimizer/ on a 2-D surface from conf/surface/ and draw their paths.",
+        epilog="overrides: optimizer=sgd,momentum,adam (a list: one path each) surface=quadratic,saddle (one figure "
+               "each) steps=200 optimizer.lr=0.01 (all optimizers) surface.lr.sgd=0.01 (one) surface.noise=0.5 "
+               "surface.condition=50 seed=1",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the trajectories config")
+    parser.add_argument("--gif", action="store_true", help="also write an animated GIF of the paths")
+    parser.add_argument("--out", default="trajectories", help="folder for the figures (default: ./trajectories)")
+    opts = parser.parse_intermixed_args(args)
+    check_group_choices(opts.overrides)
+    from optbench import trajectories as tr
+
+    optimizers, surfaces, rest = tr.expand(opts.overrides)
+    for surface in surfaces:
+        cfgs = [tr.compose(name, surface, rest) for name in optimizers]
+        results = [tr.run(cfg) for cfg in cfgs]
+        for r in results:
+            end = r["path"][-1]
+            print(f"{surface:<11} {r['name']:<13} lr {r['lr']!s:<8} f {r['f'][-1]:<12.4g} at ({end[0]:.4g}, {end[1]:.4g})"
+                  + (f"  left the plot at step {r['stopped']}" if r["stopped"] else ""))
+        for path in tr.save(cfgs[0].surface, results, opts.out, opts.gif):
+            print(f"wrote {path}")
+    return 0
+
+
+def landscape_command(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="optbench landscape",
+        description="Training loss around a run's weights: along filter-normalised random directions (1-D, 2-D) "
+                    "and on the line from the initial to the final weights.",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run directory, or two to compare side by side")
+    parser.add_argument("--points", type=int, default=41, help="grid points per axis (default: 41)")
+    parser.add_argument("--span", type=float, default=1.0, help="the grid covers [-span, span] per direction (default: 1)")
+    parser.add_argument("--samples", type=int, default=10000, help="training images the loss is taken over (default: 10000)")
+    parser.add_argument("--init", action="store_true", help="slice around the initial weights instead of the final ones")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random directions (default: 0)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: the run's own device setting)")
+    parser.add_argument("--out", default=None, help="folder for the figures (default: RUN_DIR/plots of the first run)")
+    opts = parser.parse_args(args)
+    if len(opts.runs) > 2:
+        raise UserError(f"landscape compares at most two runs, got {len(opts.runs)}")
+    from optbench import landscape as ls
+
+    results = []
+    for run in opts.runs:
+        r = ls.landscape(run, opts.points, opts.span, opts.samples, "init" if opts.init else "final", opts.seed, opts.device)
+        centre = r["surface"][opts.points // 2, opts.points // 2] if opts.points % 2 else float("nan")
+        print(f"{run}: {opts.points}x{opts.points} grid + 2 lines of {opts.points} on {r['samples']} images "
+              f"in {r['seconds']:.1f} s; loss at the centre {centre:.4f}")
+        results.append(r)
+    for path in ls.save_figures(results, opts.out or Path(opts.runs[0]) / "plots"):
+        print(f"wrote {path}")
+    return 0
 
 
 def data_command(args: list[str]) -> int:
@@ -157,6 +422,99 @@ def data_command(args: list[str]) -> int:
     for file, ok, message in rows:
         print(f"{'ok ' if ok else 'BAD'} {file}: {message}")
     return 0 if all(ok for _, ok, _ in rows) else 1
+
+
+
+def _by(value: str | None) -> list[str] | None:
+    return [k.strip() for k in value.split(",") if k.strip()] if value else None
+
+
+def report_command(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="optbench report",
+        description="Collect every run below DIR into runs.csv and metrics.csv.gz, rank the groups, "
+                    "print the ranking and save it as ranking.md and ranking.csv.")
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories (searched recursively)")
+    parser.add_argument("--by", help="group by these config keys, comma-separated (default: what varied, seed excluded)")
+    parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach (default: 0.97)")
+    parser.add_argument("--out", help="where the tables go (default: the first DIR)")
+    opts = parser.parse_args(args)
+    if not 0 < opts.target <= 1:
+        raise UserError(f"--target {opts.target} must be an accuracy in (0, 1]")
+    from optbench import results
+
+    runs = results.load_runs(*opts.dirs)
+    metrics = results.load_metrics(runs)
+    out = Path(opts.out or opts.dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "runs.csv", index=False)
+    metrics.to_csv(out / "metrics.csv.gz", index=False)
+    table = results.rank(runs, metrics, _by(opts.by), opts.target)
+    text = results.format_ranking(table)
+    table.to_csv(out / "ranking.csv", index=False)
+    (out / "ranking.md").write_text(results.markdown(text))
+    statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
+    print(f"{len(runs)} runs ({statuses}); grouped by {', '.join(table.attrs['by']) or 'nothing (one group)'}"
+          + (f"; {', '.join(table.attrs['tuned'])} chosen per group on validation" if table.attrs["tuned"] else ""))
+    print(text.to_string(index=False))
+    print(f"wrote {out / 'runs.csv'}, {out / 'metrics.csv.gz'}, {out / 'ranking.md'}, {out / 'ranking.csv'}")
+    return 0
+
+
+def plot_command(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="optbench plot", description="Draw the runs below DIR (a sweep or a single run) into DIR/plots/.")
+    parser.add_argument("dir", metavar="DIR")
+    parser.add_argument("--by", help="colour by these config keys, comma-separated (default: what varied, seed excluded)")
+    parser.add_argument("--x", choices=["step", "epoch", "time"], default="step", help="x axis of the curves")
+    parser.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
+    parser.add_argument("--out", help="folder for the figures (default: DIR/plots)")
+    opts = parser.parse_args(args)
+    from optbench import plots, results
+
+    runs = results.load_runs(opts.dir)
+    metrics = results.load_metrics(runs)
+    by = results.resolve_by(runs, _by(opts.by))
+    chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
+    curves = metrics[metrics.run.isin(chosen.run)]
+    figures = {
+        "learning_curves": plots.learning_curves(chosen, curves, by, opts.x),
+        "gradient_norms": plots.gradient_norms(chosen, curves, by, opts.x),
+        "learning_rates": plots.learning_rates(chosen, curves, by, opts.x),
+        "final_metrics": plots.final_metrics(chosen, by),
+    }
+    lr_key = "optimizer.lr"
+    if lr_key in results.varied_keys(runs) and runs[lr_key].nunique() > 1:
+        figures["lr_sensitivity"] = plots.lr_sensitivity(runs, by, lr_key)
+    out = Path(opts.out or Path(opts.dir) / "plots")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.{opts.format}", dpi=plots.DPI)
+        print(out / f"{name}.{opts.format}")
+    return 0
+
+
+def export_command(args: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="optbench export", description="Write every run's metrics in another tool's format.")
+    parser.add_argument("format", choices=["tensorboard"])
+    parser.add_argument("dir", metavar="DIR")
+    parser.add_argument("--by", help="name TensorBoard runs by these config keys (default: what varied)")
+    parser.add_argument("--out", help="folder for the event files (default: DIR/tensorboard)")
+    opts = parser.parse_args(args)
+    from optbench import results
+
+    runs = results.load_runs(opts.dir)
+    out = Path(opts.out or Path(opts.dir) / "tensorboard")
+    written = results.export_tensorboard(runs, results.load_metrics(runs), out, _by(opts.by))
+    print(f"wrote {len(written)} runs to {out}; view with: tensorboard --logdir {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""Bad input gets one clear line and a non-zero exit, never a traceback (issue 6)."""
+
+import errno
+import json
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cli
+from optbench.cli import main
+
+
+def _dry(capsys, *overrides):
+    code = main(["train", "--dry-run", *overrides])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["optimizer=adamm"], "did you mean adam"),
+        (["init=he"], "choices:"),
+        (["optimizer.lrr=0.1"], "optimizer.lrr"),
+        (["trainer.epochs=abc"], "trainer.epochs=abc"),
+        (["optimizer.lr=-0.1"], "Invalid learning rate"),
+        (["optimizer=momentum", "optimizer.momentum=-0.5"], "momentum"),
+        (["optimizer.betas=[0.9,1.5]"], "beta"),
+        (["model.dropout=1.0"], "model.dropout"),
+        (["trainer.batch_size=0"], "trainer.batch_size"),
+        (["trainer.batch_size=50001"], "trainer.batch_size"),
+        (["model.hidden=[64,0]"], "model.hidden"),
+        (["trainer.eval_every=0"], "trainer.eval_every"),
+        (["trainer.clip_grad_norm=0"], "trainer.clip_grad_norm"),
+        (["optimizer=nesterov", "optimizer.momentum=0"], "Nesterov"),
+        (["optimizer=lbfgs", "trainer.clip_grad_value=1"], "lbfgs"),
+        (["device=cuda"] if not __import__("torch").cuda.is_available() else ["device=nonsense"], "device="),
+        (["model.activation=relux"], "model.activation"),
+        (["diagnostics.level=loud"], "diagnostics.level"),
+    ],
+)
+def test_each_bad_input_is_one_line_naming_the_problem(capsys, mnist_root, overrides, words):
+    code, out, err = _dry(capsys, f"data.root={mnist_root}", *overrides)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("optbench: error: ") and words in err, err
+
+
+def test_a_good_config_builds_in_a_dry_run(capsys, mnist_root):
+    code, out, err = _dry(capsys, f"data.root={mnist_root}", "optimizer=gd")
+    assert code == 0 and "1 per epoch" in out and err == ""
+
+
+VALUES = {
+    "optimizer": st.sampled_from(["sgd", "adam", "lbfgs", "gd", "nesterov", "rmsprop", "adamm", ""]),
+    "optimizer.lr": st.sampled_from(["0.1", "-1", "0", "1e9", "abc", "null"]),
+    "optimizer.momentum": st.sampled_from(["0.9", "-0.5", "0", "x"]),
+    "optimizer.betas": st.sampled_from(["[0.9,0.999]", "[1.5,0.9]", "[0.9]", "7"]),
+    "trainer.batch_size": st.sampled_from(["1", "128", "0", "-3", "50000", "60000", "null", "1.5"]),
+    "trainer.epochs": st.sampled_from(["1", "0", "-1", "abc"]),
+    "trainer.eval_every": st.sampled_from(["1", "0", "null", "-2"]),
+    "trainer.clip_grad_norm": st.sampled_from(["1.0", "0", "-1", "null"]),
+    "model.hidden": st.sampled_from(["[32]", "[]", "[0]", "[16,-4]", "abc", "[8,8]"]),
+    "model.activation": st.sampled_from(["relu", "sigmoid", "tanh", "swish", "identity"]),
+    "model.dropout": st.sampled_from(["0.5", "1.0", "-0.1", "x"]),
+    "model.batchnorm": st.sampled_from(["none", "pre", "post", "middle"]),
+    "schedule": st.sampled_from(["constant", "cosine", "plateau", "warmup", "one_cycle", "bogus"]),
+    "init": st.sampled_from(["default", "zeros", "he_normal", "normal", "xavier"]),
+    "loss": st.sampled_from(["cross_entropy", "mse", "hinge"]),
+    "device": st.sampled_from(["cpu", "auto", "cuda", "tpu"]),
+    "diagnostics": st.sampled_from(["off", "basic", "full", "loud"]),
+    "nonsense.key": st.sampled_from(["1"]),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(sorted(VALUES)), st.none(), min_size=1, max_size=5).flatmap(
+    lambda keys: st.fixed_dictionaries({k: VALUES[k] for k in keys})))
+def test_random_overrides_either_build_or_fail_in_one_line(capsys, mnist_root, overrides):
+    code, out, err = _dry(capsys, f"data.root={mnist_root}", *(f"{k}={v}" for k, v in overrides.items()))
+    if code == 0:
+        assert out.startswith("ok: ") and err == ""
+    else:
+        assert code == 2, err
+        assert err.count("\n") == 1 and err.startswith("optbench: error: "), err
+
+
+def test_report_and_plot_on_a_directory_without_runs(tmp_path):
+    for command in ("report", "plot"):
+        out = run_cli(command, str(tmp_path))
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no runs" in out.stderr, out.stderr
+
+
+def _limit_file_size():
+    # every file the run writes may hold 100 kB: metrics.csv fills up like a full disk (EFBIG instead of ENOSPC)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_rows_written(mnist_root, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "optbench", "train", f"data.root={mnist_root}", "trainer.max_steps=3000",
+         "model.hidden=[16]", "trainer.checkpoint_every=0", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=300,
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("optbench: error: ") and "disk" in last and "Traceback" not in out.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and f"Errno {errno.EFBIG}" in summary["reason"]
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "metrics.csv", on_bad_lines="skip")
+    assert len(rows) > 100 and (rows.step == 0).any()
