@@ -487,6 +487,14 @@ def plot_command(args: list[str]) -> int:
         "learning_rates": plots.learning_rates(chosen, curves, by, opts.x),
         "final_metrics": plots.final_metrics(chosen, by),
     }
+    if (curves.split == "diag").any():
+        figures["activations"] = plots.activation_stats(chosen, curves, by, opts.x)
+    # histograms: the first run (seed) of each group, so outlines of groups compare
+    first = chosen.groupby(by, sort=False).head(1) if by else chosen.head(1)
+    tables = results.load_histograms(first)
+    for kind in ("act", "grad"):
+        if len(tables) and (tables.kind == kind).any():
+            figures[f"histograms_{kind}"] = plots.histograms(first, tables, by, kind)
     lr_key = "optimizer.lr"
     if lr_key in results.varied_keys(runs) and runs[lr_key].nunique() > 1:
         figures["lr_sensitivity"] = plots.lr_sensitivity(runs, by, lr_key)

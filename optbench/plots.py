@@ -268,3 +268,89 @@ def final_metrics(runs: pd.DataFrame, by: list[str],
         ax.tick_params(axis="x", labelrotation=45 if len(groups) > 4 else 0)
         ax.grid(alpha=0.3, axis="y")
     return fig
+
+
+# --- Diagnostics: the lectures' per-layer activation and gradient pictures ---
+
+DIAG_PANELS = (
+    ("act_mean", "activation mean"),
+    ("act_std", "activation std"),
+    ("grad_std", "std of dL/d(pre-activation), log"),
+    ("saturated", "saturated fraction (sigmoid/tanh)"),
+    ("dead", "dead ReLU fraction"),
+)
+
+
+def _layer_colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)]
+
+
+def activation_stats(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: str = "step") -> Figure:
+    """Per-layer statistics on the probe batch over training: a column per group, a row per statistic.
+
+    One line per hidden layer, coloured from the input (dark) to the output
+    (light): the lecture's "mean and standard deviation of activation
+    values" figure, side by side for the groups compared (mean over seeds).
+    """
+    labels = group_labels(runs, by)
+    m = with_x(metrics[metrics.split == "diag"], runs, x)
+    m = m.assign(stat=m.metric.str.split("/").str[0], layer=m.metric.str.split("/").str[1], group=m.run.map(labels))
+    m = m[m.stat.isin([stat for stat, _ in DIAG_PANELS])]  # the probe's statistics: hidden layers only
+    panels = [(stat, title) for stat, title in DIAG_PANELS if (m.stat == stat).any()]
+    groups = list(dict.fromkeys(labels))
+    fig = _new_figure(3.6 * len(groups) + 1.5, 2.3 * len(panels) + 0.6,
+                      "Hidden layers on a fixed batch of validation images (mean over seeds)")
+    axes = np.atleast_2d(fig.subplots(len(panels), len(groups), sharex=True, sharey="row", squeeze=False))
+    layers = sorted(m.layer.dropna().unique(), key=lambda name: int(name[2:]))
+    colours = dict(zip(layers, _layer_colours(len(layers))))
+    for col, group in enumerate(groups):
+        axes[0, col].set_title(f"{_legend_title(by)} = {group}" if by else group, fontsize="medium")
+        for row, (stat, title) in enumerate(panels):
+            ax = axes[row, col]
+            rows = m[(m.group == group) & (m.stat == stat)]
+            for layer, g in rows.groupby("layer"):
+                mean = g.groupby("step").agg(x=("x", "mean"), value=("value", "mean"))
+                ax.plot(mean["x"], mean["value"], color=colours[layer], lw=1.4, marker=".", ms=3)
+            if stat == "grad_std" and (rows.value > 0).any():
+                ax.set_yscale("log")
+            if col == 0:
+                ax.set_ylabel(title, fontsize="small")
+            ax.grid(alpha=0.3)
+        axes[-1, col].set_xlabel(X_LABELS[x])
+    from matplotlib.lines import Line2D
+
+    fig.legend([Line2D([], [], color=colours[layer], lw=2) for layer in layers],
+               [f"{layer} (hidden {i + 1})" for i, layer in enumerate(layers)],
+               title="layer", loc="outside right upper", fontsize="small")
+    return fig
+
+
+def histograms(runs: pd.DataFrame, tables: pd.DataFrame, by: list[str], kind: str = "act") -> Figure:
+    """Histograms of each hidden layer (rows) at the recorded points of training (columns), one outline per group.
+
+    `tables` is histograms.csv of one run per group (with a `run` column);
+    counts are normalised to fractions so groups compare.
+    """
+    labels, colours = group_labels(runs, by), _colours(group_labels(runs, by))
+    h = tables[tables.kind == kind].assign(group=lambda t: t.run.map(labels))
+    layers = sorted(h.layer.unique(), key=lambda name: int(name[2:]))
+    steps = sorted(h.step.unique())
+    what = "activation values" if kind == "act" else "gradients dL/d(pre-activation)"
+    fig = _new_figure(3.2 * len(steps) + 1.5, 1.25 * len(layers) + 1.0, f"Histograms of {what} per hidden layer")
+    axes = np.atleast_2d(fig.subplots(len(layers), len(steps), sharex="col", squeeze=False))
+    for col, step in enumerate(steps):
+        axes[0, col].set_title(f"step {step}", fontsize="medium")
+        for row, layer in enumerate(layers):
+            ax = axes[row, col]
+            for group, g in h[(h.step == step) & (h.layer == layer)].groupby("group"):
+                edges = np.append(g["lo"].to_numpy(), g["hi"].to_numpy()[-1])
+                ax.stairs(g["count"] / g["count"].sum(), edges, color=colours[group], lw=1.2)
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(layer, rotation=0, ha="right", va="center", fontsize="small")
+        axes[-1, col].set_xlabel("value")
+    fig.supylabel("fraction of values", fontsize="small")
+    _legend(fig, colours, by)
+    return fig

@@ -272,6 +272,15 @@ def load_metrics(runs):
     return pd.concat(tables, ignore_index=True)
 
 
+def load_histograms(runs):
+    """histograms.csv of every run in `runs` that has one, with a `run` column."""
+    import pandas as pd
+
+    tables = [pd.read_csv(Path(d) / "histograms.csv", on_bad_lines="skip").assign(run=run)
+              for run, d in zip(runs["run"], runs["run_dir"]) if (Path(d) / "histograms.csv").exists()]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
 def as_text(values):
     """Values as the text that labels and groups them: 32 not 32.0, null for a missing value.
 

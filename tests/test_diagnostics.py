@@ -141,3 +141,29 @@ def test_gradcheck_passes_on_the_mlp_and_catches_a_broken_backward():
     rows = {r["param"]: r for r in diagnostics.gradcheck(broken, nn.CrossEntropyLoss(), x, y)}
     assert not rows["fc0.weight"]["passed"] and rows["fc0.weight"]["max_rel_error"] > 0.3
     assert rows["fc1.weight"]["passed"]  # above the broken module the gradient is right
+
+
+def test_diagnostics_figures_show_each_layer_for_each_group(mnist_root, tmp_path):
+    from conftest import compose
+    from optbench import plots, results
+    from optbench.trainer import fit
+
+    for init in ("normal", "xavier_uniform"):
+        cfg = compose(f"data.root={mnist_root}", "device=cpu", "model.activation=sigmoid", "model.hidden=[32,32,32]",
+                      f"init={init}", "trainer.max_steps=20", "trainer.eval_every=10")
+        fit(cfg, tmp_path / init, {"init": init})
+    runs = results.load_runs(tmp_path)
+    metrics = results.load_metrics(runs)
+    by = ["init.name"]
+    fig = plots.activation_stats(runs, metrics, by)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 4 * 2  # act mean, act std, grad std, saturated x two groups
+    assert all(len(ax.get_lines()) == 3 for ax in axes)  # one line per hidden layer
+    assert {ax.get_title() for ax in axes} >= {"init.name = normal", "init.name = xavier_uniform"}
+    hist = plots.histograms(runs, results.load_histograms(runs), by, "act")
+    cells = [ax for ax in hist.axes if ax.get_visible()]
+    assert len(cells) == 3 * 3  # hidden layers x (start, middle, end)
+    assert all(len(ax.patches) == 2 for ax in cells)  # one outline per group
+    out = tmp_path / "activations.png"
+    fig.savefig(out, dpi=plots.DPI)
+    assert out.stat().st_size > 20_000
