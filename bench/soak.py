@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 
 LRS = (0.01, 0.1, 1.0, 1e5)  # the last one diverges at once
-STEPS_PER_EPOCH, EPOCHS = 10, 3  # batch 5000 of 50k; a checkpoint at each epoch's end
+STEPS_PER_EPOCH, EPOCHS = 50, 3  # batch 1000 of 50k; a checkpoint at each epoch's end
 
 
 def sweep_command(sweep_dir: Path, data_root: str, seeds: int) -> list[str]:
     return [
         sys.executable, "-m", "optbench", "train", "-m", "optimizer=sgd",
         f"optimizer.lr={','.join(map(str, LRS))}", f"seed=range(0,{seeds})", "model.hidden=[32]",
-        "trainer.batch_size=5000", f"trainer.epochs={EPOCHS}", f"data.root={data_root}",
+        f"trainer.batch_size={50_000 // STEPS_PER_EPOCH}", f"trainer.epochs={EPOCHS}", f"data.root={data_root}",
         f"hydra.sweep.dir={sweep_dir}",
     ]
 
@@ -64,7 +64,11 @@ def check(sweep_dir: Path, seeds: int) -> dict:
         if want == "completed":
             lost += len(set(range(1, EPOCHS * STEPS_PER_EPOCH + 1)) - set(steps))
             lost += len({0, *range(STEPS_PER_EPOCH, EPOCHS * STEPS_PER_EPOCH + 1, STEPS_PER_EPOCH)} - set(evals))
-    return {"runs": len(runs), "rows": len(metrics), "lost": lost, "duplicated": duplicated, "problems": problems}
+    logs = [(Path(d) / "train.log").read_text() for d in runs["run_dir"]]
+    resumed = sum("resuming from the checkpoint" in log for log in logs)
+    restarted = sum(log.count("epoch 0 step 0") > 1 for log in logs)
+    return {"runs": len(runs), "rows": len(metrics), "lost": lost, "duplicated": duplicated, "problems": problems,
+            "resumed": resumed, "restarted": restarted}
 
 
 def main() -> int:
@@ -86,7 +90,8 @@ def main() -> int:
     result = check(sweep_dir, opts.seeds)
     print(f"runs: {result['runs']} (expected {len(LRS) * opts.seeds}); interruptions: SIGINT (exit {codes[0]}), "
           f"SIGKILL (exit {codes[1]}); final pass exit {codes[2]}; metric rows checked: {result['rows']}; "
-          f"lost: {result['lost']}; duplicated: {result['duplicated']}; wall time {wall:.0f} s")
+          f"lost: {result['lost']}; duplicated: {result['duplicated']}; runs resumed from a checkpoint: "
+          f"{result['resumed']}, restarted from scratch: {result['restarted']}; wall time {wall:.0f} s")
     for problem in result["problems"]:
         print("PROBLEM:", problem)
     return 0 if codes[2] == 0 and not result["problems"] and not (result["lost"] or result["duplicated"]) else 1

@@ -25,18 +25,8 @@ from omegaconf import OmegaConf
 from optbench import data, results
 from optbench.models import build_mlp
 from optbench.trainer import fit, make_splits, select_device
+from optbench.cli import compose_config as compose
 from optbench.vectorized import fit_many
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    from optbench import schema
-
-    schema.register()
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
 
 
 def peak_memory(device: torch.device) -> str:

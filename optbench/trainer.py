@@ -173,29 +173,28 @@ def optimizer_impl(optimizer) -> str:
     return "default"
 
 
+# (key, allowed values, the rule as the error message states it); null always means "off" for these keys
+TRAINER_RULES = (
+    ("epochs", lambda v: v >= 0, ">= 0"),
+    ("max_steps", lambda v: v >= 0, ">= 0 (or null: epochs decide)"),
+    ("eval_every", lambda v: v >= 1, ">= 1 (or null for once per epoch)"),
+    ("log_every", lambda v: v >= 1, ">= 1"),
+    ("checkpoint_every", lambda v: v >= 0, ">= 0 (0: no checkpoints)"),
+    ("clip_grad_norm", lambda v: v > 0, "> 0 (or null for no clipping)"),
+    ("clip_grad_value", lambda v: v > 0, "> 0 (or null for no clipping)"),
+    ("l1", lambda v: v >= 0, ">= 0"),
+    ("patience", lambda v: v >= 1, ">= 1 (or null for no early stopping)"),
+    ("min_delta", lambda v: v >= 0, ">= 0"),
+)
+
+
 def check_trainer(t: DictConfig, n_train: int) -> None:
     if t.batch_size is not None and not 1 <= t.batch_size <= n_train:
         raise UserError(f"trainer.batch_size={t.batch_size} must be between 1 and the training split's {n_train} "
                         "(or null for all of it)")
-    for key in ("clip_grad_norm", "clip_grad_value"):
-        if t[key] is not None and not t[key] > 0:
-            raise UserError(f"trainer.{key}={t[key]} must be > 0 (or null for no clipping)")
-    if t.l1 < 0:
-        raise UserError(f"trainer.l1={t.l1} must be >= 0")
-    if t.patience is not None and t.patience < 1:
-        raise UserError(f"trainer.patience={t.patience} must be >= 1 (or null for no early stopping)")
-    if t.min_delta < 0:
-        raise UserError(f"trainer.min_delta={t.min_delta} must be >= 0")
-    if t.epochs < 0:
-        raise UserError(f"trainer.epochs={t.epochs} must be >= 0")
-    if t.max_steps is not None and t.max_steps < 0:
-        raise UserError(f"trainer.max_steps={t.max_steps} must be >= 0")
-    if t.eval_every is not None and t.eval_every < 1:
-        raise UserError(f"trainer.eval_every={t.eval_every} must be >= 1 (or null for once per epoch)")
-    if t.log_every < 1:
-        raise UserError(f"trainer.log_every={t.log_every} must be >= 1")
-    if t.checkpoint_every < 0:
-        raise UserError(f"trainer.checkpoint_every={t.checkpoint_every} must be >= 0 (0: no checkpoints)")
+    for key, allowed, rule in TRAINER_RULES:
+        if t[key] is not None and not allowed(t[key]):
+            raise UserError(f"trainer.{key}={t[key]} must be {rule}")
 
 
 def check_diagnostics(d: DictConfig) -> None:
