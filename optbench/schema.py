@@ -43,6 +43,7 @@ class TrainerConf:
     vectorize: str = "auto"
     skip_completed: bool = True
     resume: bool = True
+    amp: bool = False
 
 
 @dataclass

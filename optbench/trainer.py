@@ -441,6 +441,7 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
         torch_threads=torch.get_num_threads(),
         tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
         cudnn_benchmark=torch.backends.cudnn.benchmark,
+        amp="bf16 autocast (training steps)" if t.amp else None,
         diagnostics=diag.level,
         flags=flags,
     )
@@ -566,7 +567,8 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
 
                     def closure():
                         optimizer.zero_grad(set_to_none=True)
-                        loss = s.loss_fn(model(x), y)
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
+                            loss = s.loss_fn(model(x), y)
                         objective = loss + t.l1 * sum(w.abs().sum() for w in l1_weights) if t.l1 else loss
                         objective.backward()
                         norms = torch.stack(torch._foreach_norm([p.grad for p in params]))

@@ -116,3 +116,34 @@ def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_rows_written(mnist_
 
     rows = pd.read_csv(tmp_path / "metrics.csv", on_bad_lines="skip")
     assert len(rows) > 100 and (rows.step == 0).any()
+
+
+def test_report_and_plot_cope_with_half_written_runs_and_mixed_schemas(mnist_root, tmp_path):
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from optbench.trainer import fit
+
+    for name, extra in (("a", "optimizer=sgd"), ("b", "optimizer=adam"), ("c", "optimizer=adam")):
+        fit(compose(f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=10", extra), tmp_path / name,
+            {"optimizer": extra.split("=")[1]})
+    # b: written by an older optbench whose config had other keys
+    old = OmegaConf.load(tmp_path / "b" / "config.yaml")
+    del old.diagnostics
+    old.trainer.legacy_knob = 3
+    OmegaConf.save(old, tmp_path / "b" / "config.yaml")
+    # c: killed while writing: the last metrics row is cut in half, the summary still says running
+    metrics = (tmp_path / "c" / "metrics.csv").read_text()
+    (tmp_path / "c" / "metrics.csv").write_text(metrics[: len(metrics) - 7])
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    (tmp_path / "c" / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+
+    out = run_cli("report", str(tmp_path), "--target", "0.5")
+    assert out.returncode == 0, out.stderr
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs.status) == ["completed", "completed", "incomplete"]
+    assert "trainer.legacy_knob" in runs.columns and runs["trainer.legacy_knob"].notna().sum() == 1
+    out = run_cli("plot", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000

@@ -218,3 +218,13 @@ def test_a_non_finite_gradient_is_never_applied():
     w.grad, b.grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 0.0])
     guard_and_clip([w, b], torch.stack(torch._foreach_norm([w.grad, b.grad])), 1.0, None, counters)
     assert torch.allclose(w.grad, torch.tensor([0.6, 0.0, 0.8])) and counters.tolist() == [1, 1]
+
+
+def test_bf16_autocast_trains_close_to_float32(mnist_root, tmp_path):
+    full = fit(cfg_for(mnist_root, "trainer.max_steps=60", "trainer.eval_every=30"), tmp_path / "fp32")
+    half = fit(cfg_for(mnist_root, "trainer.max_steps=60", "trainer.eval_every=30", "trainer.amp=true"), tmp_path / "bf16")
+    assert half["amp"] and full["amp"] is None
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("fp32", "bf16"))
+    loss = lambda m: m[(m.split == "step") & (m.metric == "loss")].value.to_numpy()  # noqa: E731
+    assert not np.array_equal(loss(a), loss(b))  # bf16 did change the arithmetic
+    assert abs(half["final"]["val_loss"] - full["final"]["val_loss"]) < 0.1 * full["final"]["val_loss"]
