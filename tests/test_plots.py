@@ -8,7 +8,7 @@ from conftest import run_cli
 from optbench import plots, results
 from test_results import write_run
 
-FIGURES = ("learning_curves", "gradient_norms", "learning_rates", "final_metrics")
+FIGURES = ("learning_curves", "gradient_norms", "learning_rates", "final_metrics", "activations", "histograms_act", "histograms_grad")
 
 
 @pytest.fixture(scope="module")
