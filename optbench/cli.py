@@ -25,8 +25,9 @@ commands:
                         --dry-run: build and check everything, train nothing)
   list                  every config group and its options, with what each is for
   data download|check   obtain MNIST and verify it, or verify what is on disk
-  report DIR... [--by KEY] [--target 0.97]
-                        one table of every run below DIR (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv)
+  report DIR... [--by KEY] [--target 0.97] [--html]
+                        one table of every run below DIR (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv);
+                        --html: also report.html, ranking + figures + configs + command in one offline page
   plot DIR [--by KEY] [--x step|epoch|time] [--format png|svg|pdf]
                         learning curves, gradient norms, learning rates, lr sensitivity, final metrics into DIR/plots/
   export tensorboard DIR [--out DIR/tensorboard]
@@ -440,6 +441,10 @@ def report_command(args: list[str]) -> int:
     parser.add_argument("--by", help="group by these config keys, comma-separated (default: what varied, seed excluded)")
     parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach (default: 0.97)")
     parser.add_argument("--out", help="where the tables go (default: the first DIR)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html: ranking, figures, configs and command in one offline page")
+    parser.add_argument("--profile", action="store_true",
+                        help="also AlgoPerf performance profiles and scores (each seed a problem): profile.csv, plots/")
     opts = parser.parse_args(args)
     if not 0 < opts.target <= 1:
         raise UserError(f"--target {opts.target} must be an accuracy in (0, 1]")
@@ -460,7 +465,45 @@ def report_command(args: list[str]) -> int:
           + (f"; {', '.join(table.attrs['tuned'])} chosen per group on validation" if table.attrs["tuned"] else ""))
     print(text.to_string(index=False))
     print(f"wrote {out / 'runs.csv'}, {out / 'metrics.csv.gz'}, {out / 'ranking.md'}, {out / 'ranking.csv'}")
+    if opts.profile:
+        from optbench import search
+
+        search.write_profile(runs, metrics, _by(opts.by), opts.target, out)
+    if opts.html:
+        from optbench import html_report
+
+        figures = _figures(runs, metrics, table.attrs["by"], "step")
+        page = html_report.build(runs, table, figures, html_report.sweep_commands(runs),
+                                 title=f"optbench report: {', '.join(opts.dirs)}")
+        (out / "report.html").write_text(page, encoding="utf-8")
+        print(out / "report.html")
     return 0
+
+
+def _figures(runs, metrics, by: list[str], x: str) -> dict:
+    """name -> matplotlib figure: what `optbench plot` saves and `optbench report --html` embeds."""
+    from optbench import plots, results
+
+    chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
+    curves = metrics[metrics.run.isin(chosen.run)]
+    figures = {
+        "learning_curves": plots.learning_curves(chosen, curves, by, x),
+        "gradient_norms": plots.gradient_norms(chosen, curves, by, x),
+        "learning_rates": plots.learning_rates(chosen, curves, by, x),
+        "final_metrics": plots.final_metrics(chosen, by),
+    }
+    if (curves.split == "diag").any():
+        figures["activations"] = plots.activation_stats(chosen, curves, by, x)
+    # histograms: the first run (seed) of each group, so outlines of groups compare
+    first = chosen.groupby(by, sort=False).head(1) if by else chosen.head(1)
+    tables = results.load_histograms(first)
+    for kind in ("act", "grad"):
+        if len(tables) and (tables.kind == kind).any():
+            figures[f"histograms_{kind}"] = plots.histograms(first, tables, by, kind)
+    lr_key = "optimizer.lr"
+    if lr_key in results.varied_keys(runs) and runs[lr_key].nunique() > 1:
+        figures["lr_sensitivity"] = plots.lr_sensitivity(runs, by, lr_key)
+    return figures
 
 
 def plot_command(args: list[str]) -> int:
@@ -478,26 +521,7 @@ def plot_command(args: list[str]) -> int:
 
     runs = results.load_runs(opts.dir)
     metrics = results.load_metrics(runs)
-    by = results.resolve_by(runs, _by(opts.by))
-    chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
-    curves = metrics[metrics.run.isin(chosen.run)]
-    figures = {
-        "learning_curves": plots.learning_curves(chosen, curves, by, opts.x),
-        "gradient_norms": plots.gradient_norms(chosen, curves, by, opts.x),
-        "learning_rates": plots.learning_rates(chosen, curves, by, opts.x),
-        "final_metrics": plots.final_metrics(chosen, by),
-    }
-    if (curves.split == "diag").any():
-        figures["activations"] = plots.activation_stats(chosen, curves, by, opts.x)
-    # histograms: the first run (seed) of each group, so outlines of groups compare
-    first = chosen.groupby(by, sort=False).head(1) if by else chosen.head(1)
-    tables = results.load_histograms(first)
-    for kind in ("act", "grad"):
-        if len(tables) and (tables.kind == kind).any():
-            figures[f"histograms_{kind}"] = plots.histograms(first, tables, by, kind)
-    lr_key = "optimizer.lr"
-    if lr_key in results.varied_keys(runs) and runs[lr_key].nunique() > 1:
-        figures["lr_sensitivity"] = plots.lr_sensitivity(runs, by, lr_key)
+    figures = _figures(runs, metrics, results.resolve_by(runs, _by(opts.by)), opts.x)
     out = Path(opts.out or Path(opts.dir) / "plots")
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():

@@ -354,3 +354,30 @@ def histograms(runs: pd.DataFrame, tables: pd.DataFrame, by: list[str], kind: st
     fig.supylabel("fraction of values", fontsize="small")
     _legend(fig, colours, by)
     return fig
+
+
+def performance_profiles(profiles: dict, by: list[str], r_max: float = 4.0,
+                         title: str = "Performance profiles") -> Figure:
+    """Dolan-More profiles, one panel per cost ({"steps to target": profile, ...}): rho(tau) against tau.
+
+    Each profile is search.performance_profile's table (index tau, one column per
+    group); a group's line is a step function rising where it solves another
+    problem within tau times the fastest group's cost.
+    """
+    labels = pd.Series(list(dict.fromkeys(c for p in profiles.values() for c in p.columns)))
+    colours = _colours(labels)
+    fig = _new_figure(5 * len(profiles) + 2, 4.5, title)
+    axes = np.atleast_1d(fig.subplots(1, len(profiles), sharey=True))
+    for ax, (name, profile) in zip(axes, profiles.items()):
+        # extend to r_max so every line ends at the right edge at its final share
+        profile = profile.reindex(profile.index.union([1.0, r_max])).ffill().fillna(0.0)
+        profile = profile[profile.index <= r_max]
+        for group, colour in colours.items():
+            if group in profile:
+                ax.step(profile.index, profile[group], where="post", color=colour, lw=2, label=group)
+        ax.set(xlim=(1.0, r_max), ylim=(-0.03, 1.03), xlabel=f"tau: ratio to the fastest ({name}; 1 = fastest)",
+               title=name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("rho(tau): share of problems (seeds) solved within tau")
+    _legend(fig, colours, by)
+    return fig

@@ -1,0 +1,130 @@
+"""`optbench report DIR --html`: one self-contained HTML page of a sweep.
+
+Figures are embedded as base64 PNG data URIs and the CSS is inline, so the
+file opens offline, can be mailed or archived, and makes no request at all.
+"""
+
+import base64
+import html
+import io
+import shlex
+from pathlib import Path
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
+pre { background: #f4f4f4; padding: 0.6em; overflow-x: auto; }
+figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
+figcaption { font-size: 0.9em; color: #555; }
+"""
+
+# figure name (as `optbench plot` writes it) -> heading in the page
+TITLES = {
+    "learning_curves": "Learning curves",
+    "gradient_norms": "Gradient norms",
+    "learning_rates": "Learning rates",
+    "final_metrics": "Final metrics",
+    "lr_sensitivity": "Learning-rate sensitivity",
+    "activations": "Activation statistics",
+    "histograms_act": "Activation histograms",
+    "histograms_grad": "Gradient histograms",
+}
+RUN_COLUMNS = ("run", "status", "seed", "best_val_acc", "test_acc_at_best_val", "final.train_loss", "wall_time")
+
+
+def sweep_commands(runs) -> list[str]:
+    """The `optbench train` command lines that produced `runs`, read from Hydra's records.
+
+    A sweep's multirun.yaml holds the overrides as typed (`optimizer=sgd,adam`);
+    a single run's .hydra/overrides.yaml holds its own. Runs found in neither
+    contribute nothing: the page then says the command is unknown.
+    """
+    from omegaconf import OmegaConf
+
+    commands = []
+    for run_dir in map(Path, runs["run_dir"]):
+        multirun = next((p / "multirun.yaml" for p in run_dir.parents if (p / "multirun.yaml").exists()), None)
+        if multirun is not None:
+            overrides = OmegaConf.load(multirun).hydra.overrides
+            hydra_args = [o for o in overrides.hydra if not o.startswith("hydra.mode=")]
+            line = ["optbench", "train", "-m", *overrides.task, *hydra_args]
+        elif (run_dir / ".hydra" / "overrides.yaml").exists():
+            line = ["optbench", "train", *OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+        else:
+            continue
+        command = shlex.join(str(part) for part in line)
+        if command not in commands:
+            commands.append(command)
+    return commands
+
+
+def png_data_uri(fig) -> str:
+    from optbench.plots import DPI
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def config_tables(runs, by: list[str]):
+    """(per group: the config keys that vary across runs; the config every run shares), as DataFrames."""
+    import pandas as pd
+
+    from optbench.results import as_text
+
+    columns = runs.attrs.get("config_columns") or []
+    text = as_text(runs[columns]) if columns else pd.DataFrame(index=runs.index)
+    varied = [c for c in columns if text[c].nunique() > 1]
+    shared = pd.DataFrame({"key": [c for c in columns if c not in varied]})
+    shared["value"] = [text[c].iloc[0] for c in shared["key"]]
+
+    def values(column):
+        return ", ".join(dict.fromkeys(column))  # in order of appearance, once each
+
+    keys = by + [c for c in varied if c not in by]
+    groups = text[keys].groupby(by, sort=False) if by else [((), text[keys])]
+    rows = [{**{k: values(g[k]) for k in keys}, "runs": len(g)} for _, g in groups]
+    return pd.DataFrame(rows, columns=[*keys, "runs"]), shared
+
+
+def _table(frame) -> str:
+    return frame.to_html(index=False, border=0, escape=True, na_rep="")
+
+
+def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbench report") -> str:
+    """The page: ranking (results.rank's table), figures, config per group, the producing command."""
+    from optbench.results import as_text, format_ranking
+
+    by = ranking.attrs.get("by", [])
+    target = ranking.attrs.get("target", 0.97)
+    statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
+    grouped = f"grouped by {', '.join(by)}" if by else "one group"
+    tuned = ranking.attrs.get("tuned", [])
+    tuned_text = f"; {', '.join(tuned)} chosen per group on validation" if tuned else ""
+    per_group, shared = config_tables(runs, by)
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{len(runs)} runs ({html.escape(statuses)}); {html.escape(grouped + tuned_text)}; "
+        f"target validation accuracy {100 * target:g}%.</p>",
+        "<h2>Command</h2>",
+    ]
+    if commands:
+        parts += [f"<pre>{html.escape(c)}</pre>" for c in commands]
+    else:
+        parts.append("<p>The command that produced these runs could not be found "
+                     "(no multirun.yaml or .hydra/overrides.yaml next to the runs).</p>")
+    parts += ["<h2>Ranking</h2>", _table(as_text(format_ranking(ranking)))]
+    for name, fig in figures.items():
+        heading = TITLES.get(name, name.replace("_", " ").capitalize())
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts.append(f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(heading)}">'
+                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    parts += ["<h2>Configuration of each group</h2>", _table(per_group),
+              "<h2>Configuration shared by every run</h2>", _table(shared),
+              "<h2>Runs</h2>", _table(as_text(runs[[c for c in RUN_COLUMNS if c in runs]].round(4)))]
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
