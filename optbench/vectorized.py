@@ -298,6 +298,7 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
             # train_time and seconds_per_epoch are those of the whole pass of `models` runs
             cudnn_benchmark=torch.backends.cudnn.benchmark,
+            amp=None,  # trainer.amp=true runs on its own, never in a pass
             vectorized={"models": K, "index": r.k},
             stopped_early=False,
             flags={name: None for name in ("exploding_gradients", "vanishing_gradients", "dead_relu", "saturated")},
