@@ -16,7 +16,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom:
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
-pre { background: #f4f4f4; padding: 0.6em; overflow-x: auto; }
+pre { background: #f4f4f4; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.9em; color: #555; }
 """
