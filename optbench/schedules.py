@@ -1,4 +1,5 @@
-"""What torch.optim.lr_scheduler lacks: the lectures' inverse-time decay and a warmup that composes with any schedule."""
+"""What torch.optim.lr_scheduler lacks: the lectures' inverse-time decay, the Crowded Valley's trapezoidal
+schedule, and a warmup that composes with any schedule."""
 
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -17,6 +18,35 @@ class InverseTime:
 
 def inverse_time(optimizer, decay: float, last_epoch: int = -1) -> LambdaLR:
     return LambdaLR(optimizer, InverseTime(decay), last_epoch=last_epoch)
+
+
+class Trapezoidal:
+    """eta_k / eta: up linearly over the first `warmup` fraction of the run, flat, down linearly over the last `decay`.
+
+    The "trapezoidal" schedule of Schmidt et al. (2021), Descending through a
+    Crowded Valley. The ramps never reach 0 inside the run: step 0 takes
+    1/warmup_steps of the rate and the last step 1/decay_steps, so no step is wasted.
+    """
+
+    def __init__(self, total_steps: int, warmup: float, decay: float):
+        if not (0 <= warmup <= 1 and 0 <= decay <= 1 and warmup + decay <= 1):
+            raise ValueError(f"schedule.warmup={warmup} and schedule.decay={decay} must be fractions in [0, 1] "
+                             "adding up to at most 1")
+        self.total = total_steps
+        self.up = max(round(warmup * total_steps), 1) if warmup else 0
+        self.down = max(round(decay * total_steps), 1) if decay else 0
+
+    def __call__(self, k: int) -> float:
+        factor = 1.0
+        if self.up:
+            factor = min(factor, (k + 1) / self.up)
+        if self.down:
+            factor = min(factor, max(self.total - k, 0) / self.down)
+        return factor
+
+
+def trapezoidal(optimizer, total_steps: int, warmup: float = 0.1, decay: float = 0.2, last_epoch: int = -1) -> LambdaLR:
+    return LambdaLR(optimizer, Trapezoidal(total_steps, warmup, decay), last_epoch=last_epoch)
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

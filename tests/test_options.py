@@ -100,6 +100,16 @@ def test_warm_restarts_return_to_the_base_rate_at_each_restart():
         assert values[epoch] == pytest.approx(0.1 * (1 + math.cos(math.pi * t_cur / t_i)) / 2), epoch
 
 
+def test_trapezoidal_ramps_up_holds_and_ramps_down_over_the_run():
+    values, interval = lrs(["schedule=trapezoidal", "schedule.warmup=0.1", "schedule.decay=0.2"], 100, total_steps=100)
+    assert interval == "step"
+    np.testing.assert_allclose(values[:10], 0.1 * np.arange(1, 11) / 10)  # up over the first 10%
+    np.testing.assert_allclose(values[10:80], 0.1)
+    np.testing.assert_allclose(values[80:], 0.1 * np.arange(20, 0, -1) / 20)  # down over the last 20%
+    with pytest.raises(UserError, match="warmup"):
+        lrs(["schedule=trapezoidal", "schedule.warmup=0.9", "schedule.decay=0.2"], 1)
+
+
 def test_null_lengths_become_the_run_length():
     values, _ = lrs(["schedule=cosine"], 101, total_steps=100)
     assert values[50] == pytest.approx(0.05) and values[100] == pytest.approx(0.0, abs=1e-12)
