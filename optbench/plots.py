@@ -381,3 +381,23 @@ def performance_profiles(profiles: dict, by: list[str], r_max: float = 4.0,
     axes[0].set_ylabel("rho(tau): share of problems (seeds) solved within tau")
     _legend(fig, colours, by)
     return fig
+
+
+def valley(table: pd.DataFrame, title: str) -> Figure:
+    """Crowded Valley: test accuracy (at the trial validation picked) against the tuning budget, a line per schedule.
+
+    `table` is search.valley_rows' rows: schedule, budget (one-shot first), val_acc, test_acc.
+    """
+    budgets = list(dict.fromkeys(table["budget"]))
+    colours = _colours(pd.Series(list(dict.fromkeys(table["schedule"]))))
+    fig = _new_figure(7.5, 4.5, title)
+    ax = fig.subplots()
+    for schedule, colour in colours.items():
+        rows = table[table["schedule"] == schedule].set_index("budget").reindex(budgets)
+        ax.plot(range(len(budgets)), rows["test_acc"], "o-", color=colour, lw=2, label=schedule)
+    ax.set_xticks(range(len(budgets)), budgets)
+    ax.set(xlabel="tuning budget (one-shot: the optimizer's defaults)",
+           ylabel="test accuracy of the trial validation picked")
+    ax.grid(alpha=0.3)
+    _legend(fig, colours, ["schedule"])
+    return fig

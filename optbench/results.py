@@ -60,9 +60,12 @@ def truncate(path: Path, size: int) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so a reader never sees half a file; a full disk raises OSError."""
+    """Write via a temp file and rename, so a reader never sees half a file; a full disk raises OSError.
+
+    The temp name is the writer's own (pid), so processes writing one file at once never share it.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -72,13 +75,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Readers see the old file or the new one, never half of either."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode())
 
 
 def provenance() -> dict:

@@ -15,6 +15,11 @@ A search directory holds:
   *.png         Optuna's history, slice and importance plots
   best/         (final_seeds > 0) the best trial's settings rerun with more seeds
 
+With `schedules` (the crowded_valley preset) the directory holds one such
+search per schedule, <dir>/<schedule>/, each with the one-shot runs of the
+optimizer's defaults in <schedule>/one_shot/, and valley.csv/.md/.png comparing
+one-shot against the tuning budgets.
+
 Trials are scored by the mean over seeds of each run's best validation
 accuracy; test accuracy is recorded beside it and never chosen on. A run that
 diverges ends its trial as PRUNED with the reason; an interrupted run ends the
@@ -24,8 +29,12 @@ search (the trial is marked FAIL and does not count: resuming runs a new one).
 import argparse
 import logging
 import math
+import os
 import re
+import socket
+import textwrap
 import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -33,15 +42,18 @@ import numpy as np
 import yaml
 
 from optbench.errors import UserError
-from optbench.results import read_summary
+from optbench.results import read_summary, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 CONF = Path(__file__).parent / "conf"
 SAMPLERS = ("random", "tpe", "cmaes", "grid")
-SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed")
+SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed",
+             "budgets", "schedules")
 DEFAULTS = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [], "final_seeds": 0,
-            "sampler_seed": 0}
+            "sampler_seed": 0, "budgets": None, "schedules": None}
+# keys a resumed search may change: a larger budget does not change what the finished trials mean
+GROWABLE = ("trials", "budgets")
 METRIC = "best_val_acc"  # the objective: validation only, maximised
 FORMS = "log(low, high), uniform(low, high), int(low, high), choice(a, b, ...), a YAML list, or {type, low, high, log, step, choices}"
 
@@ -304,10 +316,7 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None):
     """Run (or resume) the search in `search_dir` until `trials` trials finished; return the study."""
     import optuna
     import torch
-    from hydra import initialize_config_module
     from optuna.trial import TrialState
-
-    from optbench import schema
 
     search_dir = Path(search_dir)
     search_dir.mkdir(parents=True, exist_ok=True)
@@ -316,23 +325,24 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None):
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # optbench logs each trial itself
-    storage = f"sqlite:///{(search_dir / 'study.db').resolve()}"
-    study = optuna.create_study(study_name="optbench", storage=storage, load_if_exists=True, direction="maximize")
-    # the sampler's seed moves on with the study, so a resumed random search does not replay its first points
-    study.sampler = make_sampler(spec["sampler"], spec["sampler_seed"] + len(study.trials))
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
-    todo = (spec["trials"] or len(points) or 20) - len(done)
-    if points:
-        todo = min(todo, _enqueue_grid(study, points))
-    schema.register()
+    lock = search_dir / "study.lock"
+    with _locked(lock):  # processes sharing the study: creating the SQLite schema, queueing the grid
+        study = optuna.create_study(study_name="optbench", storage=f"sqlite:///{(search_dir / 'study.db').resolve()}",
+                                    load_if_exists=True, direction="maximize")
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
+        todo = (spec["trials"] or len(points) or 20) - len(done)
+        if points:
+            todo = min(todo, _enqueue_grid(study, points))
+    target = len(done) + todo
     objective = _objective(search_dir, space, spec)
     try:
-        with initialize_config_module("optbench.conf", version_base="1.3"), warnings.catch_warnings():
+        with _composing(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if todo > 0:
                 log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, len(done), todo, spec["sampler"])
-                study.optimize(objective, n_trials=todo)
+            while (trial := _next_trial(study, spec, target, lock)) is not None:
+                _run_trial(study, trial, objective)
             if spec["final_seeds"] and not (search_dir / "best" / "result.txt").exists():
                 rerun_best(study, search_dir, spec)
     finally:
@@ -341,25 +351,125 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None):
     return study
 
 
+def _next_trial(study, spec: dict, target: int, lock: Path):
+    """A new trial, or None once the study has `target` trials finished or running.
+
+    Several processes may run one search (same --dir): counting and asking
+    happen under one lock, so together they run exactly `target` trials.
+    """
+    from optuna.trial import TrialState
+
+    with _locked(lock):
+        _fail_orphans(study)
+        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))) >= target:
+            return None
+        # seeded by trial number: any process, and a resumed search, draws trial n's point alike and never replays one
+        study.sampler = make_sampler(spec["sampler"], spec["sampler_seed"] + len(study.trials))
+        trial = study.ask()
+        trial.set_user_attr("worker", _worker())
+        return trial
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _fail_orphans(study) -> None:
+    """Trials left RUNNING by a killed process of this machine become FAIL, so they do not count and are rerun."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        name, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL)
+            log.warning("trial %d: its process %s is gone; marked FAIL", t.number, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_trial(study, trial, objective) -> None:
+    """Run the objective and tell the study: a value, PRUNED (diverged), or FAIL and re-raise (interrupted, crashed)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` for this process (released by the OS if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: parallel searches in one directory are not supported there
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _composing():
+    """Hydra's compose API on optbench's config tree, as `run_one` needs it."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from optbench import schema
+
+    if GlobalHydra.instance().is_initialized():  # nested: the valley's one-shot runs inside its searches
+        yield
+        return
+    schema.register()
+    with initialize_config_module("optbench.conf", version_base="1.3"):
+        yield
+
+
 def _settle_spec(search_dir: Path, spec: dict) -> dict:
     """Fill defaults; a directory that already holds a search keeps its settings (only `trials` may grow)."""
     saved_path = search_dir / "search.yaml"
     full = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
     if saved_path.exists():
         saved = yaml.safe_load(saved_path.read_text())
-        given = {k: v for k, v in spec.items() if v is not None and k != "trials"}
+        given = {k: v for k, v in spec.items() if v is not None and k not in GROWABLE}
         clash = [k for k, v in given.items() if saved.get(k) != v]
         if clash:
             raise UserError(f"{search_dir} holds a search with other {', '.join(clash)}; "
                             "resume it without changing them, or pick a new --dir")
-        full = {**saved, "trials": spec.get("trials") or saved["trials"]}
+        full = {**DEFAULTS, **saved, **{k: spec[k] for k in GROWABLE if spec.get(k) is not None}}
     if full["sampler"] not in SAMPLERS:
         raise UserError(f"sampler={full['sampler']} is not a sampler; choices: {', '.join(SAMPLERS)}")
     if "space" not in full:
         raise UserError("no search space: pass --space NAME (a preset in conf/search) or --space FILE.yaml")
     full["seeds"] = [int(s) for s in full["seeds"]]
     full["overrides"] = [str(o) for o in full["overrides"]]
-    saved_path.write_text(yaml.safe_dump(full, sort_keys=False))
+    if full["budgets"] is not None:
+        full["budgets"] = sorted({int(b) for b in full["budgets"]})
+        if full["budgets"][0] < 1:
+            raise UserError(f"budgets {full['budgets']} must be trial counts >= 1")
+        full["trials"] = max(full["trials"] or 0, full["budgets"][-1])  # the largest budget needs that many trials
+    search_dir.mkdir(parents=True, exist_ok=True)
+    # atomic: a parallel process of the same search may be reading it
+    write_bytes_atomic(saved_path, yaml.safe_dump(full, sort_keys=False).encode())
     return full
 
 
@@ -487,7 +597,7 @@ def write_table(study, search_dir: Path) -> None:
     df = trials_table(study)
     if df.empty:
         return
-    df.to_csv(search_dir / "trials.csv", index=False)
+    write_bytes_atomic(search_dir / "trials.csv", df.to_csv(index=False).encode())  # parallel searches rewrite it
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
         print(df.drop(columns=["runs"], errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     complete = [t for t in study.trials if t.value is not None]
@@ -549,6 +659,83 @@ def save_plots(study, search_dir: Path) -> list[Path]:
     return saved
 
 
+# --- the Crowded Valley protocol ------------------------------------------------------------------
+
+BUDGET_NAMES = ("small", "medium", "large")
+
+
+def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
+    """Crowded Valley (Schmidt et al. 2021): per schedule, the optimizer's defaults once ("one-shot")
+    against random search with growing budgets; returns the comparison table.
+
+    A budget of N trials is the first N finished trials of one search per
+    schedule: for random search that is distributed exactly as a fresh N-trial
+    search, so budgets 25/50/75 cost 75 trials, not 150. As in the paper, a
+    budget's score is the test accuracy of the trial validation picked.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in spec["schedules"]:
+        sub = {k: v for k, v in spec.items() if k not in ("budgets", "schedules")}
+        sub["overrides"] = [*spec["overrides"], f"schedule={name}"]
+        log.info("crowded valley: schedule %s", name)
+        study = run_search(search_dir / name, sub, threads)
+        one_shot_dirs = [search_dir / name / "one_shot" / f"seed={seed}" for seed in spec["seeds"]]
+        with _composing():
+            one_shot = [_finished_run([*sub["overrides"], f"seed={seed}"], d) for seed, d in zip(spec["seeds"], one_shot_dirs)]
+        default_lr = yaml.safe_load((one_shot_dirs[0] / "config.yaml").read_text())["optimizer"].get("lr")
+        rows += valley_rows(name, one_shot, default_lr, study, spec["budgets"])
+    table = pd.DataFrame(rows)
+    write_valley(table, search_dir, spec)
+    return table
+
+
+def _finished_run(overrides: list[str], run_dir: Path) -> dict:
+    """The run's summary: from disk when it completed before (a resumed protocol), else trained now."""
+    summary = read_summary(run_dir)
+    if summary is not None and summary["status"] in ("completed", "diverged"):
+        return summary
+    return run_one(overrides, run_dir)
+
+
+def valley_rows(schedule: str, one_shot: list[dict], default_lr, study, budgets: list[int]) -> list[dict]:
+    """One row for one-shot, one per budget: the trial validation picks among the first N, and its test accuracy."""
+    from optuna.trial import TrialState
+
+    ok = [s for s in one_shot if s["status"] == "completed"]
+    rows = [{"schedule": schedule, "budget": "one-shot", "trials": 1, "optimizer.lr": default_lr,
+             "val_acc": np.mean([s[METRIC] for s in ok]) if ok else np.nan,
+             "test_acc": np.mean([s["test_acc_at_best_val"] for s in ok]) if ok else np.nan}]
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    finished.sort(key=lambda t: t.number)
+    names = BUDGET_NAMES if len(budgets) == len(BUDGET_NAMES) else [f"{b} trial{'s' * (b > 1)}" for b in budgets]
+    for label, n in zip(names, budgets):
+        scored = [t for t in finished[:n] if t.value is not None]
+        best = max(scored, key=lambda t: t.value) if scored else None
+        rows.append({"schedule": schedule, "budget": f"{label} ({n})" if label in BUDGET_NAMES else label,
+                     "trials": min(n, len(finished)), "optimizer.lr": best.params.get("optimizer.lr") if best else np.nan,
+                     "val_acc": best.value if best else np.nan,
+                     "test_acc": best.user_attrs.get("test_acc_mean", np.nan) if best else np.nan})
+    return rows
+
+
+def write_valley(table, search_dir: Path, spec: dict) -> None:
+    """valley.csv and valley.md (the table), valley.png (test accuracy against budget, a line per schedule)."""
+    from optbench import plots
+    from optbench.results import markdown
+
+    table.to_csv(search_dir / "valley.csv", index=False)
+    (search_dir / "valley.md").write_text(markdown(table.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)))
+    print(f"\ncrowded valley: {' '.join(spec['overrides']) or 'defaults'}; seeds {spec['seeds']}; "
+          "val acc picks the trial, test acc is reported at it")
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    shown = [o for o in spec["overrides"] if not o.startswith(("data.root", "hydra."))]  # paths make titles unreadable
+    fig = plots.valley(table, textwrap.fill(f"Crowded Valley: {' '.join(shown) or 'defaults'}", 90))
+    fig.savefig(search_dir / "valley.png", dpi=plots.DPI)
+    print(f"wrote {search_dir / 'valley.csv'}, valley.md, valley.png")
+
+
 # --- command line ---------------------------------------------------------------------------------
 
 
@@ -565,6 +752,8 @@ def main(args: list[str]) -> int:
     parser.add_argument("--grid-points", type=int, dest="grid_points", help="points per float range for --sampler grid (default 5)")
     parser.add_argument("--final-seeds", type=int, dest="final_seeds", help="rerun the best trial with this many new seeds")
     parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help="seed of the sampler (default 0)")
+    parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")],
+                        help="crowded_valley: trial budgets compared with one-shot, e.g. 25,50,75")
     parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides fixed for every trial")
@@ -578,7 +767,8 @@ def main(args: list[str]) -> int:
     spec = load_spec(opts.space) if opts.space else {}
     if spec.get("overrides") and opts.overrides:
         opts.overrides = [*spec["overrides"], *opts.overrides]  # the command line adds to (and wins over) the preset
-    cli = {k: getattr(opts, k) for k in ("sampler", "trials", "seeds", "grid_points", "final_seeds", "sampler_seed")}
+    cli = {k: getattr(opts, k) for k in ("sampler", "trials", "seeds", "grid_points", "final_seeds", "sampler_seed",
+                                         "budgets")}
     spec.update({k: v for k, v in cli.items() if v is not None})
     if opts.overrides:
         spec["overrides"] = opts.overrides
@@ -589,6 +779,12 @@ def main(args: list[str]) -> int:
     from optbench import cli as optbench_cli
 
     optbench_cli.check_group_choices(spec.get("overrides", []))
+    spec = _settle_spec(search_dir, spec)
+    if spec["schedules"]:
+        optbench_cli.check_group_choices([f"schedule={name}" for name in spec["schedules"]])
+        run_valley(search_dir, spec, opts.threads)
+        print(f"search directory: {search_dir} (one search per schedule; comparison in valley.csv)")
+        return 0
     study = run_search(search_dir, spec, opts.threads)
     print(f"search directory: {search_dir} ({len(study.trials)} trials; table in trials.csv)")
     return 0

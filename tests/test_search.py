@@ -174,6 +174,23 @@ def test_tpe_search_interrupted_by_ctrl_c_resumes_without_repeating_trials(mnist
             assert (s / "runs" / name / "summary.json").read_text() == text
 
 
+def test_a_killed_search_resumes_and_reruns_the_trial_it_left_running(mnist_root, tmp_path):
+    s = tmp_path / "s"
+    cmd = [sys.executable, "-m", "optbench", "search", "--dir", str(s), "--space", "lr", "--sampler", "random",
+           "--trials", "2", "optimizer=sgd", "trainer.max_steps=10", "trainer.checkpoint_every=0", f"data.root={mnist_root}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not _completed_any(s):
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: no handler runs, the second trial stays RUNNING in the study
+    proc.wait(timeout=60)
+    out = run_cli("search", "--dir", str(s))
+    assert out.returncode == 0, out.stderr[-3000:]
+    states = [st for _, st in _trials(s)]
+    assert states.count("COMPLETE") == 2 and "RUNNING" not in states
+    assert states.count("FAIL") == (len(states) - 2)  # the killed trial, if it had started, is FAIL and not counted
+
+
 def test_grid_search_records_a_diverged_trial_as_pruned_with_its_reason(mnist_root, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("# two learning rates, one far too large\nspace:\n  optimizer.lr: [0.05, 1.0e+6]\n")
@@ -183,3 +200,58 @@ def test_grid_search_records_a_diverged_trial_as_pruned_with_its_reason(mnist_ro
     assert table.loc[0.05, "state"] == "COMPLETE" and table.loc[0.05, "val_acc_mean"] > 0.3
     assert table.loc[1e6, "state"] == "PRUNED" and "diverged" in table.loc[1e6, "reason"]
     assert math.isnan(table.loc[1e6, "val_acc_mean"])
+
+
+def test_parallel_searches_share_one_study_without_extra_or_lost_trials(mnist_root, tmp_path):
+    s = tmp_path / "s"
+    cmd = [sys.executable, "-m", "optbench", "search", "--dir", str(s), "--space", "lr", "--sampler", "random",
+           "--trials", "4", "--threads", "1", "optimizer=sgd", "trainer.max_steps=10", "trainer.checkpoint_every=0",
+           "model.hidden=[32]", f"data.root={mnist_root}"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    trials = _trials(s)
+    # the study as a whole got its 4 trials (two separate budgets would have made 8), each trained once
+    assert [st for _, st in trials] == ["COMPLETE"] * 4
+    runs = sorted(p.parent.name for p in s.glob("runs/*/summary.json"))
+    assert [r[:3] for r in runs] == ["000", "001", "002", "003"]
+    assert all(json.loads((s / "runs" / r / "summary.json").read_text())["status"] == "completed" for r in runs)
+    assert sorted(pd.read_csv(s / "trials.csv")["number"]) == [0, 1, 2, 3]
+
+
+def test_crowded_valley_compares_one_shot_with_budgets_chosen_on_validation(mnist_root, tmp_path):
+    preset = search.load_spec("crowded_valley")
+    assert preset["schedules"] == ["constant", "cosine", "warm_restarts", "trapezoidal"]
+    assert preset["sampler"] == "random" and preset["budgets"] == sorted(preset["budgets"])
+    space = tmp_path / "valley.yaml"
+    space.write_text("space:\n  optimizer.lr: log(1e-3, 1)\nsampler: random\nbudgets: [1, 2]\n"
+                     "schedules: [constant, trapezoidal]\n")
+    out = _search(tmp_path, mnist_root, "--space", str(space), "model.hidden=[32]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = tmp_path / "s"
+    table = pd.read_csv(s / "valley.csv")
+    assert list(table["budget"]) == ["one-shot", "1 trial", "2 trials"] * 2
+    for schedule in ("constant", "trapezoidal"):
+        rows = table[table.schedule == schedule].set_index("budget")
+        trials = pd.read_csv(s / schedule / "trials.csv").sort_values("number")
+        assert _trials(s / schedule) == [(0, "COMPLETE"), (1, "COMPLETE")]
+        # a budget of N: the best of the first N trials by validation, reported with that trial's test accuracy
+        for budget, n in (("1 trial", 1), ("2 trials", 2)):
+            best = trials.head(n).loc[trials.head(n)["val_acc_mean"].idxmax()]
+            assert rows.loc[budget, "val_acc"] == pytest.approx(best["val_acc_mean"])
+            assert rows.loc[budget, "test_acc"] == pytest.approx(best["test_acc_mean"])
+            assert rows.loc[budget, "optimizer.lr"] == pytest.approx(best["optimizer.lr"])
+        one_shot = json.loads((s / schedule / "one_shot" / "seed=0" / "summary.json").read_text())
+        assert rows.loc["one-shot", "val_acc"] == pytest.approx(one_shot["best_val_acc"])
+        assert rows.loc["one-shot", "optimizer.lr"] == pytest.approx(0.1)  # optimizer=sgd's default
+        config = (s / schedule / "one_shot" / "seed=0" / "config.yaml").read_text()
+        assert f"optbench.schedules.{schedule}" in config or schedule == "constant"
+    assert (s / "valley.png").stat().st_size > 0 and "| schedule |" in (s / "valley.md").read_text()
+
+    # a larger budget later: one more trial per schedule; finished trials and one-shot runs are kept
+    one_shot = (s / "constant" / "one_shot" / "seed=0" / "summary.json").read_text()
+    out = _search(tmp_path, mnist_root, "--budgets", "1,2,3", "model.hidden=[32]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [len(_trials(s / name)) for name in ("constant", "trapezoidal")] == [3, 3]
+    assert (s / "constant" / "one_shot" / "seed=0" / "summary.json").read_text() == one_shot
+    assert list(pd.read_csv(s / "valley.csv")["budget"]) == ["one-shot", "small (1)", "medium (2)", "large (3)"] * 2
