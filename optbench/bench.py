@@ -1,8 +1,14 @@
-"""`optbench bench`: seconds per epoch of optbench's training path beside the usual DataLoader loop and the GEMM floor.
+"""`optbench bench`: seconds per epoch of optbench's training path beside the usual DataLoader loops and the GEMM floor.
 
-All contenders run in one process on the same data, model and device, in
-alternating order (warm-up round first, then rounds that reverse the order), so
-machine drift hits them alike. Figures are printed, never asserted.
+Rows: a DataLoader loop over a per-sample tensor Dataset; the torchvision-style
+loop most MNIST tutorials write (a PIL image per sample, ToTensor, Normalize;
+emulated without torchvision); optbench's trainer with diagnostics off, basic,
+and basic under bf16 autocast (where the device runs bf16); the GEMM floor in
+fp32 and in bf16. All contenders run in one process on the same data, model and
+device, in alternating order (warm-up round first, then rounds that reverse the
+order), so machine drift hits them alike. A vectorized sweep follows, against
+the same runs one after another and against the GEMM floor of their work.
+Figures are printed, never asserted.
 """
 
 import argparse
@@ -15,18 +21,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from optbench import data, results
 from optbench.models import build_mlp
-from optbench.trainer import fit, make_splits, select_device
+from optbench.trainer import EVAL_CHUNK, fit, make_splits, select_device
 from optbench.cli import compose_config as compose
 from optbench.vectorized import fit_many
+
+TENSOR_LOOP = "DataLoader loop (workers=0)"
+PIL_LOOP = "torchvision-style loop (PIL, workers=0)"
+AMP = "optbench diagnostics=basic trainer.amp=true"
+FLOOR = "GEMM floor"
+BF16_FLOOR = "GEMM floor (bf16)"
 
 
 def peak_memory(device: torch.device) -> str:
@@ -45,7 +60,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# ---------------------------------------------------------------- (a) the usual loop
+def bf16_autocast_ok(device: torch.device) -> bool:
+    """Whether bf16 runs natively here: torch's CPU autocast always takes it; CUDA needs a GPU with bf16 units."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        # emulated bf16 (pre-Ampere GPUs) would time the emulation, not the format
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return False
+
+
+# ---------------------------------------------------------------- (a) the usual loops
 
 class MnistDataset(torch.utils.data.Dataset):
     """The per-sample Dataset most tutorials write: one normalised image and its label per __getitem__."""
@@ -60,11 +85,42 @@ class MnistDataset(torch.utils.data.Dataset):
         return (self.images[i].float() - self.mean) / self.std, self.labels[i]
 
 
-def dataloader_epochs(cfg, split, device, epochs: int, max_steps: int | None = None) -> list[float]:
-    """Seconds per epoch of the usual DataLoader loop (workers=0, torch.optim.Adam's default implementation)."""
+class PilMnistDataset(torch.utils.data.Dataset):
+    """What torchvision.datasets.MNIST with ToTensor() and Normalize((0.1307,), (0.3081,)) does per sample.
+
+    torchvision is not a dependency, so its per-sample path is copied: a PIL
+    image from the uint8 array, back to a [1, 28, 28] float tensor over 255 as
+    ToTensor does, normalised; the label a Python int as torchvision returns it.
+    """
+
+    MEAN, STD = 0.1307, 0.3081
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i], mode="L")
+        x = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(img.size[1], img.size[0], 1)
+        x = x.permute(2, 0, 1).contiguous().float().div(255)
+        return (x - self.MEAN) / self.STD, int(self.labels[i])
+
+
+def tensor_dataset(split) -> MnistDataset:
     cpu = torch.device("cpu")
     x, y = (t.to(cpu) for t in split["train"])
-    ds = MnistDataset(x, y, split["mean"].to(cpu), split["std"].to(cpu))
+    return MnistDataset(x, y, split["mean"].to(cpu), split["std"].to(cpu))
+
+
+def pil_dataset(split) -> PilMnistDataset:
+    x, y = (t.cpu().numpy() for t in split["train"])
+    return PilMnistDataset(x, y)
+
+
+def dataloader_epochs(cfg, ds, device, epochs: int, max_steps: int | None = None) -> list[float]:
+    """Seconds per epoch of the usual DataLoader loop over `ds` (workers=0, torch.optim.Adam's default implementation)."""
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.trainer.batch_size, shuffle=True, num_workers=0,
                                          pin_memory=device.type == "cuda")
     torch.manual_seed(cfg.seed)
@@ -98,33 +154,71 @@ def optbench_epochs(cfg, run_dir: Path) -> list[float]:
 
 # ---------------------------------------------------------------- (c) the GEMM floor
 
-def gemm_floor(dims: list[int], batch: int, n_train: int, device: torch.device, repeats: int = 20) -> float:
-    """Seconds per epoch of the forward and backward matmuls alone: 3 torch.mm per layer per step.
+def mm_seconds(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype, repeats: int = 20) -> float:
+    """Fastest of `repeats` timings of one torch.mm of an (m, k) by a (k, n) matrix, after a warm-up.
+
+    The minimum, not the median: a floor is what the hardware can do, and a
+    busy neighbour only ever makes a timing slower.
+    """
+    a, w = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.mm(a, w, out=out)
+    samples = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, w, out=out)
+        _sync(device)
+        samples.append(time.perf_counter() - t0)
+    return min(samples)
+
+
+def gemm_step_seconds(dims: list[int], b: int, device: torch.device, dtype: torch.dtype = torch.float32,
+                      forward_only: bool = False, repeats: int = 20) -> float:
+    """Seconds of one batch's matmuls: 3 torch.mm per layer, or only the forward one (evaluation).
 
     (x @ W^T forward, dY @ W for the input gradient, dY^T @ x for the weight
     gradient; the first layer's input gradient is not needed in training, so
     the floor is slightly generous to the contenders.)
     """
-    def step_seconds(b: int) -> float:
-        total = 0.0
-        for n_in, n_out in zip(dims[:-1], dims[1:]):
-            for (m, k), (k2, n) in (((b, n_in), (n_in, n_out)), ((b, n_out), (n_out, n_in)), ((n_out, b), (b, n_in))):
-                a, w = torch.randn(m, k, device=device), torch.randn(k2, n, device=device)
-                out = torch.empty(m, n, device=device)
-                for _ in range(3):
-                    torch.mm(a, w, out=out)
-                samples = []
-                for _ in range(repeats):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    torch.mm(a, w, out=out)
-                    _sync(device)
-                    samples.append(time.perf_counter() - t0)
-                total += statistics.median(samples)
-        return total
+    total = 0.0
+    for n_in, n_out in zip(dims[:-1], dims[1:]):
+        shapes = [(b, n_in, n_out)] if forward_only else [(b, n_in, n_out), (b, n_out, n_in), (n_out, b, n_in)]
+        total += sum(mm_seconds(m, k, n, device, dtype, repeats) for m, k, n in shapes)
+    return total
 
+
+def gemm_floor(dims: list[int], batch: int, n_train: int, device: torch.device,
+               dtype: torch.dtype = torch.float32, repeats: int = 20) -> float:
+    """Seconds per training epoch of the forward and backward matmuls alone, with `dtype` operands."""
     full, rest = divmod(n_train, batch)
-    return full * step_seconds(batch) + (step_seconds(rest) if rest else 0.0)
+    rest_seconds = gemm_step_seconds(dims, rest, device, dtype, repeats=repeats) if rest else 0.0
+    return full * gemm_step_seconds(dims, batch, device, dtype, repeats=repeats) + rest_seconds
+
+
+def eval_floor(dims: list[int], split_sizes: list[int], device: torch.device) -> float:
+    """Seconds of one evaluation's matmuls: the forward pass over each split in EVAL_CHUNK chunks, as trainer.evaluate."""
+    chunks = [min(EVAL_CHUNK, n - i) for n in split_sizes for i in range(0, n, EVAL_CHUNK)]
+    per_size = {b: gemm_step_seconds(dims, b, device, forward_only=True) for b in set(chunks)}
+    return sum(per_size[b] for b in chunks)
+
+
+def runs_floor(dims: list[int], batch: int, split: dict, run_dirs: list[Path], summaries: list[dict],
+               device: torch.device) -> float:
+    """fp32 GEMM floor of finished runs: each one's training steps plus the forward passes of its evaluations."""
+    rest = len(split["train"][0]) % batch
+    full_step = gemm_step_seconds(dims, batch, device)
+    rest_step = gemm_step_seconds(dims, rest, device) if rest else 0.0
+    one_eval = eval_floor(dims, [len(split[k][0]) for k in ("train", "val", "test")], device)
+    total = 0.0
+    for run_dir, summary in zip(run_dirs, summaries):
+        steps = summary["step"]
+        short = steps // summary["steps_per_epoch"] if rest else 0  # every finished epoch ends on the short batch
+        m = results.read_metrics(run_dir)
+        evaluations = int(((m.split == "val") & (m.metric == "loss")).sum())
+        total += (steps - short) * full_step + short * rest_step + evaluations * one_eval
+    return total
 
 
 # ---------------------------------------------------------------- start-up times
@@ -168,12 +262,79 @@ def time_to_first_step(overrides: list[str], tmp: Path) -> tuple[float | None, f
 
 # ---------------------------------------------------------------- main
 
+def contenders(cfg, base: list[str], opts, split: dict, device: torch.device,
+               tmp: Path) -> dict[str, Callable[[int, int], list[float]]]:
+    """Each row's name -> a function (epochs, round) -> its seconds per epoch, in table order."""
+    n_train, bs = len(split["train"][0]), cfg.trainer.batch_size or len(split["train"][0])
+    dims = [784, *cfg.model.hidden, 10]
+    capped = [f"trainer.max_steps={opts.max_steps}"] if opts.max_steps else []
+    bf16 = bf16_autocast_ok(device)
+
+    def loop(ds):
+        return lambda epochs, rnd: dataloader_epochs(cfg, ds, device, epochs, opts.max_steps)
+
+    def trainer(name, overrides):
+        return lambda epochs, rnd: optbench_epochs(compose([*overrides, f"trainer.epochs={epochs}", *capped]),
+                                                   tmp / f"{name.replace(' ', '_')}_{rnd}")
+
+    def floor(dtype):
+        return lambda epochs, rnd: [gemm_floor(dims, bs, n_train, device, dtype)]
+
+    variants = {"optbench": base}
+    if "diagnostics" in cfg:  # speed with diagnostics off and with the default ones
+        variants = {"optbench diagnostics=off": [*base, "diagnostics=off"],
+                    "optbench diagnostics=basic": [*base, "diagnostics=basic"]}
+        if bf16:
+            variants[AMP] = [*base, "diagnostics=basic", "trainer.amp=true"]
+    rows = {TENSOR_LOOP: loop(tensor_dataset(split)), PIL_LOOP: loop(pil_dataset(split))}
+    rows.update({name: trainer(name, overrides) for name, overrides in variants.items()})
+    rows[FLOOR] = floor(torch.float32)
+    if bf16:
+        rows[BF16_FLOOR] = floor(torch.bfloat16)
+    return rows
+
+
+def measure(rows: dict, opts, device: torch.device) -> tuple[dict, dict]:
+    """Seconds per epoch and peak memory of every row; round 0 warms up and is dropped."""
+    times = {name: [] for name in rows}
+    memory = {name: "" for name in rows}
+    for rnd in range(opts.rounds + 1):
+        epochs = 1 if rnd == 0 else opts.epochs
+        for name in list(rows) if rnd % 2 == 0 else list(rows)[::-1]:
+            _reset_peak(device)
+            t = rows[name](epochs, rnd)
+            if rnd > 0:
+                times[name].extend(t)
+            memory[name] = peak_memory(device)
+    return times, memory
+
+
+def print_table(times: dict, memory: dict, n_train: int) -> None:
+    med = {name: statistics.median(ts) for name, ts in times.items() if ts}
+    loader, pil, floor = med[TENSOR_LOOP], med[PIL_LOOP], med[FLOOR]
+    w = max(map(len, med))
+    print()
+    print(f"| {'approach':<{w}} | {'s/epoch':>8} | {'samples/s':>10} | {'vs DataLoader':>13} | {'vs PIL loop':>11} "
+          f"| {'of floor':>8} | peak memory after |")
+    print(f"| {'-' * w} | {'-' * 8} | {'-' * 10} | {'-' * 13} | {'-' * 11} | {'-' * 8} | {'-' * 17} |")
+    for name, s in med.items():
+        print(f"| {name:<{w}} | {s:>8.3f} | {n_train / s:>10.0f} | {loader / s:>12.2f}x | {pil / s:>10.2f}x "
+              f"| {floor / s:>8.0%} | {memory[name]} |")
+    print(f"(median of {len(times[FLOOR])} floor and {len(times[TENSOR_LOOP])} loop measurements; "
+          "RSS is the process peak so far, CUDA the peak of that contender)")
+    if AMP in med and BF16_FLOOR in med:
+        # "of floor" compares with fp32 matmuls; bf16 autocast is bounded by the bf16 ones instead
+        print(f"(`{AMP}` is {med[BF16_FLOOR] / med[AMP]:.0%} of the bf16 GEMM floor)")
+
+
 def main(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="optbench bench",
-        description="Seconds per epoch of optbench's training path next to the usual DataLoader loop and the "
-                    "GEMM floor, in one process on the same data and model; then a vectorized sweep against "
-                    "the same runs one after another.",
+        description="Seconds per epoch of optbench's training path (diagnostics off, basic, and basic with bf16 "
+                    "autocast where the device runs bf16) next to a DataLoader loop over a tensor Dataset, the "
+                    "torchvision-style PIL loop of MNIST tutorials, and the GEMM floor in fp32 and bf16, in one "
+                    "process on the same data and model; then a vectorized sweep against the same runs one after "
+                    "another and against the GEMM floor of their work.",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the workload (default: the train defaults)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per contender per round (default: 2)")
@@ -189,47 +350,14 @@ def main(args: list[str]) -> int:
     split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
     n_train, bs = len(split["train"][0]), cfg.trainer.batch_size or len(split["train"][0])
     dims = [784, *cfg.model.hidden, 10]
-    capped = [f"trainer.max_steps={opts.max_steps}"] if opts.max_steps else []
-    variants = {"optbench": base}
-    if "diagnostics" in cfg:  # speed with diagnostics off and with the default ones
-        variants = {"optbench diagnostics=off": [*base, "diagnostics=off"],
-                    "optbench diagnostics=basic": [*base, "diagnostics=basic"]}
     print(f"workload: MLP {'-'.join(map(str, dims))}, {cfg.optimizer._target_.split('.')[-1]}, "
           f"batch {bs}, {n_train} samples per epoch, device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
     print("contenders alternate; each round reverses their order; round 0 is a warm-up and not counted")
 
-    times: dict[str, list[float]] = {"DataLoader loop (workers=0)": [], **{k: [] for k in variants}, "GEMM floor": []}
-    memory = {k: "" for k in times}
     with tempfile.TemporaryDirectory(prefix="optbench-bench-") as tmp:
         tmp = Path(tmp)
-        for rnd in range(opts.rounds + 1):
-            epochs = 1 if rnd == 0 else opts.epochs
-            order = list(times) if rnd % 2 == 0 else list(times)[::-1]
-            for name in order:
-                _reset_peak(device)
-                if name.startswith("DataLoader"):
-                    t = dataloader_epochs(cfg, split, device, epochs, opts.max_steps)
-                elif name == "GEMM floor":
-                    t = [gemm_floor(dims, bs, n_train, device)]
-                else:
-                    run_cfg = compose([*variants[name], f"trainer.epochs={epochs}", *capped])
-                    t = optbench_epochs(run_cfg, tmp / f"{name.replace(' ', '_')}_{rnd}")
-                if rnd > 0:
-                    times[name].extend(t)
-                memory[name] = peak_memory(device)
-
-        loader = statistics.median(times["DataLoader loop (workers=0)"])
-        floor = statistics.median(times["GEMM floor"])
-        print()
-        print(f"| {'approach':<30} | {'s/epoch':>8} | {'samples/s':>10} | {'vs DataLoader':>13} | {'of floor':>8} | peak memory after |")
-        print(f"| {'-' * 30} | {'-' * 8} | {'-' * 10} | {'-' * 13} | {'-' * 8} | {'-' * 17} |")
-        for name, ts in times.items():
-            if not ts:
-                continue
-            s = statistics.median(ts)
-            print(f"| {name:<30} | {s:>8.3f} | {n_train / s:>10.0f} | {loader / s:>12.2f}x | {floor / s:>8.0%} | {memory[name]} |")
-        print(f"(median of {len(times['GEMM floor'])} floor and {len(times['DataLoader loop (workers=0)'])} "
-              "loop measurements; RSS is the process peak so far, CUDA the peak of that contender)")
+        times, memory = measure(contenders(cfg, base, opts, split, device, tmp), opts, device)
+        print_table(times, memory, n_train)
 
         ready, first = time_to_first_step([*base], tmp)
         print()
@@ -237,19 +365,20 @@ def main(args: list[str]) -> int:
               f"{_s(ready)}, -> first step done {_s(first)} (includes the step-0 evaluation)")
 
         if opts.sweep > 1:
-            sweep(base, opts, tmp)
+            sweep(base, opts, tmp, split, dims, bs, device)
     return 0
 
 
-def sweep(base: list[str], opts, tmp: Path) -> None:
+def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch: int, device: torch.device) -> None:
     """The same K runs (seed=0..K-1) one after another in this process, then in one vectorized pass."""
     K = opts.sweep
     capped = [f"trainer.max_steps={opts.max_steps}"] if opts.max_steps else []
     if "diagnostics" in compose(base):
         capped.append("diagnostics=off")  # what the vectorized loop records; separate runs record the same
     cfgs = [compose([*base, f"seed={s}", f"trainer.epochs={opts.sweep_epochs}", *capped]) for s in range(K)]
+    separate_dirs = [tmp / "separate" / str(i) for i in range(K)]
     t0 = time.perf_counter()
-    separate = [fit(c, tmp / "separate" / str(i)) for i, c in enumerate(cfgs)]
+    separate = [fit(c, d) for c, d in zip(cfgs, separate_dirs)]
     t_separate = time.perf_counter() - t0
     t0 = time.perf_counter()
     together = fit_many(cfgs, [tmp / "vectorized" / str(i) for i in range(K)])
@@ -259,6 +388,11 @@ def sweep(base: list[str], opts, tmp: Path) -> None:
     print(f"sweep of {K} runs (seed=0..{K - 1}, {opts.sweep_epochs} epoch(s) each, {' '.join(capped) or 'defaults'}, evaluation and checkpoints "
           f"included): one after another {t_separate:.1f} s, vectorized {t_vectorized:.1f} s: "
           f"{t_separate / t_vectorized:.2f}x faster (largest final train-loss difference {gap:.1e})")
+    # measured after both passes, so neither pass runs beside it
+    floor = runs_floor(dims, batch, split, separate_dirs, separate, device)
+    print(f"GEMM floor of these {K} runs: {floor:.2f} s; one after another is {t_separate / floor:.1f}x the floor, "
+          f"so no schedule of the same fp32 GEMMs can be faster than {t_separate / floor:.1f}x "
+          f"(vectorized: {t_vectorized / floor:.1f}x the floor)")
 
 
 def _s(x) -> str:
