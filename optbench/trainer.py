@@ -84,7 +84,8 @@ def make_splits(arrays: dict, val_size: int, device: torch.device) -> dict:
 
 
 def normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x_uint8.float() - mean) / std
+    # in place on the fresh float copy: one allocation instead of three (large ones page-fault on the CPU)
+    return x_uint8.float().sub_(mean).div_(std)
 
 
 def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
