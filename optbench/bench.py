@@ -33,7 +33,7 @@ from PIL import Image
 
 from optbench import data, results
 from optbench.models import build_mlp
-from optbench.trainer import EVAL_CHUNK, fit, make_splits, select_device
+from optbench.trainer import EVAL_CHUNK, eval_splits, fit, make_splits, select_device
 from optbench.cli import compose_config as compose
 from optbench.vectorized import fit_many
 
@@ -204,13 +204,13 @@ def eval_floor(dims: list[int], split_sizes: list[int], device: torch.device) ->
     return sum(per_size[b] for b in chunks)
 
 
-def runs_floor(dims: list[int], batch: int, split: dict, run_dirs: list[Path], summaries: list[dict],
-               device: torch.device) -> float:
+def runs_floor(dims: list[int], batch: int, split: dict, train_eval_size: int | None, run_dirs: list[Path],
+               summaries: list[dict], device: torch.device) -> float:
     """fp32 GEMM floor of finished runs: each one's training steps plus the forward passes of its evaluations."""
     rest = len(split["train"][0]) % batch
     full_step = gemm_step_seconds(dims, batch, device)
     rest_step = gemm_step_seconds(dims, rest, device) if rest else 0.0
-    one_eval = eval_floor(dims, [len(split[k][0]) for k in ("train", "val", "test")], device)
+    one_eval = eval_floor(dims, [len(x) for x, _ in eval_splits(split, train_eval_size).values()], device)
     total = 0.0
     for run_dir, summary in zip(run_dirs, summaries):
         steps = summary["step"]
@@ -389,7 +389,7 @@ def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch:
           f"included): one after another {t_separate:.1f} s, vectorized {t_vectorized:.1f} s: "
           f"{t_separate / t_vectorized:.2f}x faster (largest final train-loss difference {gap:.1e})")
     # measured after both passes, so neither pass runs beside it
-    floor = runs_floor(dims, batch, split, separate_dirs, separate, device)
+    floor = runs_floor(dims, batch, split, cfgs[0].data.get("train_eval_size"), separate_dirs, separate, device)
     print(f"GEMM floor of these {K} runs: {floor:.2f} s; one after another is {t_separate / floor:.1f}x the floor, "
           f"so no schedule of the same fp32 GEMMs can be faster than {t_separate / floor:.1f}x "
           f"(vectorized: {t_vectorized / floor:.1f}x the floor)")

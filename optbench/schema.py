@@ -17,6 +17,7 @@ class DataConf:
     root: Optional[str] = None
     val_size: int = MISSING
     augment_shift: int = 0
+    train_eval_size: Optional[int] = None
 
 
 @dataclass

@@ -35,7 +35,7 @@ from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers
 from optbench.trainer import (
     CHECKPOINT, SYNC_EVERY, _now, _stop_on_signals, _sync, _update_summary, build_optimizer, build_scheduler,
-    check_trainer, evaluate, make_splits, normalise, optimizer_impl, save_checkpoint, select_device,
+    check_trainer, eval_splits, evaluate, make_splits, normalise, optimizer_impl, save_checkpoint, select_device,
 )
 from optbench.schedules import warmup_factor
 
@@ -50,7 +50,7 @@ MAX_MODELS = 32
 # what the loop below implements; any other key must be switched off (null/0/false/none/off)
 KNOWN = {
     "": {"data", "model", "trainer", "optimizer", "schedule", "init", "loss", "seed", "device"},
-    "data": {"name", "root", "val_size"},
+    "data": {"name", "root", "val_size", "train_eval_size"},
     "trainer": {"epochs", "max_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "vectorize",
                 # the launcher leaves finished runs (skip_completed) and runs with a checkpoint to resume out of the pass
                 "skip_completed", "resume"},
@@ -238,6 +238,7 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
     arrays = data.load_arrays(cfg.data.name, cfg.data.root)
     split = make_splits(arrays, cfg.data.val_size, device)
     train_x, train_y = split["train"]
+    eval_sets = eval_splits(split, cfg.data.get("train_eval_size"))
     n_train = len(train_x)
     check_trainer(cfg.trainer, n_train)
     loss_fn = instantiate(cfg.loss)
@@ -354,8 +355,7 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
         train_time = time.perf_counter() - train_started - eval_time[0]
         t0 = time.perf_counter()
         out = torch.stack([
-            torch.stack([evaluate(runs[k].model, loss_fn, *split[s], split["mean"], split["std"])
-                         for s in ("train", "val", "test")])
+            torch.stack([evaluate(runs[k].model, loss_fn, *xy, split["mean"], split["std"]) for xy in eval_sets.values()])
             for k in alive
         ]).tolist()
         for k, ((tr_loss, tr_acc), (va_loss, va_acc), (te_loss, te_acc)) in zip(list(alive), out):

@@ -42,6 +42,7 @@ def _dry(capsys, *overrides):
         (["device=cuda"] if not __import__("torch").cuda.is_available() else ["device=nonsense"], "device="),
         (["model.activation=relux"], "model.activation"),
         (["diagnostics.level=loud"], "diagnostics.level"),
+        (["data.train_eval_size=0"], "data.train_eval_size"),
     ],
 )
 def test_each_bad_input_is_one_line_naming_the_problem(capsys, mnist_root, overrides, words):

@@ -32,6 +32,26 @@ def test_split_sizes_and_training_statistics(mnist_root):
     assert torch.equal(split["val"][1], torch.from_numpy(arrays["train_labels"][50_000:]).long())
 
 
+def test_train_eval_size_evaluates_the_first_n_training_images(mnist_root, tmp_path):
+    from optbench.models import build_mlp
+    from optbench.trainer import evaluate
+
+    cfg = cfg_for(mnist_root, "model.hidden=[16]", "trainer.max_steps=3", "data.train_eval_size=7")
+    fit(cfg, tmp_path / "run")
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    train = m[(m.split == "train") & (m.step == 3)].set_index("metric").value
+    # the run's final weights, evaluated here on the first 7 training images, give the recorded numbers
+    model = build_mlp(**cfg.model)
+    model.load_state_dict(torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"])
+    split = make_splits(data.load_arrays("mnist", mnist_root), 10_000, torch.device("cpu"))
+    loss, acc = evaluate(model, torch.nn.CrossEntropyLoss(), split["train"][0][:7], split["train"][1][:7],
+                         split["mean"], split["std"]).tolist()
+    assert train["loss"] == pytest.approx(loss, rel=1e-5) and train["acc"] == pytest.approx(acc)
+    assert round(acc * 7) == pytest.approx(acc * 7)  # a share of 7 images
+    full = m[(m.split == "val") & (m.step == 3)].set_index("metric").value  # val keeps its 10k images
+    assert round(full["acc"] * 10_000) == pytest.approx(full["acc"] * 10_000, abs=1e-3)
+
+
 def test_same_seed_gives_identical_metrics(mnist_root, tmp_path):
     cfg = cfg_for(mnist_root, "trainer.max_steps=40", "trainer.eval_every=20", "seed=7")
     fit(cfg, tmp_path / "a")
