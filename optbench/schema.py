@@ -45,6 +45,7 @@ class TrainerConf:
     skip_completed: bool = True
     resume: bool = True
     amp: bool = False
+    compile: Optional[str] = None
 
 
 @dataclass

@@ -40,6 +40,7 @@ HISTOGRAMS = "histograms.csv"
 SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
 INTERVALS = ("step", "epoch", "eval")
 DIAGNOSTIC_LEVELS = ("off", "basic", "full")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def select_device(name: str) -> torch.device:
@@ -194,6 +195,7 @@ TRAINER_RULES = (
     ("l1", lambda v: v >= 0, ">= 0"),
     ("patience", lambda v: v >= 1, ">= 1 (or null for no early stopping)"),
     ("min_delta", lambda v: v >= 0, ">= 0"),
+    ("compile", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)} (or null: eager)"),
 )
 
 
@@ -232,6 +234,7 @@ class Setup:
     total_steps: int
     eval_every: int
     eval_sets: dict  # what each evaluation runs over: {"train": (x, y), "val": ..., "test": ...}
+    forward: object  # what a training step calls: the model, or torch.compile of it (trainer.compile)
 
 
 def prepare(cfg: DictConfig) -> Setup:
@@ -262,7 +265,8 @@ def prepare(cfg: DictConfig) -> Setup:
     scheduler, interval, warmup_steps = build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch)
     return Setup(device, split, model, optimizer, scheduler, interval, warmup_steps, instantiate(cfg.loss),
                  batch_size, steps_per_epoch, total_steps, t.eval_every or steps_per_epoch,
-                 eval_splits(split, cfg.data.get("train_eval_size")))
+                 eval_splits(split, cfg.data.get("train_eval_size")),
+                 torch.compile(model, mode=t.compile) if t.get("compile") else model)
 
 
 def guard_and_clip(params: list, norms: torch.Tensor, clip_norm, clip_value, counters: torch.Tensor) -> None:
@@ -453,6 +457,7 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
         tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
         cudnn_benchmark=torch.backends.cudnn.benchmark,
         amp="bf16 autocast (training steps)" if t.amp else None,
+        compile=t.get("compile"),
         diagnostics=diag.level,
         flags=flags,
     )
@@ -578,7 +583,7 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
                     def closure():
                         optimizer.zero_grad(set_to_none=True)
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
-                            loss = s.loss_fn(model(x), y)
+                            loss = s.loss_fn(s.forward(x), y)
                         objective = loss + t.l1 * sum(w.abs().sum() for w in l1_weights) if t.l1 else loss
                         objective.backward()
                         norms = torch.stack(torch._foreach_norm([p.grad for p in params]))

@@ -43,6 +43,7 @@ def _dry(capsys, *overrides):
         (["model.activation=relux"], "model.activation"),
         (["diagnostics.level=loud"], "diagnostics.level"),
         (["data.train_eval_size=0"], "data.train_eval_size"),
+        (["trainer.compile=fast"], "trainer.compile"),
     ],
 )
 def test_each_bad_input_is_one_line_naming_the_problem(capsys, mnist_root, overrides, words):

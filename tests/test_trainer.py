@@ -1,6 +1,7 @@
 """The training loop on the real MNIST files: splits, determinism, divergence, interruption."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,3 +249,18 @@ def test_bf16_autocast_trains_close_to_float32(mnist_root, tmp_path):
     loss = lambda m: m[(m.split == "step") & (m.metric == "loss")].value.to_numpy()  # noqa: E731
     assert not np.array_equal(loss(a), loss(b))  # bf16 did change the arithmetic
     assert abs(half["final"]["val_loss"] - full["final"]["val_loss"]) < 0.1 * full["final"]["val_loss"]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_training_steps_match_eager_ones(mnist_root, tmp_path):
+    common = ("model.hidden=[32]", "trainer.max_steps=5", "trainer.checkpoint_every=0", "optimizer=sgd")
+    eager = fit(cfg_for(mnist_root, *common), tmp_path / "eager")
+    compiled = fit(cfg_for(mnist_root, *common, "trainer.compile=default"), tmp_path / "compiled")
+    assert compiled["status"] == "completed" and compiled["compile"] == "default" and eager["compile"] is None
+    a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("eager", "compiled"))
+    losses = [m[(m.split == "step") & (m.metric == "loss")].value.to_numpy() for m in (a, b)]
+    assert len(losses[0]) == 5 and np.allclose(losses[0], losses[1], rtol=1e-4)
+    from optbench.trainer import prepare
+
+    assert hasattr(prepare(cfg_for(mnist_root, *common, "trainer.compile=default")).forward, "_orig_mod")  # compiled
