@@ -1,6 +1,7 @@
 """Every lecture knob does what it says: formulas, counts and invariants checked on real runs."""
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,25 @@ def test_bad_option_values_raise_a_user_error(overrides, words, mnist_root, tmp_
     with pytest.raises(UserError, match=words) as e:
         run(mnist_root, tmp_path, *overrides, "trainer.max_steps=1")
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ experiment presets
+
+@pytest.mark.parametrize("path", sorted((CONF / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
+def test_each_experiment_preset_sweeps_valid_options_and_the_runs_it_states(path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from optbench import schema
+    from optbench.cli import check_group_choices
+
+    schema.register()
+    with initialize_config_module("optbench.conf", version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[f"+experiment={path.stem}"], return_hydra_config=True)
+    sweep = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    check_group_choices(sweep)  # a misspelt option is a UserError here
+    jobs = math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+                     for o in OverridesParser.create().parse_overrides(sweep))
+    assert jobs == int(re.search(r"\((\d+) runs\)", path.read_text())[1])  # the header tells users the size
+    assert cfg.hydra.mode.name == "MULTIRUN"
