@@ -25,15 +25,17 @@ commands:
                         --dry-run: build and check everything, train nothing)
   list                  every config group and its options, with what each is for
   data download|check   obtain MNIST and verify it, or verify what is on disk
-  report DIR... [--by KEY] [--target 0.97] [--html]
+  report DIR... [--by KEY] [--target 0.97] [--html] [--profile]
                         one table of every run below DIR (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv);
-                        --html: also report.html, ranking + figures + configs + command in one offline page
+                        --html: also report.html, ranking + figures + configs + command in one offline page;
+                        --profile: AlgoPerf performance profiles and scores (time/steps to --target)
   plot DIR [--by KEY] [--x step|epoch|time] [--format png|svg|pdf]
                         learning curves, gradient norms, learning rates, lr sensitivity, final metrics into DIR/plots/
   export tensorboard DIR [--out DIR/tensorboard]
                         every run's metrics as TensorBoard event files (needs `pip install optbench[tensorboard]`)
   search --space NAME [--sampler random|tpe|cmaes|grid] [--trials N] [--seeds 0,1] [--dir DIR] [overrides]
-                        Optuna search over config keys; every trial is a run directory (`optbench search -h`)
+                        Optuna search over config keys; every trial is a run directory (`optbench search -h`);
+                        --space crowded_valley: one-shot vs tuning budgets per schedule (valley.csv/.png)
   gradcheck [overrides] autograd vs finite differences on the configured model (float64)
   trajectories [overrides] [--gif] [--out DIR]
                         optimizers from conf/optimizer/ stepping on a 2-D surface (surface=quadratic|...)

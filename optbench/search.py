@@ -463,6 +463,9 @@ def _settle_spec(search_dir: Path, spec: dict) -> dict:
     full["seeds"] = [int(s) for s in full["seeds"]]
     full["overrides"] = [str(o) for o in full["overrides"]]
     if full["budgets"] is not None:
+        if not full["schedules"]:
+            raise UserError("budgets compare one-shot runs with tuning budgets per schedule: they need a space with "
+                            "`schedules` (--space crowded_valley)")
         full["budgets"] = sorted({int(b) for b in full["budgets"]})
         if full["budgets"][0] < 1:
             raise UserError(f"budgets {full['budgets']} must be trial counts >= 1")
