@@ -373,8 +373,6 @@ def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch:
     """The same K runs (seed=0..K-1) one after another in this process, then in one vectorized pass."""
     K = opts.sweep
     capped = [f"trainer.max_steps={opts.max_steps}"] if opts.max_steps else []
-    if "diagnostics" in compose(base):
-        capped.append("diagnostics=off")  # what the vectorized loop records; separate runs record the same
     cfgs = [compose([*base, f"seed={s}", f"trainer.epochs={opts.sweep_epochs}", *capped]) for s in range(K)]
     separate_dirs = [tmp / "separate" / str(i) for i in range(K)]
     t0 = time.perf_counter()

@@ -120,6 +120,47 @@ def flat_layer(layer: nn.Linear) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in layer.parameters()])
 
 
+def at_evaluation(model: nn.Module, loss_fn, probe_x: torch.Tensor, probe_y: torch.Tensor, activation: str,
+                  saturation: float, step: int, previous: tuple | None, initial: list[torch.Tensor]):
+    """The diag row of one evaluation, as floats (one host read), and the probed layers for histograms.
+
+    Parameter metrics need `previous` = (step, per-layer parameters) taken one
+    step before this evaluation; the probe statistics come from the fixed batch.
+    """
+    stats = {}
+    if previous is not None and previous[0] == step - 1:
+        stats.update(param_metrics(model, previous[1], initial))
+    layers_seen = probe(model, loss_fn, probe_x, probe_y)
+    stats.update(probe_metrics(layers_seen, activation, saturation))
+    numbers = dict(zip(stats, torch.stack(list(stats.values())).tolist())) if stats else {}
+    return numbers, layers_seen
+
+
+HISTOGRAM_COLUMNS = ("step", "epoch", "layer", "kind", "bin", "lo", "hi", "count")
+
+
+def histogram_schedule(fractions, total_steps: int) -> list[int]:
+    """The steps at (or after) which histograms are stored: `fractions` of the run's steps."""
+    return sorted({min(round(f * total_steps), total_steps) for f in fractions})
+
+
+def histograms_due(level: str, pending_steps: list[int], step: int) -> bool:
+    """Whether this evaluation stores histograms: every one at level full, else the first at or after each
+    step of `pending_steps` (which it consumes)."""
+    due = bool(pending_steps) and step >= pending_steps[0]
+    while pending_steps and step >= pending_steps[0]:
+        pending_steps.pop(0)
+    return level == "full" or due
+
+
+def histogram_rows(step: int, epoch: int, layers_seen: list[dict], bins: int):
+    """histograms.csv rows: step, epoch, layer, kind, bin, lo, hi, count."""
+    for layer, kind, counts, lo, hi in histograms(layers_seen, bins):
+        width = (hi - lo) / len(counts)
+        yield from ((step, epoch, layer, kind, b, lo + b * width, lo + (b + 1) * width, int(c))
+                    for b, c in enumerate(counts.tolist()))
+
+
 def update_flags(flags: dict, step: int, values: dict, thresholds) -> None:
     """Record the first step at which each health threshold was crossed.
 

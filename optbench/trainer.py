@@ -424,7 +424,7 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
     probe_y = s.split["val"][1][: diag.probe_size]
     initial = [diagnostics.flat_layer(layer).clone() for _, layer in layers]
     previous = None  # (step, per-layer parameters) taken just before a step that ends in an evaluation
-    histogram_steps = sorted({min(round(f * s.total_steps), s.total_steps) for f in diag.histogram_at})
+    histogram_steps = diagnostics.histogram_schedule(diag.histogram_at, s.total_steps)
     counters = torch.zeros(2, dtype=torch.int64, device=device)  # clipped steps, skipped non-finite steps
 
     history = []  # one dict per evaluation: step, epoch, val_acc, ...
@@ -468,7 +468,7 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
     histogram_file = open(run_dir / HISTOGRAMS, "a", newline="")
     histogram_csv = csv.writer(histogram_file)
     if histogram_file.tell() == 0:
-        histogram_csv.writerow(("step", "epoch", "layer", "kind", "bin", "lo", "hi", "count"))
+        histogram_csv.writerow(diagnostics.HISTOGRAM_COLUMNS)
     pending = []  # (step, epoch, lr, tensor of step_names values) not yet read back
     status, reason = "completed", None
     stopped_early = False
@@ -496,21 +496,12 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
 
     def write_diagnostics(values: dict) -> None:
         """Per-layer parameter and probe-batch statistics, histograms when due, health flags."""
-        stats = {}
-        if previous is not None and previous[0] == step - 1:
-            stats.update(diagnostics.param_metrics(model, previous[1], initial))
-        layers_seen = diagnostics.probe(model, s.loss_fn, probe_x, probe_y)
-        stats.update(diagnostics.probe_metrics(layers_seen, cfg.model.activation, diag.saturation))
-        numbers = dict(zip(stats, torch.stack(list(stats.values())).tolist())) if stats else {}
+        numbers, layers_seen = diagnostics.at_evaluation(model, s.loss_fn, probe_x, probe_y, cfg.model.activation,
+                                                         diag.saturation, step, previous, initial)
         writer.write(step, epoch, "diag", numbers)
         diagnostics.update_flags(flags, step, {**values, **numbers}, diag.thresholds)
-        if diag.level == "full" or (histogram_steps and step >= histogram_steps[0]):
-            while histogram_steps and step >= histogram_steps[0]:
-                histogram_steps.pop(0)
-            for layer, kind, counts, lo, hi in diagnostics.histograms(layers_seen, diag.histogram_bins):
-                width = (hi - lo) / len(counts)
-                histogram_csv.writerows((step, epoch, layer, kind, b, lo + b * width, lo + (b + 1) * width, int(c))
-                                        for b, c in enumerate(counts.tolist()))
+        if diagnostics.histograms_due(diag.level, histogram_steps, step):
+            histogram_csv.writerows(diagnostics.histogram_rows(step, epoch, layers_seen, diag.histogram_bins))
             histogram_file.flush()
 
     def run_eval() -> bool:

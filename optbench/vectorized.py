@@ -10,12 +10,15 @@ update of model k is torch's own code (fused kernels included) with model k's
 hyperparameters, the gradient it reads is row k of the stacked gradient, and
 its checkpoint is the usual state_dict. That is why a vectorized run matches a
 separate one to floating-point tolerance with no optimizer re-implemented here.
+The same views make the evaluation diagnostics (diagnostics.at_evaluation:
+probe statistics, update sizes, histograms) those of `trainer.fit`, per model.
 
 Runs that cannot be vectorized (dropout draws masks from the global RNG, LBFGS
 needs closures, features this loop does not implement) are reported by
 `why_not` and run one by one instead.
 """
 
+import csv
 import json
 import logging
 import math
@@ -34,7 +37,7 @@ from optbench import data, diagnostics, results
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers
 from optbench.trainer import (
-    CHECKPOINT, SYNC_EVERY, _now, _stop_on_signals, _sync, _update_summary, build_optimizer, build_scheduler,
+    CHECKPOINT, HISTOGRAMS, SYNC_EVERY, _now, _stop_on_signals, _sync, _update_summary, build_optimizer, build_scheduler,
     check_trainer, eval_splits, evaluate, make_splits, normalise, optimizer_impl, save_checkpoint, select_device,
 )
 from optbench.schedules import warmup_factor
@@ -49,7 +52,7 @@ VARYING = ("seed", "optimizer", "schedule", "init")
 MAX_MODELS = 32
 # what the loop below implements; any other key must be switched off (null/0/false/none/off)
 KNOWN = {
-    "": {"data", "model", "trainer", "optimizer", "schedule", "init", "loss", "seed", "device"},
+    "": {"data", "model", "trainer", "optimizer", "schedule", "init", "loss", "seed", "device", "diagnostics"},
     "data": {"name", "root", "val_size", "train_eval_size"},
     "trainer": {"epochs", "max_steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "vectorize",
                 # the launcher leaves finished runs (skip_completed) and runs with a checkpoint to resume out of the pass
@@ -86,8 +89,6 @@ def why_not(cfg: DictConfig) -> str | None:
 
 def _off(value) -> bool:
     if isinstance(value, DictConfig):
-        if "level" in value:  # diagnostics=off
-            return value.level == "off"
         return all(_off(v) for v in value.values())
     return value in (None, False, 0, "none", "off")
 
@@ -187,6 +188,8 @@ class _Run:
         results.write_json_atomic(self.dir / results.SUMMARY, self.summary)
         self.history, self.status, self.reason, self.error = [], "running", None, None
         self.writer = None
+        self.histogram_file = None
+        self.previous, self.last_values = None, {}  # diagnostics: parameters one step back, last step's numbers
         self.log = logging.getLogger(f"optbench.vectorized.{k}")
         self.log.propagate = False  # each run's lines go to its own train.log, not to the others'
         self._handler = logging.FileHandler(self.dir / "train.log")
@@ -197,6 +200,8 @@ class _Run:
     def close(self, status, reason, step, epoch, wall):
         if self.writer is not None:
             self.writer.close()
+        if self.histogram_file is not None:
+            self.histogram_file.close()
         self.status = status
         self.summary.update(status=status, reason=reason, finished_at=_now())
         _update_summary(self.summary, self.history, step, epoch, wall)
@@ -282,11 +287,20 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
                     for _, layer in layers]
     batchnorms = [m for m in template.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-    # per-layer gradient norms as trainer.fit writes them: not with diagnostics=off
-    per_layer = cfg.get("diagnostics") is None or cfg.diagnostics.level != "off"
+    # per-layer and per-parameter gradient norms and evaluation diagnostics as trainer.fit writes them
+    diag = cfg.diagnostics
+    per_layer = diag.level != "off"
+    layer_param_names = [f"{name}.{kind}" for name, layer in layers for kind, _ in layer.named_parameters()]
+    layer_param_index = [names.index(f"{module_of[id(layer)]}.{kind}") for _, layer in layers
+                         for kind, _ in layer.named_parameters()]
     if not per_layer:
-        layer_params = []
-    step_names = ["loss", "grad_norm"] + [f"grad_norm/{name}" for name, _ in layers if per_layer]
+        layer_params, layer_param_index = [], []
+    step_names = ["loss", "grad_norm"]
+    if per_layer:
+        step_names += [f"grad_norm/{name}" for name, _ in layers] + [f"grad_norm/{n}" for n in layer_param_names]
+    probe_x = normalise(split["val"][0][: diag.probe_size], split["mean"], split["std"])
+    probe_y = split["val"][1][: diag.probe_size]
+    histogram_steps = diagnostics.histogram_schedule(diag.histogram_at, total_steps)
     for r in runs:
         r.summary.update(
             device=str(device),
@@ -299,16 +313,22 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
             # train_time and seconds_per_epoch are those of the whole pass of `models` runs
             cudnn_benchmark=torch.backends.cudnn.benchmark,
-            amp=None,  # trainer.amp=true runs on its own, never in a pass
+            amp=None,  # trainer.amp=true and trainer.compile run on their own, never in a pass
+            compile=None,
             vectorized={"models": K, "index": r.k},
             stopped_early=False,
             flags={name: None for name in ("exploding_gradients", "vanishing_gradients", "dead_relu", "saturated")},
             # a pass does not zero non-finite gradients: such a model leaves the pass at the next read-back
             nonfinite_steps_skipped=None,
         )
-        if cfg.get("diagnostics") is not None:
-            r.summary["diagnostics"] = cfg.diagnostics.level
+        r.summary["diagnostics"] = diag.level
         r.writer = results.MetricsWriter(r.dir)
+        r.histogram_file = open(r.dir / HISTOGRAMS, "w", newline="")  # header only with diagnostics=off, as fit's
+        r.histogram_csv = csv.writer(r.histogram_file)
+        r.histogram_csv.writerow(diagnostics.HISTOGRAM_COLUMNS)
+        r.histogram_file.flush()
+        if per_layer:
+            r.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(r.model)]
         r.log.info("%s | %d parameters | %s (%s) | %d steps of batch %d | vectorized with %d models",
                    device, r.summary["n_params"], type(r.optimizer).__name__, r.summary["optimizer_impl"],
                    total_steps, bs, K)
@@ -351,6 +371,7 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
         r.close(status, reason, step, epoch, time.perf_counter() - started)
 
     def run_eval() -> None:
+        histograms_now = per_layer and diagnostics.histograms_due(diag.level, histogram_steps, step)
         _sync(device)
         train_time = time.perf_counter() - train_started - eval_time[0]
         t0 = time.perf_counter()
@@ -365,6 +386,15 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
             for s, l, a in (("train", tr_loss, tr_acc), ("val", va_loss, va_acc), ("test", te_loss, te_acc)):
                 r.writer.write(step, epoch, s, {"loss": l, "acc": a})
             r.writer.write(step, epoch, "run", {"train_time": train_time})
+            if per_layer:
+                numbers, layers_seen = diagnostics.at_evaluation(r.model, loss_fn, probe_x, probe_y,
+                                                                 cfg.model.activation, diag.saturation, step,
+                                                                 r.previous, r.initial)
+                r.writer.write(step, epoch, "diag", numbers)
+                diagnostics.update_flags(r.summary["flags"], step, {**r.last_values, **numbers}, diag.thresholds)
+                if histograms_now:
+                    r.histogram_csv.writerows(diagnostics.histogram_rows(step, epoch, layers_seen, diag.histogram_bins))
+                    r.histogram_file.flush()
             r.writer.flush()
             r.log.info("epoch %d step %d | train loss %.4f | val loss %.4f acc %.4f | test acc %.4f | %.1f s",
                        epoch, step, tr_loss, va_loss, va_acc, te_acc, train_time)
@@ -389,6 +419,10 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
                 order = torch.stack([torch.randperm(n_train, device=device, generator=r.shuffle) for r in runs])
                 for i in range(steps_per_epoch):
                     idx = order[:, i * bs : (i + 1) * bs]
+                    if per_layer and ((step + 1) % eval_every == 0 or step + 1 == total_steps):
+                        for k in alive:  # the point one step back, for the update sizes at the evaluation
+                            runs[k].previous = (step, [diagnostics.flat_layer(layer).clone()
+                                                       for _, layer in linear_layers(runs[k].model)])
                     x, y = normalise(train_x[idx], split["mean"], split["std"]), train_y[idx]
                     losses = batched_loss(loss_fn, stacked_forward(template, stacked, x), y)
                     losses.sum().backward()  # d(sum)/d(loss_k) = 1: each model gets its own gradient
@@ -415,12 +449,17 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
                     if step % cfg.trainer.log_every == 0 or step == total_steps:
                         norms = torch.stack([s.grad.flatten(1).norm(dim=1) for s in params])  # [n_params, K]
                         layer_norms = [norms[ix].norm(dim=0) for ix in layer_params]
-                        pending.append((step, epoch, lrs, torch.stack([losses.detach(), norms.norm(dim=0), *layer_norms])))
+                        pending.append((step, epoch, lrs, torch.stack([losses.detach(), norms.norm(dim=0), *layer_norms,
+                                                                       *norms[layer_param_index]])))
                     for s in params:
                         s.grad = None
                     if len(pending) >= SYNC_EVERY:
                         flush_steps()
                     if step % eval_every == 0 or step == total_steps or stop.signal is not None:
+                        if per_layer and pending:  # the health flags at evaluation see the last logged step
+                            last = pending[-1][3].tolist()
+                            for k in alive:
+                                runs[k].last_values = {name: row[k] for name, row in zip(step_names, last)}
                         flush_steps()
                         run_eval()
                     if i == steps_per_epoch - 1:

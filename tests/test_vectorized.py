@@ -15,8 +15,9 @@ STEPS = ["trainer.max_steps=8", "trainer.eval_every=4"]
 
 
 def cfg_for(root, *overrides):
-    # diagnostics beyond the per-step losses and gradient norms are not vectorized: they are switched off here
-    return compose(f"data.root={root}", "device=cpu", "diagnostics=off", *STEPS, *overrides)
+    # diagnostics off unless a case asks for them: most cases test the optimizers, and that is faster
+    diagnostics = [] if any(o.startswith("diagnostics=") for o in overrides) else ["diagnostics=off"]
+    return compose(f"data.root={root}", "device=cpu", *diagnostics, *STEPS, *overrides)
 
 
 def metrics(run_dir):
@@ -35,8 +36,11 @@ def metrics(run_dir):
         # per-model batch-norm statistics
         # (SGD: Adam's first steps normalise gradients that batch norm makes ~0 to +-lr, amplifying rounding)
         [["model.batchnorm=pre", "optimizer=sgd", "seed=0"], ["model.batchnorm=pre", "optimizer=sgd", "seed=1"]],
+        # the evaluation diagnostics (probe statistics, update sizes, histograms at every evaluation, flags)
+        [["diagnostics=full", "optimizer=momentum", "seed=0"],
+         ["diagnostics=full", "optimizer=momentum", "seed=1", "optimizer.lr=0.03"]],
     ],
-    ids=["sgd+diverging", "momentum", "adam", "sgd+batchnorm"],
+    ids=["sgd+diverging", "momentum", "adam", "sgd+batchnorm", "momentum+diagnostics"],
 )
 def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
     cfgs = [cfg_for(mnist_root, *r) for r in runs]
@@ -51,6 +55,12 @@ def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
         assert set(b) - set(a) == {"vectorized"} and set(a) <= set(b)
         assert (b["status"], b.get("diverged_at_step"), b["step"]) == (a["status"], a.get("diverged_at_step"), a["step"])
         assert json.loads((many / "summary.json").read_text())["status"] == b["status"]
+        assert b["flags"] == a["flags"] and b["diagnostics"] == a["diagnostics"]
+        ha, hb = (pd.read_csv(d / "histograms.csv") for d in (one, many))
+        pd.testing.assert_frame_equal(ha.drop(columns=["lo", "hi", "count"]), hb.drop(columns=["lo", "hi", "count"]))
+        pd.testing.assert_frame_equal(ha[["lo", "hi"]], hb[["lo", "hi"]], rtol=1e-4)
+        # rounding moves the odd value across a bin edge: at most 0.1% of the values change bins
+        assert (ha["count"] - hb["count"]).abs().sum() <= 1e-3 * ha["count"].sum()
         if a["status"] == "completed":
             wa = torch.load(one / "checkpoint.pt")["model"]
             wb = torch.load(many / "checkpoint.pt")["model"]
