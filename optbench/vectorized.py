@@ -311,7 +311,7 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
             total_steps=total_steps,
             torch_threads=torch.get_num_threads(),
             tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-            # train_time and seconds_per_epoch are those of the whole pass of `models` runs
+            # train_time and seconds_per_epoch are this model's share: the pass's training time / `models`
             cudnn_benchmark=torch.backends.cudnn.benchmark,
             amp=None,  # trainer.amp=true and trainer.compile run on their own, never in a pass
             compile=None,
@@ -373,7 +373,10 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
     def run_eval() -> None:
         histograms_now = per_layer and diagnostics.histograms_due(diag.level, histogram_steps, step)
         _sync(device)
-        train_time = time.perf_counter() - train_started - eval_time[0]
+        # each model's share: every step computes all K stacked models, so time-to-target and --x time compare
+        # with separate runs (K = models in the pass, those that left it included)
+        pass_time = time.perf_counter() - train_started - eval_time[0]
+        train_time = pass_time / K
         t0 = time.perf_counter()
         out = torch.stack([
             torch.stack([evaluate(runs[k].model, loss_fn, *xy, split["mean"], split["std"]) for xy in eval_sets.values()])
@@ -396,6 +399,7 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
                     r.histogram_csv.writerows(diagnostics.histogram_rows(step, epoch, layers_seen, diag.histogram_bins))
                     r.histogram_file.flush()
             r.writer.flush()
+            r.summary["vectorized"]["pass_train_time"] = round(pass_time, 3)
             r.log.info("epoch %d step %d | train loss %.4f | val loss %.4f acc %.4f | test acc %.4f | %.1f s",
                        epoch, step, tr_loss, va_loss, va_acc, te_acc, train_time)
             _update_summary(r.summary, r.history, step, epoch, time.perf_counter() - started)

@@ -46,6 +46,8 @@ def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
     cfgs = [cfg_for(mnist_root, *r) for r in runs]
     separate = [fit(c, tmp_path / f"separate{i}") for i, c in enumerate(cfgs)]
     together = fit_many(cfgs, [tmp_path / f"vectorized{i}" for i in range(len(cfgs))])
+    for b in together:  # each run's training time is its share of the pass: the pass's over its K models
+        assert b["train_time"] == pytest.approx(b["vectorized"]["pass_train_time"] / len(cfgs), abs=1e-3)
     for i, (a, b) in enumerate(zip(separate, together)):
         one, many = tmp_path / f"separate{i}", tmp_path / f"vectorized{i}"
         assert {"config.yaml", "metrics.csv", "summary.json", "init.pt"} <= {p.name for p in many.iterdir()}
