@@ -31,9 +31,10 @@ def sweep_command(sweep_dir: Path, data_root: str, seeds: int) -> list[str]:
     ]
 
 
-def run_until(command: list[str], seconds: float, sig: int | None) -> int:
-    """Run the sweep; after `seconds` send `sig` (None: let it finish). Returns its exit code."""
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def run_until(command: list[str], seconds: float, sig: int | None, log: Path) -> int:
+    """Run the sweep, its output into `log`; after `seconds` send `sig` (None: let it finish). Returns its exit code."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     if sig is not None:
         try:
             proc.wait(timeout=seconds)
@@ -83,9 +84,10 @@ def main() -> int:
     command = sweep_command(sweep_dir, opts.data_root, opts.seeds)
     when = random.Random(opts.seed)
     started = time.perf_counter()
-    codes = [run_until(command, when.uniform(10, 30), signal.SIGINT),
-             run_until(command, when.uniform(10, 30), signal.SIGKILL),
-             run_until(command, 0, None)]
+    logs = [sweep_dir.with_name(f"{sweep_dir.name}_pass{i}.log") for i in range(3)]  # kept beside the sweep
+    codes = [run_until(command, when.uniform(10, 30), signal.SIGINT, logs[0]),
+             run_until(command, when.uniform(10, 30), signal.SIGKILL, logs[1]),
+             run_until(command, 0, None, logs[2])]
     wall = time.perf_counter() - started
     result = check(sweep_dir, opts.seeds)
     print(f"runs: {result['runs']} (expected {len(LRS) * opts.seeds}); interruptions: SIGINT (exit {codes[0]}), "
@@ -94,6 +96,8 @@ def main() -> int:
           f"{result['resumed']}, restarted from scratch: {result['restarted']}; wall time {wall:.0f} s")
     for problem in result["problems"]:
         print("PROBLEM:", problem)
+    if codes[2] != 0:
+        print(f"the final pass failed; its output: {logs[2]}")
     return 0 if codes[2] == 0 and not result["problems"] and not (result["lost"] or result["duplicated"]) else 1
 
 

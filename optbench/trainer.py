@@ -362,6 +362,12 @@ def _resumable(cfg: DictConfig, run_dir: Path) -> dict | None:
     return state if "history" in state else None  # a vectorized pass's checkpoint holds weights only
 
 
+def clear_run_files(run_dir: Path) -> None:
+    """Remove what an earlier, unfinished attempt left in run_dir, so a fresh start never appends to it."""
+    for stale in (results.METRICS, HISTOGRAMS, CHECKPOINT):
+        (run_dir / stale).unlink(missing_ok=True)
+
+
 def fit(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
     """Train one model as `cfg` says, writing config, metrics and summary into `run_dir`.
 
@@ -375,8 +381,7 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> di
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resumable(cfg, run_dir)
     if resume is None:
-        for stale in (results.METRICS, HISTOGRAMS, CHECKPOINT):
-            (run_dir / stale).unlink(missing_ok=True)
+        clear_run_files(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     started = time.perf_counter()
     summary = {

@@ -38,7 +38,7 @@ from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers
 from optbench.trainer import (
     CHECKPOINT, HISTOGRAMS, SYNC_EVERY, _now, _stop_on_signals, _sync, _update_summary, build_optimizer, build_scheduler,
-    check_trainer, eval_splits, evaluate, make_splits, normalise, optimizer_impl, save_checkpoint, select_device,
+    check_trainer, clear_run_files, eval_splits, evaluate, make_splits, normalise, optimizer_impl, save_checkpoint, select_device,
 )
 from optbench.schedules import warmup_factor
 
@@ -182,6 +182,7 @@ class _Run:
     def __init__(self, k, cfg, run_dir, choices):
         self.k, self.cfg, self.dir = k, cfg, Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        clear_run_files(self.dir)  # a pass always starts its runs afresh (a killed attempt may have left rows)
         OmegaConf.save(cfg, self.dir / "config.yaml", resolve=True)
         self.summary = {"status": "running", "choices": dict(choices or {}), "started_at": _now(),
                         **results.provenance()}
@@ -371,6 +372,8 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
         r.close(status, reason, step, epoch, time.perf_counter() - started)
 
     def run_eval() -> None:
+        if not alive:  # every model diverged at the read-back just before
+            return
         histograms_now = per_layer and diagnostics.histograms_due(diag.level, histogram_steps, step)
         _sync(device)
         # each model's share: every step computes all K stacked models, so time-to-target and --x time compare

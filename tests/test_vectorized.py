@@ -120,3 +120,21 @@ def test_sweep_that_cannot_be_vectorized_runs_as_with_the_basic_launcher(mnist_r
         assert sorted(p.name for p in a.rglob("*")) == sorted(p.name for p in b.rglob("*"))
         pd.testing.assert_frame_equal(metrics(a), metrics(b))
         assert "vectorized" not in json.loads((b / "summary.json").read_text())
+
+
+def test_a_pass_starts_over_what_a_killed_attempt_left(mnist_root, tmp_path):
+    # a run killed by SIGKILL after its first evaluation leaves metrics rows and no checkpoint
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    dirs[0].mkdir()
+    (dirs[0] / "metrics.csv").write_text("step,epoch,split,metric,value\n0,0,val,acc,0.1\n0,0,val,loss,2.3\n")
+    fit_many([cfg_for(mnist_root, f"seed={s}") for s in (0, 1)], dirs)
+    rows = metrics(dirs[0])
+    assert not rows.duplicated(["step", "split", "metric"]).any()
+    pd.testing.assert_frame_equal(rows.drop(columns="value"), metrics(dirs[1]).drop(columns="value"))
+
+
+def test_a_pass_whose_models_all_diverge_ends_them_all_diverged(mnist_root, tmp_path):
+    cfgs = [cfg_for(mnist_root, "optimizer=sgd", "optimizer.lr=1e6", f"seed={s}", "trainer.log_every=1") for s in (0, 1)]
+    summaries = fit_many(cfgs, [tmp_path / "a", tmp_path / "b"])
+    assert [s["status"] for s in summaries] == ["diverged", "diverged"]
+    assert all(s["diverged_at_step"] <= 4 for s in summaries)
