@@ -351,7 +351,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _resumable(cfg: DictConfig, run_dir: Path) -> dict | None:
+def resumable(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The checkpoint to continue from: an unfinished run of this same config in run_dir."""
     summary = results.read_summary(run_dir)
     if not (cfg.trainer.resume and summary and (run_dir / CHECKPOINT).exists()):
@@ -379,7 +379,7 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> di
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = _resumable(cfg, run_dir)
+    resume = resumable(cfg, run_dir)
     if resume is None:
         clear_run_files(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

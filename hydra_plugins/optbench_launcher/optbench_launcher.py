@@ -71,7 +71,7 @@ class OptbenchLauncher(BasicLauncher):
 
     def _run_pass(self, configs) -> List[JobReturn]:
         """Set up each job's directory with Hydra's run_job, then train them all in one vectorized pass."""
-        from optbench import cli, results, vectorized
+        from optbench import cli, results, trainer, vectorized
         from optbench.errors import UserError
 
         prepared = {}  # job's position in `configs` -> (task config, output dir, choices)
@@ -83,8 +83,10 @@ class OptbenchLauncher(BasicLauncher):
             previous = cli._finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
             if previous is not None:  # trainer.skip_completed: this run is already done
                 return previous.get("best_val_acc")
-            if cfg.trainer.get("resume") and (Path(hydra_cfg.runtime.output_dir) / "checkpoint.pt").exists():
-                return self.task_function(cfg)  # continues its own checkpoint: trained on its own, as usual
+            if trainer.resumable(cfg, Path(hydra_cfg.runtime.output_dir)) is not None:
+                # continues its own checkpoint, on its own as usual (a pass's checkpoints hold weights only:
+                # those runs start again, in the pass)
+                return self.task_function(cfg)
             results.write_process(hydra_cfg.runtime.output_dir)
             prepared[len(rets)] = (cfg, hydra_cfg.runtime.output_dir, choices)
 
