@@ -12,8 +12,6 @@ Figures are printed, never asserted.
 """
 
 import argparse
-import math
-import os
 import re
 import resource
 import statistics
@@ -26,9 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from optbench import data, results

@@ -28,7 +28,6 @@ search (the trial is marked FAIL and does not count: resuming runs a new one).
 
 import argparse
 import logging
-import math
 import os
 import re
 import socket

@@ -1,7 +1,6 @@
 """`optbench` end to end through real Hydra runs and multiruns."""
 
 import json
-import time
 
 import pandas as pd
 
