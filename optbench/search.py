@@ -444,7 +444,7 @@ def _composing():
 
 
 def _settle_spec(search_dir: Path, spec: dict) -> dict:
-    """Fill defaults; a directory that already holds a search keeps its settings (only `trials` may grow)."""
+    """Fill defaults; a directory that already holds a search keeps its settings (only GROWABLE ones may grow)."""
     saved_path = search_dir / "search.yaml"
     full = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
     if saved_path.exists():
@@ -676,6 +676,7 @@ def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
     budget's score is the test accuracy of the trial validation picked.
     """
     import pandas as pd
+    from omegaconf import OmegaConf
 
     rows = []
     for name in spec["schedules"]:
@@ -685,15 +686,17 @@ def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
         study = run_search(search_dir / name, sub, threads)
         one_shot_dirs = [search_dir / name / "one_shot" / f"seed={seed}" for seed in spec["seeds"]]
         with _composing():
-            one_shot = [_finished_run([*sub["overrides"], f"seed={seed}"], d) for seed, d in zip(spec["seeds"], one_shot_dirs)]
-        default_lr = yaml.safe_load((one_shot_dirs[0] / "config.yaml").read_text())["optimizer"].get("lr")
-        rows += valley_rows(name, one_shot, default_lr, study, spec["budgets"])
+            one_shot = [_run_unless_done([*sub["overrides"], f"seed={seed}"], d)
+                        for seed, d in zip(spec["seeds"], one_shot_dirs)]
+        config = OmegaConf.load(one_shot_dirs[0] / "config.yaml")
+        defaults = {key: OmegaConf.select(config, key) for key in parse_space(spec["space"])}  # the one-shot point
+        rows += valley_rows(name, one_shot, defaults, study, spec["budgets"])
     table = pd.DataFrame(rows)
     write_valley(table, search_dir, spec)
     return table
 
 
-def _finished_run(overrides: list[str], run_dir: Path) -> dict:
+def _run_unless_done(overrides: list[str], run_dir: Path) -> dict:
     """The run's summary: from disk when it completed before (a resumed protocol), else trained now."""
     summary = read_summary(run_dir)
     if summary is not None and summary["status"] in ("completed", "diverged"):
@@ -701,12 +704,13 @@ def _finished_run(overrides: list[str], run_dir: Path) -> dict:
     return run_one(overrides, run_dir)
 
 
-def valley_rows(schedule: str, one_shot: list[dict], default_lr, study, budgets: list[int]) -> list[dict]:
-    """One row for one-shot, one per budget: the trial validation picks among the first N, and its test accuracy."""
+def valley_rows(schedule: str, one_shot: list[dict], defaults: dict, study, budgets: list[int]) -> list[dict]:
+    """One row for one-shot (at `defaults`, the searched keys' values in the one-shot config), one per budget:
+    the trial validation picks among the first N, its point, and its test accuracy."""
     from optuna.trial import TrialState
 
     ok = [s for s in one_shot if s["status"] == "completed"]
-    rows = [{"schedule": schedule, "budget": "one-shot", "trials": 1, "optimizer.lr": default_lr,
+    rows = [{"schedule": schedule, "budget": "one-shot", "trials": 1, **defaults,
              "val_acc": np.mean([s[METRIC] for s in ok]) if ok else np.nan,
              "test_acc": np.mean([s["test_acc_at_best_val"] for s in ok]) if ok else np.nan}]
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -716,7 +720,7 @@ def valley_rows(schedule: str, one_shot: list[dict], default_lr, study, budgets:
         scored = [t for t in finished[:n] if t.value is not None]
         best = max(scored, key=lambda t: t.value) if scored else None
         rows.append({"schedule": schedule, "budget": f"{label} ({n})" if label in BUDGET_NAMES else label,
-                     "trials": min(n, len(finished)), "optimizer.lr": best.params.get("optimizer.lr") if best else np.nan,
+                     "trials": min(n, len(finished)), **{k: best.params[k] if best else np.nan for k in defaults},
                      "val_acc": best.value if best else np.nan,
                      "test_acc": best.user_attrs.get("test_acc_mean", np.nan) if best else np.nan})
     return rows

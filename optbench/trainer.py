@@ -208,6 +208,17 @@ def check_trainer(t: DictConfig, n_train: int) -> None:
             raise UserError(f"trainer.{key}={t[key]} must be {rule}")
 
 
+def run_lengths(t: DictConfig, n_train: int) -> tuple[int, int, int, int]:
+    """(batch size, steps per epoch, total steps, steps between evaluations) of a run on n_train images."""
+    check_trainer(t, n_train)
+    batch_size = t.batch_size or n_train  # null: the whole split (full-batch gradient descent)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = t.epochs * steps_per_epoch
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps)
+    return batch_size, steps_per_epoch, total_steps, t.eval_every or steps_per_epoch
+
+
 def check_diagnostics(d: DictConfig) -> None:
     if d.level not in DIAGNOSTIC_LEVELS:
         raise UserError(f"diagnostics.level={d.level!r} is not one of {', '.join(DIAGNOSTIC_LEVELS)}")
@@ -249,22 +260,16 @@ def prepare(cfg: DictConfig) -> Setup:
         raise UserError(f"data.augment_shift={cfg.data.augment_shift} must be >= 0")
     check_diagnostics(cfg.diagnostics)
     split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
-    n_train = len(split["train"][0])
-    check_trainer(t, n_train)
+    batch_size, steps_per_epoch, total_steps, eval_every = run_lengths(t, len(split["train"][0]))
     model = build_mlp(**cfg.model).to(device)
     init_weights(model, cfg.init)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     if isinstance(optimizer, torch.optim.LBFGS) and (t.clip_grad_norm or t.clip_grad_value):
         # its line search compares losses with the gradient it is given: a clipped one misleads it
         raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
-    batch_size = t.batch_size or n_train  # null: the whole split (full-batch gradient descent)
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    total_steps = t.epochs * steps_per_epoch
-    if t.max_steps is not None:
-        total_steps = min(total_steps, t.max_steps)
     scheduler, interval, warmup_steps = build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch)
     return Setup(device, split, model, optimizer, scheduler, interval, warmup_steps, instantiate(cfg.loss),
-                 batch_size, steps_per_epoch, total_steps, t.eval_every or steps_per_epoch,
+                 batch_size, steps_per_epoch, total_steps, eval_every,
                  eval_splits(split, cfg.data.get("train_eval_size")),
                  torch.compile(model, mode=t.compile) if t.get("compile") else model)
 
@@ -492,6 +497,8 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
                 first_bad = st
             diagnostics.update_flags(flags, st, dict(zip(step_names, vals)), diag.thresholds)
         writer.write_rows(rows)
+        last_step_values.clear()
+        last_step_values.update(zip(step_names, values[-1]))
         pending.clear()
         bar.set_postfix(loss=f"{values[-1][0]:.4f}", refresh=False)
         if first_bad is not None:
@@ -556,7 +563,7 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
 
     eval_time = [0.0]
     resumed_train_time = train_time
-    last_step_values = {}  # the last logged step's gradient norms, for the health flags at evaluation
+    last_step_values = {}  # the last step read back (flush_steps), for the health flags at evaluation
     train_started = time.perf_counter()
     bar = tqdm(total=s.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None, leave=False)
     try:
@@ -611,8 +618,6 @@ def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: 
                         ok = False
                         break
                     if evaluates_next or stop.signal is not None:
-                        if pending:
-                            last_step_values = dict(zip(step_names, pending[-1][3].tolist()))
                         if not (flush_steps() and run_eval()):
                             ok = False
                             break

@@ -38,7 +38,7 @@ from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers
 from optbench.trainer import (
     CHECKPOINT, HISTOGRAMS, SYNC_EVERY, _now, _stop_on_signals, _sync, _update_summary, build_optimizer, build_scheduler,
-    check_trainer, clear_run_files, eval_splits, evaluate, make_splits, normalise, optimizer_impl, save_checkpoint, select_device,
+    check_diagnostics, clear_run_files, eval_splits, evaluate, make_splits, normalise, optimizer_impl, run_lengths, save_checkpoint, select_device,
 )
 from optbench.schedules import warmup_factor
 
@@ -246,14 +246,9 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
     train_x, train_y = split["train"]
     eval_sets = eval_splits(split, cfg.data.get("train_eval_size"))
     n_train = len(train_x)
-    check_trainer(cfg.trainer, n_train)
+    check_diagnostics(cfg.diagnostics)
+    bs, steps_per_epoch, total_steps, eval_every = run_lengths(cfg.trainer, n_train)
     loss_fn = instantiate(cfg.loss)
-    bs = cfg.trainer.batch_size or n_train  # null: the whole split
-    steps_per_epoch = math.ceil(n_train / bs)
-    total_steps = cfg.trainer.epochs * steps_per_epoch
-    if cfg.trainer.max_steps is not None:
-        total_steps = min(total_steps, cfg.trainer.max_steps)
-    eval_every = cfg.trainer.eval_every or steps_per_epoch
 
     # each model exactly as trainer.fit builds it: same seed, same random draws in the same order
     runs = []
@@ -356,6 +351,7 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
                 diagnostics.update_flags(runs[k].summary["flags"], s, dict(zip(step_names, mine)),
                                          runs[k].cfg.diagnostics.thresholds)
             runs[k].writer.write_rows(rows)
+            runs[k].last_values = dict(zip(step_names, mine))  # for the health flags at the next evaluation
             if first_bad is not None:
                 runs[k].summary["diverged_at_step"] = first_bad
                 end(k, "diverged")
@@ -463,10 +459,6 @@ def _fit_many(cfg: DictConfig, all_runs: list[_Run], started: float) -> None:
                     if len(pending) >= SYNC_EVERY:
                         flush_steps()
                     if step % eval_every == 0 or step == total_steps or stop.signal is not None:
-                        if per_layer and pending:  # the health flags at evaluation see the last logged step
-                            last = pending[-1][3].tolist()
-                            for k in alive:
-                                runs[k].last_values = {name: row[k] for name, row in zip(step_names, last)}
                         flush_steps()
                         run_eval()
                     if i == steps_per_epoch - 1:
