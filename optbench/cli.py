@@ -468,9 +468,9 @@ def report_command(args: list[str]) -> int:
     print(text.to_string(index=False))
     print(f"wrote {out / 'runs.csv'}, {out / 'metrics.csv.gz'}, {out / 'ranking.md'}, {out / 'ranking.csv'}")
     if opts.profile:
-        from optbench import search
+        from optbench import profiles
 
-        search.write_profile(runs, metrics, _by(opts.by), opts.target, out)
+        profiles.write_profile(runs, metrics, _by(opts.by), opts.target, out)
     if opts.html:
         from optbench import html_report
 

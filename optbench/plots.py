@@ -360,7 +360,7 @@ def performance_profiles(profiles: dict, by: list[str], r_max: float = 4.0,
                          title: str = "Performance profiles") -> Figure:
     """Dolan-More profiles, one panel per cost ({"steps to target": profile, ...}): rho(tau) against tau.
 
-    Each profile is search.performance_profile's table (index tau, one column per
+    Each profile is profiles.performance_profile's table (index tau, one column per
     group); a group's line is a step function rising where it solves another
     problem within tau times the fastest group's cost.
     """

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from optbench import results, search
+from optbench import profiles, results
 from test_results import write_run
 
 TARGET = 0.9
@@ -39,7 +39,7 @@ PROFILE = {"a": [1 / 3, 1 / 3, 2 / 3, 2 / 3], "b": [1 / 3, 2 / 3, 2 / 3, 2 / 3],
 
 def test_scores_and_profile_match_the_hand_computed_table(profiled):
     runs = results.load_runs(profiled)
-    scores, costs = search.algoperf(runs, results.load_metrics(runs), None, TARGET)
+    scores, costs = profiles.algoperf(runs, results.load_metrics(runs), None, TARGET)
     assert scores.columns[0] == "optimizer.name"
     got = scores.set_index("optimizer.name")
     for optimizer, expected in SCORES.items():
@@ -51,7 +51,7 @@ def test_scores_and_profile_match_the_hand_computed_table(profiled):
     steps = costs["steps"]
     assert steps.loc[0, "a"] == 10 and steps.loc[1, "b"] == 10 and math.isinf(steps.loc[1, "c"])
     assert costs["time"].loc[0, "c"] == pytest.approx(0.5)
-    profile = search.performance_profile(steps, 4.0, taus=[1.0, 2.0, 3.0, 4.0])
+    profile = profiles.performance_profile(steps, 4.0, taus=[1.0, 2.0, 3.0, 4.0])
     for optimizer, expected in PROFILE.items():
         assert list(profile[optimizer]) == pytest.approx(expected)
 
@@ -60,7 +60,7 @@ def test_an_unfinished_run_counts_as_never_reaching_the_target(profiled):
     summary = results.read_summary(profiled / "a_0")
     results.write_json_atomic(profiled / "a_0" / results.SUMMARY, {**summary, "status": "failed"})
     runs = results.load_runs(profiled)
-    scores, costs = search.algoperf(runs, results.load_metrics(runs), None, TARGET)
+    scores, costs = profiles.algoperf(runs, results.load_metrics(runs), None, TARGET)
     assert math.isinf(costs["steps"].loc[0, "a"])
     # seed 0: b is now fastest (ratio 1), c 50/20 = 2.5; seed 1 as before
     got = scores.set_index("optimizer.name")["score_steps"]

@@ -16,7 +16,7 @@ from conftest import run_cli
 from optbench.errors import UserError
 
 optuna = pytest.importorskip("optuna")
-from optbench import search  # noqa: E402
+from optbench import profiles, search  # noqa: E402
 
 
 def test_space_forms_become_optuna_distributions():
@@ -79,18 +79,18 @@ def test_performance_profile_matches_a_hand_computed_table():
     #   p2   1    2     inf
     #   p3   2    2     1
     #   p4   inf  inf   inf
-    profile = search.performance_profile(costs, r_max=4, taus=[1, 1.5, 2, 4])
+    profile = profiles.performance_profile(costs, r_max=4, taus=[1, 1.5, 2, 4])
     expected = pd.DataFrame({"sgd": [1 / 4, 1 / 4, 3 / 4, 3 / 4], "adam": [1 / 4, 1 / 4, 3 / 4, 3 / 4],
                              "lbfgs": [1 / 4, 1 / 4, 1 / 4, 1 / 4]}, index=pd.Index([1, 1.5, 2, 4], name="tau"))
     pd.testing.assert_frame_equal(profile, expected, check_index_type=False)
     # area under each profile over [1, 4] / 3: sum over problems of (4 - r) / 3 / 4
-    score = search.profile_score(costs, r_max=4)
+    score = profiles.profile_score(costs, r_max=4)
     assert score["sgd"] == pytest.approx(((4 - 2) + (4 - 1) + (4 - 2)) / 3 / 4)  # 7/12
     assert score["adam"] == pytest.approx(7 / 12)
     assert score["lbfgs"] == pytest.approx((4 - 1) / 3 / 4)  # 1/4
     # the exact area equals a fine numerical integral of the step function
     taus = np.linspace(1, 4, 30001)
-    fine = search.performance_profile(costs, r_max=4, taus=taus)
+    fine = profiles.performance_profile(costs, r_max=4, taus=taus)
     assert np.trapezoid(fine["sgd"], taus) / 3 == pytest.approx(7 / 12, abs=1e-3)
 
 
