@@ -52,10 +52,32 @@ def build_mlp(
         if batchnorm == "post":
             layers.append(nn.BatchNorm1d(h))
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         width = h
     layers.append(nn.Linear(width, n_out))
     return nn.Sequential(*layers)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose masks come from `generator` (the run's own; None: torch's global one).
+
+    A run's masks then depend on its own seed alone, so it draws the same
+    masks in a vectorized pass as it does alone.
+    """
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device, generator=self.generator) >= self.p
+        return x * keep / (1 - self.p)
+
+
+def set_dropout_generator(model: nn.Module, generator: torch.Generator) -> None:
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.generator = generator
 
 
 def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:

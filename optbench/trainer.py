@@ -1,20 +1,27 @@
-"""Training: build everything from the config, then one plain loop.
+"""Training: one loop for K >= 1 runs.
 
-The loop keeps every per-step number on the device and reads them back in
-blocks (every SYNC_EVERY steps and at each evaluation), so the host never
-waits on the accelerator inside a step.
+A single run is K = 1 and trains its plain `nn.Sequential`. A pass of K > 1
+runs that differ only in seed, optimizer, schedule or init trains their
+parameters stacked into [K, ...] tensors (optbench.vectorized), so one step
+is one batched forward and backward for all of them. Either way the step
+reads the same: learning rate, forward, backward, guard and clip, optimizer
+step, log, evaluate, checkpoint, stop.
+
+Every per-step number stays on the device and is read back in blocks (every
+SYNC_EVERY steps and at each evaluation), so the host never waits on the
+accelerator inside a step.
 """
 
 import csv
+import functools
 import io
 import logging
 import math
-import os
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,9 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from optbench import data, diagnostics, results
+from optbench import data, diagnostics, results, vectorized
 from optbench.errors import UserError
-from optbench.models import build_mlp, init_weights, linear_layers
+from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
 from optbench.schedules import warmup_factor
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,8 @@ SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
 INTERVALS = ("step", "epoch", "eval")
 DIAGNOSTIC_LEVELS = ("off", "basic", "full")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+FLAGS = ("exploding_gradients", "vanishing_gradients", "dead_relu", "saturated")
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 
 
 def select_device(name: str) -> torch.device:
@@ -97,17 +106,20 @@ def normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return x_uint8.float().sub_(mean).div_(std)
 
 
-def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """Each (n, h, w) uint8 image moved by its own random (dy, dx) in [-pixels, pixels], zeros shifted in.
+def random_shift(x: torch.Tensor, pixels: int, generators: list) -> torch.Tensor:
+    """Each (h, w) uint8 image of x [K, n, h, w] moved by its own random (dy, dx) in [-pixels, pixels], zeros
+    shifted in; run k's offsets drawn from generators[k], as that run alone draws them.
 
     One gather on x's device: no per-image loop and no host round trip.
     """
-    n, h, w = x.shape
+    k, n, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pixels,) * 4)
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, n, 1), device=x.device, generator=generator)
-    rows = (torch.arange(h, device=x.device) + dy)[:, :, None]
-    cols = (torch.arange(w, device=x.device) + dx)[:, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None], rows, cols]
+    dy, dx = torch.stack([torch.randint(0, 2 * pixels + 1, (2, n, 1), device=x.device, generator=g)
+                          for g in generators]).unbind(1)  # [K, n, 1] each
+    rows = (torch.arange(h, device=x.device) + dy)[..., :, None]
+    cols = (torch.arange(w, device=x.device) + dx)[..., None, :]
+    run = torch.arange(k, device=x.device)[:, None, None, None]
+    return padded[run, torch.arange(n, device=x.device)[None, :, None, None], rows, cols]
 
 
 @torch.no_grad()
@@ -127,16 +139,29 @@ def evaluate(model, loss_fn, x, y, mean, std) -> torch.Tensor:
 
 def build_optimizer(optimizer_cfg, params):
     factory = instantiate(optimizer_cfg, _convert_="all")  # plain lists: torch indexes betas itself
+    params = list(params)
+    if optimizer_cfg.get("fused") and not fused_works(factory, params[0]):
+        log.warning("fused %s kernel unavailable on %s; using torch's default implementation",
+                    optimizer_cfg._target_, params[0].device)
+        factory = functools.partial(factory, fused=False)
     try:
         return factory(params)
     except (TypeError, ValueError, IndexError) as e:  # torch's own checks, e.g. betas=[0.9] or lr=-1
         raise UserError(f"optimizer: {e}") from None
-    except RuntimeError as e:
-        # fused kernels exist only for some devices and dtypes: fall back to torch's default
-        if not optimizer_cfg.get("fused"):
-            raise
-        log.warning("fused optimizer unavailable here (%s); using torch's default implementation", e)
-        return factory(params, fused=False)
+
+
+def fused_works(factory, like: torch.Tensor) -> bool:
+    """Whether a fused kernel runs for tensors like `like`: torch checks only at the first step(), so try one
+    on a one-element parameter of the same device and dtype."""
+    probe = torch.zeros(1, device=like.device, dtype=like.dtype, requires_grad=True)
+    probe.grad = torch.zeros_like(probe)
+    try:
+        factory([probe]).step()
+    except (RuntimeError, NotImplementedError):
+        return False
+    except (TypeError, ValueError, IndexError):
+        return True  # a wrong argument: the real construction reports it
+    return True
 
 
 def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: int):
@@ -203,9 +228,6 @@ def check_trainer(t: DictConfig, n_train: int) -> None:
     if t.batch_size is not None and not 1 <= t.batch_size <= n_train:
         raise UserError(f"trainer.batch_size={t.batch_size} must be between 1 and the training split's {n_train} "
                         "(or null for all of it)")
-    for key, allowed, rule in TRAINER_RULES:
-        if t[key] is not None and not allowed(t[key]):
-            raise UserError(f"trainer.{key}={t[key]} must be {rule}")
 
 
 def run_lengths(t: DictConfig, n_train: int) -> tuple[int, int, int, int]:
@@ -228,73 +250,560 @@ def check_diagnostics(d: DictConfig) -> None:
         raise UserError(f"diagnostics.histogram_at={list(d.histogram_at)} must hold fractions in [0, 1]")
 
 
-@dataclass
-class Setup:
-    """Everything a run is made of, built and checked from the config before any training step."""
+def check(cfg: DictConfig) -> None:
+    """Every rule a config must satisfy before data is loaded; a run and `--dry-run` both call it."""
+    check_diagnostics(cfg.diagnostics)
+    if cfg.data.augment_shift < 0:
+        raise UserError(f"data.augment_shift={cfg.data.augment_shift} must be >= 0")
+    t = cfg.trainer
+    for key, allowed, rule in TRAINER_RULES:
+        if t[key] is not None and not allowed(t[key]):
+            raise UserError(f"trainer.{key}={t[key]} must be {rule}")
+    if vectorized.needs_closure(cfg) and (t.clip_grad_norm or t.clip_grad_value):
+        # its line search compares losses with the gradient it is given: a clipped one misleads it
+        raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
 
-    device: torch.device
-    split: dict
-    model: torch.nn.Module
+
+@dataclass
+class Run:
+    """One run of a pass: its config, its files, its model and how it ends. Everything else is the pass's."""
+
+    cfg: DictConfig
+    dir: Path
+    summary: dict
+    log: logging.Logger
+    resume: dict | None = None  # the checkpoint it continues from
+    model: torch.nn.Module = None  # its own nn.Sequential; in a pass its tensors are views of row k of the stack
+    generator: torch.Generator = None  # its data order, shifts and dropout masks, as if it trained alone
+    group: "Group" = None
+    row: int | None = None  # its row among the group's stacked rows (None: the group steps this run alone)
+    history: list = field(default_factory=list)  # one dict per evaluation
+    flags: dict = field(default_factory=lambda: dict.fromkeys(FLAGS))
+    previous: tuple | None = None  # (step, per-layer parameters) one step before an evaluation
+    initial: list | None = None  # per-layer parameters at step 0
+    last_values: dict = field(default_factory=dict)  # the last step read back, for the health flags
+    status: str = "running"
+    writer: results.MetricsWriter = None
+    histogram_file: object = None
+
+
+@dataclass
+class Group:
+    """Runs stepped by one torch optimizer and scheduler: one run, or the rows of runs whose settings agree."""
+
     optimizer: torch.optim.Optimizer
     scheduler: object
     interval: str
     warmup_steps: int
-    loss_fn: torch.nn.Module
+    views: list  # (tensor the optimizer steps, stacked leaf, rows): its gradient is that leaf's gradient rows
+
+
+@dataclass
+class Setup:
+    """One run built and checked from its config, trained nothing: what `optbench train --dry-run` reports."""
+
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    interval: str
+    forward: object  # what a training step calls: the model, or torch.compile of it (trainer.compile)
     batch_size: int
     steps_per_epoch: int
     total_steps: int
-    eval_every: int
-    eval_sets: dict  # what each evaluation runs over: {"train": (x, y), "val": ..., "test": ...}
-    forward: object  # what a training step calls: the model, or torch.compile of it (trainer.compile)
 
 
 def prepare(cfg: DictConfig) -> Setup:
-    """Validate the config and build data, model, optimizer and schedule on the device; train nothing.
-
-    `optbench train --dry-run` stops here; `fit` goes on from here.
-    """
+    """Validate the config and build data, model, optimizer and schedule on the device, as a run does."""
+    check(cfg)
     device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    t = cfg.trainer
-    if cfg.data.get("augment_shift", 0) < 0:
-        raise UserError(f"data.augment_shift={cfg.data.augment_shift} must be >= 0")
-    check_diagnostics(cfg.diagnostics)
     split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
-    batch_size, steps_per_epoch, total_steps, eval_every = run_lengths(t, len(split["train"][0]))
+    lengths = run_lengths(cfg.trainer, len(split["train"][0]))
+    model = build_model(cfg, device)
+    forward = torch.compile(model, mode=cfg.trainer.compile) if cfg.trainer.compile else model
+    group = build_training(cfg, model.parameters(), lengths)
+    return Setup(device, model, group.optimizer, group.interval, forward, *lengths[:3])
+
+
+def fit(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
+    """Train one model as `cfg` says, writing config, metrics and summary into `run_dir`; a pass of one."""
+    return fit_pass([cfg], [run_dir], [choices])[0]
+
+
+def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None) -> list[dict]:
+    """Train the runs of `cfgs` (one `vectorized.group_key`) in one loop, each into its run dir; their summaries.
+
+    An unfinished run of the same config in its directory (killed,
+    interrupted) continues from its last checkpoint when trainer.resume is
+    on; anything else there is replaced. Status: completed, diverged
+    (non-finite loss or gradient), interrupted (SIGINT/SIGTERM) or failed (an
+    exception, re-raised). A single run's bad setting raises UserError; in a
+    pass that run fails and the others go on.
+    """
+    if len({vectorized.group_key(c) for c in cfgs}) != 1:
+        raise ValueError("fit_pass: the configs differ in more than seed/optimizer/schedule/init")
+    reasons = {vectorized.why_not(c) for c in cfgs} - {None} if len(cfgs) > 1 else set()
+    if reasons:
+        raise UserError(f"these runs cannot share a pass: {'; '.join(sorted(reasons))}")
+    started = time.perf_counter()
+    runs = [_open_run(c, Path(d), ch, len(cfgs)) for c, d, ch in zip(cfgs, run_dirs, choices or [None] * len(cfgs))]
+    by_step = {}  # the runs that continue from a checkpoint at the same step train together; fresh ones too
+    for r in runs:
+        by_step.setdefault(r.resume["step"] if r.resume else None, []).append(r)
+    try:
+        for part in by_step.values():
+            _fit(part[0].cfg, part, started)
+    except BaseException as e:
+        for r in runs:
+            if r.status == "running":
+                _close(r, "failed", f"{type(e).__name__}: {e}", started)
+        raise
+    return [r.summary for r in runs]
+
+
+def _open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int) -> Run:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = resumable(cfg, run_dir)
+    if resume is None:
+        clear_run_files(run_dir)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if n_runs == 1:
+        run_log = log  # a run of its own logs where its caller's logging goes (Hydra: the console and train.log)
+    else:
+        run_log = logging.getLogger(f"optbench.run.{run_dir.resolve()}")
+        run_log.propagate = False  # each run's lines go to its own train.log, not to the others'
+        run_log.handlers.clear()
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        run_log.addHandler(handler)
+        run_log.setLevel(logging.INFO)
+    summary = {**(resume["summary"] if resume else {}), "status": "running", "choices": dict(choices or {}),
+               "started_at": _now(), **results.provenance()}
+    results.write_json_atomic(run_dir / results.SUMMARY, summary)
+    return Run(cfg, run_dir, summary, run_log, resume)
+
+
+def _close(r: Run, status: str, reason: str | None, started: float) -> None:
+    if r.writer is not None:
+        r.writer.close()
+    if r.histogram_file is not None:
+        r.histogram_file.close()
+    r.status = status
+    r.summary.update(status=status, reason=reason, finished_at=_now())
+    _update_summary(r.summary, r.history, time.perf_counter() - started)
+    results.write_json_atomic(r.dir / results.SUMMARY, r.summary)
+    raised = [name for name, at in r.flags.items() if at is not None]
+    r.log.info("%s: best val acc %s, test acc at that epoch %s%s", status, _fmt(r.summary.get("best_val_acc")),
+               _fmt(r.summary.get("test_acc_at_best_val")), f" | flags: {', '.join(raised)}" if raised else "")
+    if r.log is not log:
+        for handler in list(r.log.handlers):
+            r.log.removeHandler(handler)
+            handler.close()
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The run's MLP with its init, from its own seed: the same draws in a pass as alone."""
+    torch.manual_seed(cfg.seed)
     model = build_mlp(**cfg.model).to(device)
     init_weights(model, cfg.init)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    if isinstance(optimizer, torch.optim.LBFGS) and (t.clip_grad_norm or t.clip_grad_value):
-        # its line search compares losses with the gradient it is given: a clipped one misleads it
-        raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
-    scheduler, interval, warmup_steps = build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch)
-    return Setup(device, split, model, optimizer, scheduler, interval, warmup_steps, instantiate(cfg.loss),
-                 batch_size, steps_per_epoch, total_steps, eval_every,
-                 eval_splits(split, cfg.data.get("train_eval_size")),
-                 torch.compile(model, mode=t.compile) if t.get("compile") else model)
+    return model
 
 
-def guard_and_clip(params: list, norms: torch.Tensor, clip_norm, clip_value, counters: torch.Tensor) -> None:
-    """Zero the gradients when any is NaN/inf, so none is ever applied; then clip by norm and/or value.
+def build_training(cfg: DictConfig, params, lengths) -> "Group":
+    """The run's optimizer over `params` and its schedule (no views: a group of this run alone)."""
+    _, steps_per_epoch, total_steps, _ = lengths
+    optimizer = build_optimizer(cfg.optimizer, params)
+    return Group(optimizer, *build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch), views=[])
 
-    `norms` are the per-tensor gradient norms before clipping. counters[0]
-    counts the steps clipping changed, counters[1] the steps zeroed; both
-    stay on the device (no host sync).
+
+def _build_runs(runs: list[Run], device: torch.device, lengths) -> list[Run]:
+    """Each run's model, optimizer and schedule as it would be built alone; the runs whose settings are valid.
+
+    A run alone raises its UserError; in a pass that run fails and the others go on.
     """
-    total = norms.norm()
+    built = []
+    for r in runs:
+        try:
+            check(r.cfg)
+            r.model = build_model(r.cfg, device)
+            # the start point, for distance-from-init and landscapes (the same weights again on a resume: same seed)
+            save_tensors(r.model.state_dict(), r.dir / "init.pt")
+            r.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(r.model)]
+            r.generator = torch.Generator(device=device).manual_seed(r.cfg.seed)
+            set_dropout_generator(r.model, r.generator)
+            r.group = build_training(r.cfg, r.model.parameters(), lengths)
+            built.append(r)
+        except UserError as e:
+            if len(runs) == 1:
+                raise
+            r.log.error("run failed: %s", e)
+            log.error("%s: run failed: %s", r.dir.name, e)
+            _close(r, "failed", f"UserError: {e}", time.perf_counter())
+    return built
+
+
+def _share_optimizers(runs: list[Run], leaves: list, lengths) -> list["Group"]:
+    """The pass's optimizers: runs with the same row-wise optimizer and schedule (contiguous rows) share one.
+
+    Elementwise optimizers (vectorized.ROW_WISE) do the same arithmetic on a
+    [k, ...] stack of rows as on each row alone, so a seed sweep costs one
+    optimizer call per step, not one per run. Every other run keeps its own,
+    whose parameters are its model's (views of its row).
+    """
+    groups, start = [], 0
+    for members in vectorized.optimizer_groups([r.cfg for r in runs]):
+        rows = slice(start, start + len(members))
+        start += len(members)
+        if len(runs) == 1:
+            groups.append(runs[0].group)  # K = 1: the model's own parameters are the leaves
+        elif len(members) == 1:
+            r = runs[rows.start]
+            r.group.views = [(p, leaf, rows.start) for p, leaf in zip(r.model.parameters(), leaves)]
+            groups.append(r.group)
+        else:
+            params = [torch.nn.Parameter(leaf.data[rows]) for leaf in leaves]
+            group = build_training(runs[rows.start].cfg, params, lengths)
+            group.views = [(p, leaf, rows) for p, leaf in zip(params, leaves)]
+            for j, r in enumerate(runs[rows]):
+                r.group, r.row = group, j
+            groups.append(group)
+    return groups
+
+
+def _run_state(r: Run) -> tuple[dict, dict]:
+    """This run's optimizer and scheduler state, as its own optimizer would hold them (a row of a shared one)."""
+    g = r.group
+    state = g.optimizer.state_dict()
+    if r.row is not None:
+        state = vectorized.row_state(state, r.row)
+    return state, g.scheduler.state_dict()
+
+
+def _load_states(groups: list[Group], runs: list[Run]) -> None:
+    for g in groups:
+        members = [r for r in runs if r.group is g]
+        states = [r.resume["optimizer"] for r in members]
+        g.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
+        g.scheduler.load_state_dict(members[0].resume["scheduler"])
+
+
+def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
+    device = select_device(cfg.device)
+    check(cfg)
+    split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
+    train_x, train_y = split["train"]
+    n_train = len(train_x)
+    eval_sets = eval_splits(split, cfg.data.train_eval_size)
+    lengths = batch_size, steps_per_epoch, total_steps, eval_every = run_lengths(cfg.trainer, n_train)
+    t, diag = cfg.trainer, cfg.diagnostics
+    loss_fn = instantiate(cfg.loss)
+    runs = _build_runs(runs, device, lengths)
+    if not runs:
+        return
+    # the runs that share an optimizer side by side: their rows of the stack are one slice
+    runs = [runs[k] for members in vectorized.optimizer_groups([r.cfg for r in runs]) for k in members]
+    K = len(runs)
+    models = [r.model for r in runs]
+    forward, leaves = vectorized.forward_of(models)
+    if t.compile:
+        forward = torch.compile(forward, mode=t.compile)
+    groups = _share_optimizers(runs, leaves, lengths)
+    grad_index = vectorized.grad_index(models[0], device)  # per-layer and per-parameter gradient norms
+    per_layer = diag.level != "off"
+    step_names = ["loss", "grad_norm"] + (grad_index.names if per_layer else [])
+    l1_leaves = [leaves[i] for i in grad_index.linear_weights]
+    probe_x = normalise(split["val"][0][: diag.probe_size], split["mean"], split["std"])
+    probe_y = split["val"][1][: diag.probe_size]
+    histogram_steps = diagnostics.histogram_schedule(diag.histogram_at, total_steps)
+    counters = torch.zeros(K, 2, dtype=torch.int64, device=device)  # per run: clipped steps, skipped non-finite steps
+    step, epoch, resumed_train_time = 0, 0, [0.0] * K
+
+    if runs[0].resume:
+        _load_states(groups, runs)
+        for k, r in enumerate(runs):
+            state = r.resume
+            r.model.load_state_dict(state["model"])
+            r.generator.set_state(state["rng"]["generator"])
+            step, epoch, resumed_train_time[k] = state["step"], state["epoch"], state["train_time"]
+            r.history, r.flags = state["history"], state["flags"]
+            counters[k] = state["counters"]
+            results.truncate(r.dir / results.METRICS, state["metrics_bytes"])
+            results.truncate(r.dir / HISTOGRAMS, state["histogram_bytes"])
+            r.log.info("resuming from the checkpoint at epoch %d, step %d", epoch, step)
+        torch.set_rng_state(runs[0].resume["rng"]["torch"])
+        histogram_steps = [h for h in histogram_steps if h > step]
+    for k, r in enumerate(runs):
+        r.summary.update(
+            device=str(device),
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            optimizer_impl=optimizer_impl(r.group.optimizer),
+            n_params=sum(p.numel() for p in r.model.parameters()),
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            torch_threads=torch.get_num_threads(),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            amp="bf16 autocast (training steps)" if t.amp else None,
+            compile=t.compile,
+            diagnostics=diag.level,
+            flags=r.flags,
+        )
+        if K > 1:
+            # train_time and seconds_per_epoch are this run's share: the pass's training time / K
+            r.summary["vectorized"] = {"models": K, "index": k}
+        r.writer = results.MetricsWriter(r.dir)
+        r.histogram_file = open(r.dir / HISTOGRAMS, "a", newline="")
+        if r.histogram_file.tell() == 0:
+            csv.writer(r.histogram_file).writerow(diagnostics.HISTOGRAM_COLUMNS)
+        r.log.info("%s | %d parameters | %s (%s) | %d steps of batch %d%s", device, r.summary["n_params"],
+                   type(r.group.optimizer).__name__, r.summary["optimizer_impl"], total_steps, batch_size,
+                   f" | in a pass of {K} runs" if K > 1 else "")
+    if K > 1:
+        log.info("vectorized pass of %d runs on %s: %d steps of batch %d, %d optimizer call(s) per step",
+                 K, device, total_steps, batch_size, len(groups))
+    alive = list(range(K))
+    pending = []  # (step, epoch, [lr per run], [len(step_names), K] tensor) not yet read back
+    lrs = [0.0] * K
+
+    def flush_steps() -> None:
+        """Write the buffered step metrics (one host read); a run with a non-finite value has diverged."""
+        if not pending:
+            return
+        values = torch.stack([v for *_, v in pending]).tolist()  # [steps, metrics, K]
+        for k in list(alive):
+            r, rows, first_bad = runs[k], [], None
+            for (st, ep, step_lrs, _), vals in zip(pending, values):
+                mine = [v[k] for v in vals]
+                rows.append((st, ep, "step", "lr", step_lrs[k]))
+                rows.extend((st, ep, "step", name, v) for name, v in zip(step_names, mine))
+                if first_bad is None and not all(math.isfinite(v) for v in mine):
+                    first_bad = st
+                diagnostics.update_flags(r.flags, st, dict(zip(step_names, mine)), diag.thresholds)
+            r.writer.write_rows(rows)
+            r.last_values = dict(zip(step_names, mine))
+            if first_bad is not None:
+                r.summary["diverged_at_step"] = first_bad
+                end(k, "diverged", f"non-finite loss or gradient at step {first_bad}")
+        pending.clear()
+        bar.set_postfix(loss=f"{min(values[-1][0]):.4f}", refresh=False)
+
+    def record_counters(k: int, counts: list) -> None:
+        if t.clip_grad_norm or t.clip_grad_value:
+            runs[k].summary["clipped_steps"] = counts[0]
+        runs[k].summary.update(nonfinite_steps_skipped=counts[1], step=step, epoch=epoch)
+
+    def end(k: int, status: str, reason: str | None, stopped_early: bool = False) -> None:
+        r = runs[k]
+        if status == "diverged":
+            r.log.warning("run diverged: %s", reason)
+            if K > 1:
+                log.warning("%s diverged: %s", r.dir.name, reason)
+        r.summary["stopped_early"] = stopped_early
+        record_counters(k, counters[k].tolist())
+        alive.remove(k)
+        _close(r, status, reason, started)
+
+    def train_time(k: int) -> float:
+        # a pass computes all K models at every step: each run's share of its time compares with a run alone
+        return resumed_train_time[k] + (time.perf_counter() - train_started - eval_time) / K
+
+    def run_eval() -> None:
+        nonlocal eval_time
+        if not alive:  # every run diverged at the read-back just before
+            return
+        _sync(device)
+        times = {k: train_time(k) for k in alive}
+        t0 = time.perf_counter()
+        out = torch.stack([torch.stack([evaluate(runs[k].model, loss_fn, *xy, split["mean"], split["std"])
+                                        for xy in eval_sets.values()]) for k in alive]).tolist()
+        counts = counters.tolist()
+        histograms_now = per_layer and diagnostics.histograms_due(diag.level, histogram_steps, step)
+        for k, ((tr_loss, tr_acc), (va_loss, va_acc), (te_loss, te_acc)) in zip(list(alive), out):
+            r = runs[k]
+            r.history.append(dict(step=step, epoch=epoch, train_loss=tr_loss, train_acc=tr_acc, val_loss=va_loss,
+                                  val_acc=va_acc, test_loss=te_loss, test_acc=te_acc, train_time=times[k]))
+            for name, loss, acc in (("train", tr_loss, tr_acc), ("val", va_loss, va_acc), ("test", te_loss, te_acc)):
+                r.writer.write(step, epoch, name, {"loss": loss, "acc": acc})
+            r.writer.write(step, epoch, "run", {"train_time": times[k]})
+            if per_layer:
+                numbers, layers_seen = diagnostics.at_evaluation(r.model, loss_fn, probe_x, probe_y,
+                                                                 cfg.model.activation, diag.saturation, step,
+                                                                 r.previous, r.initial)
+                r.writer.write(step, epoch, "diag", numbers)
+                diagnostics.update_flags(r.flags, step, {**r.last_values, **numbers}, diag.thresholds)
+                if histograms_now:
+                    csv.writer(r.histogram_file).writerows(
+                        diagnostics.histogram_rows(step, epoch, layers_seen, diag.histogram_bins))
+                    r.histogram_file.flush()
+            r.writer.flush()
+            if K > 1:
+                r.summary["vectorized"]["pass_train_time"] = round(times[k] * K, 3)
+            r.log.info("epoch %d step %d | train loss %.4f | val loss %.4f acc %.4f | test acc %.4f | %.1f s",
+                       epoch, step, tr_loss, va_loss, va_acc, te_acc, times[k])
+            record_counters(k, counts[k])
+            _update_summary(r.summary, r.history, time.perf_counter() - started)
+            results.write_json_atomic(r.dir / results.SUMMARY, r.summary)
+            if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
+                r.summary.setdefault("diverged_at_step", step)
+                end(k, "diverged", f"non-finite loss or gradient at step {r.summary['diverged_at_step']}")
+                continue
+            if r.group.interval == "eval" and step > 0:
+                r.group.scheduler.step(va_loss)  # the group of a run stepped on its own validation loss is its own
+            if t.patience and evaluations_without_improvement([h["val_loss"] for h in r.history],
+                                                              t.min_delta) >= t.patience:
+                r.log.info("stopped early at epoch %d step %d", epoch, step)
+                end(k, "completed", f"early stopping: validation loss did not improve by > {t.min_delta} "
+                                    f"in {t.patience} evaluations", stopped_early=True)
+        eval_time += time.perf_counter() - t0
+
+    def checkpoint() -> None:
+        flush_steps()
+        for k in alive:
+            r = runs[k]
+            r.writer.flush()
+            r.histogram_file.flush()
+            if K > 1:  # the stacked batch norm does not count batches: record what the run alone would have
+                for bn in r.model.modules():
+                    if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                        bn.num_batches_tracked.fill_(step)
+            optimizer_state, scheduler_state = _run_state(r)
+            save_tensors({
+                "model": {name: v.clone() for name, v in r.model.state_dict().items()},  # not the whole stack
+                "optimizer": optimizer_state, "scheduler": scheduler_state, "step": step, "epoch": epoch,
+                "rng": {"torch": torch.get_rng_state(), "generator": r.generator.get_state()},
+                "train_time": train_time(k), "history": r.history, "flags": r.flags, "counters": counters[k].cpu(),
+                "metrics_bytes": r.writer.tell(), "histogram_bytes": r.histogram_file.tell(),
+                "summary": {key: r.summary.get(key) for key in ("clipped_steps", "nonfinite_steps_skipped")},
+            }, r.dir / CHECKPOINT)
+
+    def forward_backward():
+        """Every run's loss and gradient at the current weights: [K] losses, [n_params, K] gradient norms.
+
+        The gradients are guarded (a non-finite one is zeroed, never applied)
+        and clipped; the norms are those before clipping, what the loss
+        surface gave. L-BFGS calls this again inside its line search.
+        """
+        for p in leaves:
+            p.grad = None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
+            losses = vectorized.losses(loss_fn, forward, x, y)
+        objective = (losses + t.l1 * vectorized.l1_norms(l1_leaves, K) if t.l1 else losses).sum()
+        objective.backward()  # d(sum)/d(loss_k) = 1: each run gets its own gradient
+        grads = [p.grad for p in leaves]
+        norms = vectorized.norms(grads, K)
+        guard_and_clip(grads, norms, t.clip_grad_norm, t.clip_grad_value, counters)
+        for g in groups:
+            for param, leaf, rows in g.views:
+                param.grad = leaf.grad[rows]
+        return objective, losses.detach(), norms
+
+    eval_time = 0.0
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None, leave=False)
+    train_started = time.perf_counter()
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    status, reason = "completed", None
+    try:
+        with _stop_on_signals() as stop:
+            if not runs[0].resume:
+                run_eval()
+            while alive and step < total_steps and stop.signal is None:
+                epoch += 1
+                bar.set_description(f"epoch {epoch}/{n_epochs}" + (f" x{len(alive)}" if K > 1 else ""))
+                order = torch.stack([torch.randperm(n_train, device=device, generator=r.generator) for r in runs])
+                for i in range(steps_per_epoch):
+                    idx = order[:, i * batch_size : (i + 1) * batch_size]
+                    x_uint8 = train_x[idx]
+                    if cfg.data.augment_shift:
+                        x_uint8 = random_shift(x_uint8, cfg.data.augment_shift, [r.generator for r in runs])
+                    x, y = normalise(x_uint8, split["mean"], split["std"]), train_y[idx]
+                    evaluates_next = (step + 1) % eval_every == 0 or step + 1 == total_steps
+                    if per_layer and evaluates_next:
+                        for k in alive:  # the point one step back, for the update sizes at the evaluation
+                            runs[k].previous = (step, [diagnostics.flat_layer(layer).clone()
+                                                       for _, layer in linear_layers(runs[k].model)])
+                    # warmup multiplies the rate the schedule set, for this step only
+                    scheduled = [[pg["lr"] for pg in g.optimizer.param_groups] for g in groups]
+                    for g in groups:
+                        for pg in g.optimizer.param_groups:
+                            pg["lr"] *= warmup_factor(step, g.warmup_steps)
+                    for k, r in enumerate(runs):
+                        lrs[k] = r.group.optimizer.param_groups[0]["lr"]
+                    if vectorized.needs_closure(cfg):  # L-BFGS, one run: its line search evaluates again
+                        evaluations = []
+
+                        def closure():
+                            evaluations.append(forward_backward())
+                            return evaluations[-1][0]
+
+                        groups[0].optimizer.step(closure)
+                        _, losses, norms = evaluations[0]  # at the weights the step started from
+                    else:
+                        _, losses, norms = forward_backward()
+                        for g in groups:
+                            g.optimizer.step()
+                    for g, g_lrs in zip(groups, scheduled):
+                        for pg, lr in zip(g.optimizer.param_groups, g_lrs):
+                            pg["lr"] = lr
+                        if g.interval == "step":
+                            g.scheduler.step()
+                    step += 1
+                    bar.update()
+                    if step % t.log_every == 0 or step == total_steps:
+                        pending.append((step, epoch, list(lrs), grad_index.step_values(losses, norms, per_layer)))
+                    if len(pending) >= SYNC_EVERY:
+                        flush_steps()
+                    if evaluates_next or stop.signal is not None:
+                        flush_steps()
+                        run_eval()
+                    if i == steps_per_epoch - 1:
+                        for g in groups:
+                            if g.interval == "epoch":
+                                g.scheduler.step()
+                    end_of_epoch = i == steps_per_epoch - 1 or step == total_steps
+                    if end_of_epoch and t.checkpoint_every and epoch % t.checkpoint_every == 0:
+                        checkpoint()
+                    if not alive or step >= total_steps or stop.signal is not None:
+                        break
+            if stop.signal is not None:
+                status, reason = "interrupted", f"{signal.Signals(stop.signal).name} received at step {step}"
+            flush_steps()
+    except KeyboardInterrupt:
+        status, reason = "interrupted", f"KeyboardInterrupt at step {step}"
+    except BaseException as e:
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        bar.close()
+        for k in list(alive):
+            end(k, status, reason)
+
+
+def guard_and_clip(grads: list, norms: torch.Tensor, clip_norm, clip_value, counters: torch.Tensor) -> None:
+    """Per run: zero its gradients when any is NaN/inf, so none is ever applied; then clip by norm and/or value.
+
+    `norms` [n_tensors, K] are the per-tensor gradient norms before clipping,
+    K runs along dim 0 of each stacked gradient (K = 1: a plain gradient).
+    counters[k, 0] counts the steps clipping changed, counters[k, 1] the
+    steps zeroed; both stay on the device (no host sync). Clipping by norm
+    is torch's clip_grads_with_norm_ formula (max_norm / (norm + 1e-6),
+    at most 1), one factor per run.
+    """
+    total = norms.norm(dim=0)  # [K]
     bad = ~torch.isfinite(total)
-    for p in params:
-        p.grad.masked_fill_(bad, 0.0)
-    counters[1] += bad
+    per_row = [(-1,) + (1,) * (g.dim() - 1) for g in grads]  # a [K] vector against each gradient's rows
+    for g, shape in zip(grads, per_row):
+        g.masked_fill_(bad.view(shape), 0.0)
+    counters[:, 1] += bad
     hit = []
     if clip_norm:
         hit.append(total > clip_norm)
-        torch.nn.utils.clip_grads_with_norm_(params, clip_norm, total.nan_to_num(0.0), foreach=True)
+        factor = (clip_norm / (total.nan_to_num(0.0) + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, [factor.view(shape) for shape in per_row])
     if clip_value:
-        hit.append(torch.stack(torch._foreach_norm([p.grad for p in params], math.inf)).max() > clip_value)
-        torch.nn.utils.clip_grad_value_(params, clip_value, foreach=True)
+        hit.append(vectorized.norms(grads, len(total), math.inf).amax(0) > clip_value)
+        torch._foreach_clamp_min_(grads, -clip_value)
+        torch._foreach_clamp_max_(grads, clip_value)
     if hit:
-        counters[0] += torch.stack(hit).any()
+        counters[:, 0] += torch.stack(hit).any(0)
 
 
 class _StopRequest:
@@ -327,23 +836,6 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, epoch: int, shuffle: torch.Generator,
-                    extra: dict | None = None) -> None:
-    """Everything needed to continue the run, written atomically (temp file + rename)."""
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "epoch": epoch,
-        "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
-        **(extra or {}),
-    }
-    if torch.cuda.is_available():
-        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-    save_tensors(state, path)
-
-
 def save_tensors(obj, path: Path) -> None:
     """torch.save, atomically; serialised in memory first so a full disk raises a plain OSError."""
     buffer = io.BytesIO()
@@ -352,8 +844,11 @@ def save_tensors(obj, path: Path) -> None:
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for queued work, so a time read afterwards includes it (CUDA and MPS run asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def resumable(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -363,8 +858,7 @@ def resumable(cfg: DictConfig, run_dir: Path) -> dict | None:
         return None
     if summary.get("status") in results.FINISHED or not results.same_config(run_dir, cfg):
         return None
-    state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-    return state if "history" in state else None  # a vectorized pass's checkpoint holds weights only
+    return torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
 
 
 def clear_run_files(run_dir: Path) -> None:
@@ -373,294 +867,8 @@ def clear_run_files(run_dir: Path) -> None:
         (run_dir / stale).unlink(missing_ok=True)
 
 
-def fit(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
-    """Train one model as `cfg` says, writing config, metrics and summary into `run_dir`.
-
-    An unfinished run of the same config in `run_dir` (killed, interrupted)
-    continues from its last checkpoint when trainer.resume is on; anything
-    else there is replaced. Returns the summary. Status is completed,
-    diverged (non-finite loss or gradient), interrupted (SIGINT/SIGTERM) or
-    failed (an exception, re-raised).
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = resumable(cfg, run_dir)
-    if resume is None:
-        clear_run_files(run_dir)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    started = time.perf_counter()
-    summary = {
-        **(resume["summary"] if resume else {}),
-        "status": "running",
-        "choices": dict(choices or {}),
-        "started_at": _now(),
-        **results.provenance(),
-    }
-    results.write_json_atomic(run_dir / results.SUMMARY, summary)
-    try:
-        return _fit(cfg, run_dir, summary, started, resume)
-    except BaseException as e:
-        if summary["status"] == "running":  # failed while setting up, before the loop took over
-            summary.update(status="failed", reason=f"{type(e).__name__}: {e}", finished_at=_now())
-            results.write_json_atomic(run_dir / results.SUMMARY, summary)
-        raise
-
-
-def _fit(cfg: DictConfig, run_dir: Path, summary: dict, started: float, resume: dict | None) -> dict:
-    s = prepare(cfg)
-    model, optimizer, scheduler, device = s.model, s.optimizer, s.scheduler, s.device
-    train_x, train_y = s.split["train"]
-    n_train = len(train_x)
-    t, diag = cfg.trainer, cfg.diagnostics
-    # the start point, for distance-from-init and landscapes (the same weights again on a resume: same seed)
-    save_tensors(model.state_dict(), run_dir / "init.pt")
-    layers = linear_layers(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    # entries of `params` per Linear layer, and a name for each, for per-layer gradient norms
-    param_index = {id(p): i for i, p in enumerate(params)}
-    layer_params = [[param_index[id(p)] for p in layer.parameters()] for _, layer in layers]
-    layer_param_names = [f"{name}.{kind}" for name, layer in layers for kind, _ in layer.named_parameters()]
-    layer_param_index = [param_index[id(p)] for _, layer in layers for p in layer.parameters()]
-    per_layer = diag.level != "off"
-    step_names = ["loss", "grad_norm"]
-    if per_layer:
-        step_names += [f"grad_norm/{name}" for name, _ in layers] + [f"grad_norm/{n}" for n in layer_param_names]
-    clip_norm, clip_value = t.clip_grad_norm, t.clip_grad_value
-    l1_weights = [layer.weight for _, layer in layers]
-    shift = cfg.data.get("augment_shift", 0)
-    shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
-    # diagnostics: a fixed probe batch of validation images, the start point, the point one step back
-    probe_x = normalise(s.split["val"][0][: diag.probe_size], s.split["mean"], s.split["std"])
-    probe_y = s.split["val"][1][: diag.probe_size]
-    initial = [diagnostics.flat_layer(layer).clone() for _, layer in layers]
-    previous = None  # (step, per-layer parameters) taken just before a step that ends in an evaluation
-    histogram_steps = diagnostics.histogram_schedule(diag.histogram_at, s.total_steps)
-    counters = torch.zeros(2, dtype=torch.int64, device=device)  # clipped steps, skipped non-finite steps
-
-    history = []  # one dict per evaluation: step, epoch, val_acc, ...
-    step, epoch, train_time = 0, 0, 0.0
-    flags = {name: None for name in ("exploding_gradients", "vanishing_gradients", "dead_relu", "saturated")}
-    if resume:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        shuffle.set_state(resume["rng"]["shuffle"])
-        if "cuda" in resume["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
-        step, epoch, train_time = resume["step"], resume["epoch"], resume["train_time"]
-        history, flags = resume["history"], resume["flags"]
-        histogram_steps = [h for h in histogram_steps if h > step]
-        counters.copy_(resume["counters"])
-        results.truncate(run_dir / results.METRICS, resume["metrics_bytes"])
-        results.truncate(run_dir / HISTOGRAMS, resume["histogram_bytes"])
-        log.info("resuming from the checkpoint at epoch %d, step %d", epoch, step)
-
-    summary.update(
-        device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        optimizer_impl=optimizer_impl(optimizer),
-        n_params=sum(p.numel() for p in params),
-        steps_per_epoch=s.steps_per_epoch,
-        total_steps=s.total_steps,
-        torch_threads=torch.get_num_threads(),
-        tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-        cudnn_benchmark=torch.backends.cudnn.benchmark,
-        amp="bf16 autocast (training steps)" if t.amp else None,
-        compile=t.get("compile"),
-        diagnostics=diag.level,
-        flags=flags,
-    )
-    log.info("%s | %d parameters | %s (%s) | %d steps of batch %d", device, summary["n_params"],
-             type(optimizer).__name__, summary["optimizer_impl"], s.total_steps, s.batch_size)
-
-    writer = results.MetricsWriter(run_dir)
-    histogram_file = open(run_dir / HISTOGRAMS, "a", newline="")
-    histogram_csv = csv.writer(histogram_file)
-    if histogram_file.tell() == 0:
-        histogram_csv.writerow(diagnostics.HISTOGRAM_COLUMNS)
-    pending = []  # (step, epoch, lr, tensor of step_names values) not yet read back
-    status, reason = "completed", None
-    stopped_early = False
-
-    def flush_steps() -> bool:
-        """Write buffered step metrics; False when one of them is not finite."""
-        if not pending:
-            return True
-        values = torch.stack([v for *_, v in pending]).tolist()
-        rows = []
-        first_bad = None
-        for (st, ep, lr, _), vals in zip(pending, values):
-            rows.append((st, ep, "step", "lr", lr))
-            rows.extend((st, ep, "step", name, v) for name, v in zip(step_names, vals))
-            if first_bad is None and not all(math.isfinite(v) for v in vals):
-                first_bad = st
-            diagnostics.update_flags(flags, st, dict(zip(step_names, vals)), diag.thresholds)
-        writer.write_rows(rows)
-        last_step_values.clear()
-        last_step_values.update(zip(step_names, values[-1]))
-        pending.clear()
-        bar.set_postfix(loss=f"{values[-1][0]:.4f}", refresh=False)
-        if first_bad is not None:
-            summary["diverged_at_step"] = first_bad
-            return False
-        return True
-
-    def write_diagnostics(values: dict) -> None:
-        """Per-layer parameter and probe-batch statistics, histograms when due, health flags."""
-        numbers, layers_seen = diagnostics.at_evaluation(model, s.loss_fn, probe_x, probe_y, cfg.model.activation,
-                                                         diag.saturation, step, previous, initial)
-        writer.write(step, epoch, "diag", numbers)
-        diagnostics.update_flags(flags, step, {**values, **numbers}, diag.thresholds)
-        if diagnostics.histograms_due(diag.level, histogram_steps, step):
-            histogram_csv.writerows(diagnostics.histogram_rows(step, epoch, layers_seen, diag.histogram_bins))
-            histogram_file.flush()
-
-    def run_eval() -> bool:
-        nonlocal train_time, stopped_early
-        _sync(device)
-        train_time = time.perf_counter() - train_started - eval_time[0] + resumed_train_time
-        t0 = time.perf_counter()
-        split = s.split
-        out = torch.stack([evaluate(model, s.loss_fn, *xy, split["mean"], split["std"]) for xy in s.eval_sets.values()])
-        (tr_loss, tr_acc), (va_loss, va_acc), (te_loss, te_acc) = out.tolist()
-        history.append(dict(step=step, epoch=epoch, train_loss=tr_loss, train_acc=tr_acc, val_loss=va_loss,
-                            val_acc=va_acc, test_loss=te_loss, test_acc=te_acc, train_time=train_time))
-        for k, (loss, acc) in zip(("train", "val", "test"), out.tolist()):
-            writer.write(step, epoch, k, {"loss": loss, "acc": acc})
-        writer.write(step, epoch, "run", {"train_time": train_time})
-        if per_layer:
-            write_diagnostics(last_step_values)
-        writer.flush()
-        eval_time[0] += time.perf_counter() - t0
-        bar.set_postfix(val_acc=f"{va_acc:.4f}", refresh=False)
-        log.info("epoch %d step %d | train loss %.4f | val loss %.4f acc %.4f | test acc %.4f | %.1f s",
-                 epoch, step, tr_loss, va_loss, va_acc, te_acc, train_time)
-        clipped, skipped = counters.tolist()
-        if clip_norm or clip_value:
-            summary["clipped_steps"] = clipped
-        summary["nonfinite_steps_skipped"] = skipped
-        _update_summary(summary, history, step, epoch, time.perf_counter() - started)
-        results.write_json_atomic(run_dir / results.SUMMARY, summary)
-        if not all(math.isfinite(v) for v in (tr_loss, va_loss)):
-            summary.setdefault("diverged_at_step", step)
-            return False
-        if s.interval == "eval" and step > 0:
-            scheduler.step(va_loss)
-        if t.patience and evaluations_without_improvement([h["val_loss"] for h in history], t.min_delta) >= t.patience:
-            stopped_early = True
-        return True
-
-    def checkpoint() -> None:
-        flush_steps()
-        writer.flush()
-        histogram_file.flush()
-        save_checkpoint(run_dir / CHECKPOINT, model, optimizer, scheduler, step, epoch, shuffle, {
-            "train_time": train_time, "history": history, "flags": flags, "counters": counters.cpu(),
-            "metrics_bytes": writer.tell(), "histogram_bytes": histogram_file.tell(),
-            "summary": {k: summary.get(k) for k in ("clipped_steps", "nonfinite_steps_skipped")},
-        })
-
-    eval_time = [0.0]
-    resumed_train_time = train_time
-    last_step_values = {}  # the last step read back (flush_steps), for the health flags at evaluation
-    train_started = time.perf_counter()
-    bar = tqdm(total=s.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None, leave=False)
-    try:
-        with _stop_on_signals() as stop:
-            ok = run_eval() if resume is None else True
-            while ok and step < s.total_steps and stop.signal is None and not stopped_early:
-                epoch += 1
-                bar.set_description(f"epoch {epoch}/{t.epochs}")
-                order = torch.randperm(n_train, device=device, generator=shuffle)
-                for i in range(s.steps_per_epoch):
-                    idx = order[i * s.batch_size : (i + 1) * s.batch_size]
-                    x_uint8 = random_shift(train_x[idx], shift, shuffle) if shift else train_x[idx]
-                    x, y = normalise(x_uint8, s.split["mean"], s.split["std"]), train_y[idx]
-                    log_this = (step + 1) % t.log_every == 0 or step + 1 == s.total_steps
-                    evaluates_next = (step + 1) % s.eval_every == 0 or step + 1 == s.total_steps
-                    if per_layer and evaluates_next:
-                        previous = (step, [diagnostics.flat_layer(layer).clone() for _, layer in layers])
-                    first = {}  # loss and pre-clip gradient norms of the step's first evaluation
-
-                    def closure():
-                        optimizer.zero_grad(set_to_none=True)
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
-                            loss = s.loss_fn(s.forward(x), y)
-                        objective = loss + t.l1 * sum(w.abs().sum() for w in l1_weights) if t.l1 else loss
-                        objective.backward()
-                        norms = torch.stack(torch._foreach_norm([p.grad for p in params]))
-                        first.setdefault("loss", loss.detach())
-                        first.setdefault("norms", norms)  # before clipping: what the loss surface gave
-                        guard_and_clip(params, norms, clip_norm, clip_value, counters)
-                        return objective
-
-                    # warmup multiplies the rate the schedule set, for this step only
-                    scheduled = [g["lr"] for g in optimizer.param_groups]
-                    scale = warmup_factor(step, s.warmup_steps)
-                    for g, g_lr in zip(optimizer.param_groups, scheduled):
-                        g["lr"] = g_lr * scale
-                    lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step(closure)
-                    for g, g_lr in zip(optimizer.param_groups, scheduled):
-                        g["lr"] = g_lr
-                    if s.interval == "step":
-                        scheduler.step()
-                    step += 1
-                    bar.update()
-                    if log_this:
-                        norms = first["norms"]
-                        values = [first["loss"], norms.norm()]
-                        if per_layer:
-                            values += [norms[ix].norm() for ix in layer_params] + [norms[ix] for ix in layer_param_index]
-                        pending.append((step, epoch, lr, torch.stack(values)))
-                    if len(pending) >= SYNC_EVERY and not flush_steps():
-                        ok = False
-                        break
-                    if evaluates_next or stop.signal is not None:
-                        if not (flush_steps() and run_eval()):
-                            ok = False
-                            break
-                        if stopped_early:
-                            break
-                    end_of_epoch = i == s.steps_per_epoch - 1 or step == s.total_steps
-                    if s.interval == "epoch" and i == s.steps_per_epoch - 1:
-                        scheduler.step()
-                    if end_of_epoch and t.checkpoint_every and epoch % t.checkpoint_every == 0:
-                        checkpoint()
-                    if step >= s.total_steps or stop.signal is not None:
-                        break
-            if not ok:
-                status = "diverged"
-                reason = f"non-finite loss or gradient at step {summary['diverged_at_step']}"
-                log.warning("run diverged: %s", reason)
-            elif stop.signal is not None:
-                status, reason = "interrupted", f"{signal.Signals(stop.signal).name} received at step {step}"
-            elif stopped_early:
-                reason = f"early stopping: validation loss did not improve by > {t.min_delta} in {t.patience} evaluations"
-                log.info("stopped early at epoch %d step %d", epoch, step)
-            summary["stopped_early"] = stopped_early
-            flush_steps()
-    except KeyboardInterrupt:
-        status, reason = "interrupted", f"KeyboardInterrupt at step {step}"
-    except BaseException as e:
-        status, reason = "failed", f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        bar.close()
-        writer.close()
-        histogram_file.close()
-        summary.update(status=status, reason=reason, finished_at=_now())
-        _update_summary(summary, history, step, epoch, time.perf_counter() - started)
-        results.write_json_atomic(run_dir / results.SUMMARY, summary)
-    raised = [name for name, at in flags.items() if at is not None]
-    log.info("%s: best val acc %s, test acc at that epoch %s%s", status, _fmt(summary.get("best_val_acc")),
-             _fmt(summary.get("test_acc_at_best_val")), f" | flags: {', '.join(raised)}" if raised else "")
-    return summary
-
-
-def _update_summary(summary: dict, history: list, step: int, epoch: int, wall_time: float) -> None:
-    summary.update(step=step, epoch=epoch, wall_time=round(wall_time, 3))
+def _update_summary(summary: dict, history: list, wall_time: float) -> None:
+    summary["wall_time"] = round(wall_time, 3)
     if not history:
         return
     last = history[-1]

@@ -306,7 +306,7 @@ def test_mse_loss_is_squared_error_of_softmax_against_one_hot():
 
 def test_random_shift_moves_each_image_within_the_range(mnist_root):
     images = torch.from_numpy(data.load_arrays("mnist", mnist_root)["train_images"][:64])
-    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    shifted = random_shift(images[None], 2, [torch.Generator().manual_seed(0)])[0]
     assert shifted.dtype == torch.uint8 and shifted.shape == images.shape
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     seen = set()

@@ -227,18 +227,34 @@ def test_clipping_counts_the_steps_it_changed(mnist_root, tmp_path):
 
 def test_a_non_finite_gradient_is_never_applied():
     from optbench.trainer import guard_and_clip
+    from optbench.vectorized import norms
 
     w = torch.nn.Parameter(torch.ones(3))
     b = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([w, b], lr=0.1)
-    counters = torch.zeros(2, dtype=torch.int64)
+    counters = torch.zeros(1, 2, dtype=torch.int64)
     w.grad, b.grad = torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([1.0, 1.0])
-    guard_and_clip([w, b], torch.stack(torch._foreach_norm([w.grad, b.grad])), None, None, counters)
+    guard_and_clip([w.grad, b.grad], norms([w.grad, b.grad], 1), None, None, counters)
     optimizer.step()
-    assert torch.equal(w, torch.ones(3)) and torch.equal(b, torch.ones(2)) and counters.tolist() == [0, 1]
+    assert torch.equal(w, torch.ones(3)) and torch.equal(b, torch.ones(2)) and counters.tolist() == [[0, 1]]
     w.grad, b.grad = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 0.0])
-    guard_and_clip([w, b], torch.stack(torch._foreach_norm([w.grad, b.grad])), 1.0, None, counters)
-    assert torch.allclose(w.grad, torch.tensor([0.6, 0.0, 0.8])) and counters.tolist() == [1, 1]
+    guard_and_clip([w.grad, b.grad], norms([w.grad, b.grad], 1), 1.0, None, counters)
+    assert torch.allclose(w.grad, torch.tensor([0.6, 0.0, 0.8])) and counters.tolist() == [[1, 1]]
+
+
+def test_guard_and_clip_act_on_each_run_of_a_pass_alone():
+    from optbench.trainer import guard_and_clip
+    from optbench.vectorized import norms
+
+    # three runs' stacked gradients: run 0 fine, run 1 non-finite, run 2 too large
+    g = torch.tensor([[3.0, 4.0], [float("inf"), 1.0], [30.0, 40.0]])
+    counters = torch.zeros(3, 2, dtype=torch.int64)
+    guard_and_clip([g], norms([g], 3), 10.0, None, counters)
+    assert torch.allclose(g, torch.tensor([[3.0, 4.0], [0.0, 0.0], [6.0, 8.0]]), atol=1e-5)
+    assert counters.tolist() == [[0, 0], [0, 1], [1, 0]]
+    guard_and_clip([g], norms([g], 3), None, 5.0, counters)
+    assert torch.equal(g, torch.tensor([[3.0, 4.0], [0.0, 0.0], [5.0, 5.0]]))
+    assert counters[:, 0].tolist() == [0, 0, 2]
 
 
 def test_bf16_autocast_trains_close_to_float32(mnist_root, tmp_path):

@@ -71,7 +71,7 @@ class OptbenchLauncher(BasicLauncher):
 
     def _run_pass(self, configs) -> List[JobReturn]:
         """Set up each job's directory with Hydra's run_job, then train them all in one vectorized pass."""
-        from optbench import cli, results, trainer, vectorized
+        from optbench import cli, results, trainer
         from optbench.errors import UserError
 
         prepared = {}  # job's position in `configs` -> (task config, output dir, choices)
@@ -83,10 +83,6 @@ class OptbenchLauncher(BasicLauncher):
             previous = cli._finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
             if previous is not None:  # trainer.skip_completed: this run is already done
                 return previous.get("best_val_acc")
-            if trainer.resumable(cfg, Path(hydra_cfg.runtime.output_dir)) is not None:
-                # continues its own checkpoint, on its own as usual (a pass's checkpoints hold weights only:
-                # those runs start again, in the pass)
-                return self.task_function(cfg)
             results.write_process(hydra_cfg.runtime.output_dir)
             prepared[len(rets)] = (cfg, hydra_cfg.runtime.output_dir, choices)
 
@@ -97,15 +93,18 @@ class OptbenchLauncher(BasicLauncher):
         if not prepared:
             return rets
         cfgs, dirs, choices = zip(*prepared.values())
-        rets_in_pass = [rets[i] for i in prepared]
         try:
-            summaries = vectorized.fit_many(list(cfgs), list(dirs), list(choices))
+            summaries = trainer.fit_pass(list(cfgs), list(dirs), list(choices))
         except UserError as e:  # a setting all runs share is wrong: each summary says failed, the sweep goes on
             log.error("vectorized pass failed: %s", e)
-            summaries = [{"status": "failed"}] * len(rets_in_pass)
-        for ret, summary in zip(rets_in_pass, summaries):
-            ret.status = JobStatus.COMPLETED
-            ret.return_value = summary.get("best_val_acc")  # as optbench's train task returns
+            summaries = [{"status": "failed", "reason": str(e)}] * len(prepared)
+        for i, summary in zip(prepared, summaries):
+            if summary["status"] == "failed":
+                rets[i].status = JobStatus.FAILED
+                rets[i].return_value = UserError(f"{dirs[list(prepared).index(i)]}: {summary.get('reason')}")
+            else:
+                rets[i].status = JobStatus.COMPLETED
+                rets[i].return_value = summary.get("best_val_acc")  # as optbench's train task returns
         if any(s["status"] == "interrupted" for s in summaries):
             raise KeyboardInterrupt  # ends the multirun, as the train task does
         return rets
