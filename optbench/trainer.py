@@ -549,7 +549,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
         )
         if K > 1:
             # train_time and seconds_per_epoch are this run's share: the pass's training time / K
-            r.summary["vectorized"] = {"models": K, "index": k}
+            r.summary["vectorized"] = {"models": K, "index": k, "optimizer_calls": len(groups)}
         r.writer = results.MetricsWriter(r.dir)
         r.histogram_file = open(r.dir / HISTOGRAMS, "a", newline="")
         if r.histogram_file.tell() == 0:

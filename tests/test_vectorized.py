@@ -1,6 +1,9 @@
 """The vectorized sweep path: K models in one pass match K separate trainer.fit runs, and the launcher uses it."""
 
 import json
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -39,8 +42,17 @@ def metrics(run_dir):
         # the evaluation diagnostics (probe statistics, update sizes, histograms at every evaluation, flags)
         [["diagnostics=full", "optimizer=momentum", "seed=0"],
          ["diagnostics=full", "optimizer=momentum", "seed=1", "optimizer.lr=0.03"]],
+        # features that once sent a sweep one run at a time: each acts on each run of the pass alone
+        [["optimizer=sgd", "seed=0", "trainer.patience=1", "trainer.min_delta=10"],
+         ["optimizer=sgd", "seed=1", "trainer.patience=1", "trainer.min_delta=10"]],
+        [["optimizer=adam", "seed=0", "model.dropout=0.2", "data.augment_shift=2"],
+         ["optimizer=adam", "seed=1", "model.dropout=0.2", "data.augment_shift=2"]],
+        [["optimizer=sgd", "seed=0", "trainer.clip_grad_value=0.01", "trainer.l1=1e-4"],
+         ["optimizer=momentum", "seed=1", "trainer.clip_grad_value=0.01", "trainer.l1=1e-4"]],
+        [["optimizer=sgd", "seed=0", "trainer.amp=true"], ["optimizer=sgd", "seed=1", "trainer.amp=true"]],
     ],
-    ids=["sgd+diverging", "momentum", "adam", "sgd+batchnorm", "momentum+diagnostics"],
+    ids=["sgd+diverging", "momentum", "adam", "sgd+batchnorm", "momentum+diagnostics", "early-stopping",
+         "dropout+shift", "clip-value+l1", "amp"],
 )
 def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
     cfgs = [cfg_for(mnist_root, *r) for r in runs]
@@ -55,6 +67,7 @@ def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
         pd.testing.assert_frame_equal(ma.drop(columns="value"), mb.drop(columns="value"))
         pd.testing.assert_series_equal(ma.value, mb.value, rtol=1e-5, atol=1e-6)
         assert set(b) - set(a) == {"vectorized"} and set(a) <= set(b)
+        assert b.get("stopped_early") == a.get("stopped_early") and b.get("clipped_steps") == a.get("clipped_steps")
         assert (b["status"], b.get("diverged_at_step"), b["step"]) == (a["status"], a.get("diverged_at_step"), a["step"])
         assert json.loads((many / "summary.json").read_text())["status"] == b["status"]
         assert b["flags"] == a["flags"] and b["diagnostics"] == a["diagnostics"]
@@ -63,7 +76,8 @@ def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
         pd.testing.assert_frame_equal(ha[["lo", "hi"]], hb[["lo", "hi"]], rtol=1e-4)
         # rounding moves the odd value across a bin edge: at most 0.1% of the values change bins
         assert (ha["count"] - hb["count"]).abs().sum() <= 1e-3 * ha["count"].sum()
-        if a["status"] == "completed":
+        assert (one / "checkpoint.pt").exists() == (many / "checkpoint.pt").exists()
+        if a["status"] == "completed" and not a["stopped_early"]:
             wa = torch.load(one / "checkpoint.pt")["model"]
             wb = torch.load(many / "checkpoint.pt")["model"]
             assert wa.keys() == wb.keys()
@@ -138,3 +152,27 @@ def test_a_pass_whose_models_all_diverge_ends_them_all_diverged(mnist_root, tmp_
     summaries = fit_pass(cfgs, [tmp_path / "a", tmp_path / "b"])
     assert [s["status"] for s in summaries] == ["diverged", "diverged"]
     assert all(s["diverged_at_step"] <= 4 for s in summaries)
+
+
+def test_an_interrupted_pass_resumes_as_a_pass_to_the_same_metrics(mnist_root, tmp_path):
+    args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "diagnostics=off", "model.hidden=[32]",
+            "trainer.batch_size=1000", "trainer.epochs=3", "model.dropout=0.1", "seed=0,1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_cli(*args, f"hydra.sweep.dir={whole}").returncode == 0
+    command = [sys.executable, "-m", "optbench", *args, f"hydra.sweep.dir={killed}"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(killed.glob("*/checkpoint.pt"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    dirs = sorted(p.name for p in whole.iterdir() if p.is_dir())
+    assert all(json.loads((killed / d / "summary.json").read_text())["status"] == "running" for d in dirs)
+    again = run_cli(*args, f"hydra.sweep.dir={killed}")
+    assert again.returncode == 0, again.stderr
+    assert "1 vectorized pass" in again.stdout + again.stderr
+    for d in dirs:
+        assert "resuming from the checkpoint" in (killed / d / "train.log").read_text()
+        pd.testing.assert_frame_equal(metrics(whole / d), metrics(killed / d))
+        a, b = (json.loads((root / d / "summary.json").read_text()) for root in (whole, killed))
+        assert b["status"] == "completed" and b["best_val_acc"] == a["best_val_acc"] and b["vectorized"]["models"] == 2
