@@ -381,8 +381,9 @@ def _enqueue_grid(study, points: list[dict]) -> int:
     from optuna.trial import TrialState
 
     seen = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
-    seen |= {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    seen |= {_key(t.system_attrs.get("fixed_params", t.params)) for t in queued}  # no params until it runs
+    waiting = len(queued)
     new = [p for p in points if _key(p) not in seen]
     for params in new:
         study.enqueue_trial(params)
