@@ -97,7 +97,7 @@ def open_storage(shared: Shared):
                     raise
                 time.sleep(0.5 * (attempt + 1))
             except OperationalError as e:
-                raise UserError(f"--storage {masked(url)}: cannot connect: {str(e.orig or e).strip().splitlines()[0]}") from None
+                raise UserError(f"--storage {masked(url)}: cannot connect: {_first_line(e.orig or e)}") from None
 
 
 def submit_workers(function, args: tuple, workers: int, folder: Path, cluster: str | None, params: dict) -> list:
@@ -109,12 +109,18 @@ def submit_workers(function, args: tuple, workers: int, folder: Path, cluster: s
         import submitit
     except ImportError:
         raise UserError("--workers needs submitit: pip install 'optbench[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as e:  # --cluster slurm where there is no srun
+        raise UserError(f"--cluster {cluster}: {_first_line(e)}") from None
     try:
         executor.update_parameters(**{"name": "optbench-search", "timeout_min": WORKER_TIMEOUT_MIN, **params})
-    except (ValueError, AssertionError, TypeError) as e:
-        raise UserError(f"--submitit: {str(e).strip().splitlines()[0]}") from None
-    jobs = executor.map_array(function, *[[a] * workers for a in args])
+    except (ValueError, AssertionError, TypeError, NameError) as e:  # submitit's ways of naming a bad parameter
+        raise UserError(f"--submitit: {_first_line(e)}") from None
+    try:
+        jobs = executor.map_array(function, *[[a] * workers for a in args])
+    except (submitit.core.utils.FailedSubmissionError, OSError) as e:  # sbatch refused the array, or is missing
+        raise UserError(f"could not submit the workers: {_first_line(e)}") from None
     ids = sorted({job.job_id.split("_")[0] for job in jobs})  # one id for a SLURM array, one per local process
     print(f"submitted {workers} workers to {executor.cluster}: job {', '.join(ids)}; logs in {folder}", flush=True)
     failed = []
@@ -126,3 +132,8 @@ def submit_workers(function, args: tuple, workers: int, folder: Path, cluster: s
             failed.append(f"worker {job.job_id} failed: {lines[-1] if lines else type(e).__name__} "
                           f"(log: {job.paths.stderr})")
     return failed
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -2,6 +2,7 @@
 journal file, run exactly the trials asked for, and rerun a trial whose worker was killed."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,6 +150,13 @@ def test_storage_mistakes_are_one_line_errors(tmp_path, postgres_server):
         search.main(["--space", "lr", "--storage", str(tmp_path / "study.log")])
     with pytest.raises(UserError, match="--workers needs --storage"):
         search.main(["--space", "lr", "--dir", str(tmp_path / "w"), "--workers", "2"])
+    pytest.importorskip("submitit")
+    workers = ["--space", "lr", "--dir", str(tmp_path / "w"), "--storage", str(tmp_path / "w.log"), "--workers", "2"]
+    with pytest.raises(UserError, match="--submitit: Parameter 'bogus'"):
+        search.main([*workers, "--cluster", "local", "--submitit", "bogus=3"])
+    if not shutil.which("srun"):  # where SLURM is, this would submit
+        with pytest.raises(UserError, match="--cluster slurm: .*srun"):
+            search.main([*workers, "--cluster", "slurm"])
     # one study name, another search: refused instead of mixing trials
     journal = str(tmp_path / "study.log")
     search.open_study(Shared(journal, "s"), search._settle_spec(tmp_path / "a", {**spec, "storage": journal}))
