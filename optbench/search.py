@@ -802,7 +802,7 @@ def main(args: list[str]) -> int:
     parser.add_argument("--workers", type=int, help="submit this many workers with submitit: a SLURM job array "
                         "(local processes where there is no SLURM)")
     parser.add_argument("--cluster", choices=("slurm", "local"), help="submitit's executor for --workers "
-                        "(default: slurm when sbatch is found)")
+                        "(default: slurm where srun is found, else local)")
     parser.add_argument("--submitit", action="append", default=[], metavar="KEY=VALUE",
                         help="a submitit parameter for each worker, e.g. timeout_min=240 slurm_partition=gpu "
                         f"gpus_per_node=1 cpus_per_task=4 mem_gb=16 (repeat the flag; default timeout_min={WORKER_TIMEOUT_MIN})")
