@@ -314,6 +314,9 @@ def _run_shared(study, spec: dict, target: int, objective, shared: Shared) -> No
     While the rest of the budget is running elsewhere a worker waits, as a
     heartbeat storage may yet find one of those trials' workers dead and
     queue it again; a journal storage cannot tell, so its workers stop.
+    (Optuna finds a trial stale only once it has a heartbeat: a worker killed
+    in the milliseconds between asking and its first heartbeat leaves a trial
+    that keeps the others waiting until one of them is stopped.)
     """
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
