@@ -259,7 +259,8 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared:
                 _run_shared(study, spec, target, objective, shared)
             # on a shared study the workers still running would rerun the best at once: only a process
             # that found the study finished does (the one that submitted --workers, or the command run again)
-            if spec["final_seeds"] and (shared is None or todo <= 0) and not (search_dir / "best" / "result.txt").exists():
+            finisher = shared is None or todo <= 0
+            if spec["final_seeds"] and finisher and not (search_dir / "best" / "result.txt").exists():
                 rerun_best(study, search_dir, spec)
     finally:
         write_table(study, search_dir)
@@ -338,7 +339,8 @@ def _run_shared(study, spec: dict, target: int, objective, shared: Shared) -> No
             continue
         # workers asking at once see the same count: mix in the worker, or they would draw one point
         # (only CMA-ES draws at ask; _claim reseeds the others by trial number)
-        study.sampler = make_sampler(spec["sampler"], (spec["sampler_seed"] + len(states) + zlib.crc32(_worker().encode())) % 2**32)
+        seed = (spec["sampler_seed"] + len(states) + zlib.crc32(_worker().encode())) % 2**32
+        study.sampler = make_sampler(spec["sampler"], seed)
         study.optimize(objective, n_trials=1, catch=(NotClaimed,))  # Optuna's loop: it keeps the heartbeat
 
 
@@ -796,19 +798,21 @@ def main(args: list[str]) -> int:
     parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--storage", metavar="URL",
-                        help="keep the study where workers on other machines share it: postgresql://user:password@host/db "
-                        "(optbench[postgres]), mysql+pymysql://... (optbench[mysql]) or /shared/PATH.log (a journal file); "
-                        "every worker gives the same --dir, which names the study")
+                        help="keep the study where workers on other machines share it: "
+                        "postgresql://user:password@host/db (optbench[postgres]), mysql+pymysql://... "
+                        "(optbench[mysql]) or /shared/PATH.log (a journal file); every worker gives the same --dir, "
+                        "which names the study")
     parser.add_argument("--heartbeat", type=int, default=HEARTBEAT, metavar="S",
-                        help=f"database storages: seconds between a running trial's heartbeats; a trial silent for twice "
-                        f"that is rerun by another worker (default {HEARTBEAT})")
+                        help="database storages: seconds between a running trial's heartbeats; a trial silent for "
+                        f"twice that is rerun by another worker (default {HEARTBEAT})")
     parser.add_argument("--workers", type=int, help="submit this many workers with submitit: a SLURM job array "
                         "(local processes where there is no SLURM)")
     parser.add_argument("--cluster", choices=("slurm", "local"), help="submitit's executor for --workers "
                         "(default: slurm where srun is found, else local)")
     parser.add_argument("--submitit", action="append", default=[], metavar="KEY=VALUE",
                         help="a submitit parameter for each worker, e.g. timeout_min=240 slurm_partition=gpu "
-                        f"gpus_per_node=1 cpus_per_task=4 mem_gb=16 (repeat the flag; default timeout_min={WORKER_TIMEOUT_MIN})")
+                        "gpus_per_node=1 cpus_per_task=4 mem_gb=16 (repeat the flag; "
+                        f"default timeout_min={WORKER_TIMEOUT_MIN})")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides fixed for every trial")
     opts = parser.parse_intermixed_args(args)
     try:
