@@ -9,7 +9,9 @@ and `plot` read searches like any sweep.
 
 A search directory holds:
   search.yaml   the settings (space, sampler, seeds, fixed overrides); a rerun with --dir resumes them
-  study.db      Optuna's study (SQLite): finished trials survive an interruption
+  study.db      Optuna's study (SQLite): finished trials survive an interruption; with --storage URL
+                the study is on a database or journal file that workers on several machines share
+                (optbench.storage), named after the directory, and --workers N submits N workers
   runs/         one run directory per trial and seed: <trial>_<what varied>,seed=<s>
   trials.csv    one row per trial: state, parameters, mean/std validation accuracy, reason
   *.png         Optuna's history, slice and importance plots
@@ -27,12 +29,16 @@ search (the trial is marked FAIL and does not count: resuming runs a new one).
 """
 
 import argparse
+import io
 import logging
 import os
 import re
 import socket
+import sys
 import textwrap
+import time
 import warnings
+import zlib
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +48,7 @@ import yaml
 
 from optbench.errors import UserError
 from optbench.results import read_summary, write_bytes_atomic
+from optbench.storage import HEARTBEAT, WORKER_TIMEOUT_MIN, Shared, is_journal, masked, open_storage, submit_workers
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +57,11 @@ SAMPLERS = ("random", "tpe", "cmaes", "grid")
 SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed",
              "budgets", "schedules")
 DEFAULTS = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [], "final_seeds": 0,
-            "sampler_seed": 0, "budgets": None, "schedules": None}
+            "sampler_seed": 0, "budgets": None, "schedules": None, "storage": None}
 # keys a resumed search may change: a larger budget does not change what the finished trials mean
 GROWABLE = ("trials", "budgets")
+# search.yaml's record of --storage (password hidden) is not compared: workers may name one server differently
+UNCOMPARED = (*GROWABLE, "storage")
 METRIC = "best_val_acc"  # the objective: validation only, maximised
 FORMS = "log(low, high), uniform(low, high), int(low, high), choice(a, b, ...), a YAML list, or {type, low, high, log, step, choices}"
 
@@ -212,11 +221,14 @@ def make_sampler(name: str, seed: int):
     raise UserError(f"sampler={name} is not a sampler; choices: {', '.join(SAMPLERS)}")
 
 
-def run_search(search_dir: Path, spec: dict, threads: int | None = None):
-    """Run (or resume) the search in `search_dir` until `trials` trials finished; return the study."""
+def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared: Shared | None = None):
+    """Run (or resume) the search in `search_dir` until `trials` trials finished; return the study.
+
+    The study is DIR/study.db (SQLite), or with `shared` the named study on a
+    storage that workers on other machines run too (optbench.storage).
+    """
     import optuna
     import torch
-    from optuna.trial import TrialState
 
     search_dir = Path(search_dir)
     search_dir.mkdir(parents=True, exist_ok=True)
@@ -226,29 +238,141 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None):
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # optbench logs each trial itself
     lock = search_dir / "study.lock"
-    with _locked(lock):  # processes sharing the study: creating the SQLite schema, queueing the grid
-        study = optuna.create_study(study_name="optbench", storage=f"sqlite:///{(search_dir / 'study.db').resolve()}",
-                                    load_if_exists=True, direction="maximize")
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
-        todo = (spec["trials"] or len(points) or 20) - len(done)
-        if points:
-            todo = min(todo, _enqueue_grid(study, points))
-    target = len(done) + todo
-    objective = _objective(search_dir, space, spec)
+    if shared is None:
+        with _locked(lock):  # processes sharing the study: creating the SQLite schema, queueing the grid
+            study = _sqlite_study(search_dir)
+            done, todo = _budget(study, space, spec)
+    else:
+        study = open_study(shared, spec)
+        done, todo = _budget(study, space, spec)  # workers queueing the grid at once: _claim drops a doubled point
+    target = done + todo
+    objective = _objective(search_dir, space, spec, None if shared is None else target)
     try:
         with _composing(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if todo > 0:
-                log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, len(done), todo, spec["sampler"])
-            while (trial := _next_trial(study, spec, target, lock)) is not None:
-                _run_trial(study, trial, objective)
-            if spec["final_seeds"] and not (search_dir / "best" / "result.txt").exists():
+                log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, done, todo, spec["sampler"])
+            if shared is None:
+                while (trial := _next_trial(study, spec, target, lock)) is not None:
+                    _run_trial(study, trial, objective)
+            else:
+                _run_shared(study, spec, target, objective, shared)
+            # on a shared study the workers still running would rerun the best at once: only a process
+            # that found the study finished does (the one that submitted --workers, or the command run again)
+            finisher = shared is None or todo <= 0
+            if spec["final_seeds"] and finisher and not (search_dir / "best" / "result.txt").exists():
                 rerun_best(study, search_dir, spec)
     finally:
         write_table(study, search_dir)
     save_plots(study, search_dir)
     return study
+
+
+def _sqlite_study(search_dir: Path):
+    import optuna
+
+    return optuna.create_study(study_name="optbench", storage=f"sqlite:///{(search_dir / 'study.db').resolve()}",
+                               load_if_exists=True, direction="maximize")
+
+
+def _budget(study, space: dict, spec: dict) -> tuple[int, int]:
+    """(trials finished, trials still to run); queues the grid's points not yet finished or queued."""
+    from optuna.trial import TrialState
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
+    todo = (spec["trials"] or len(points) or 20) - done
+    if points:
+        todo = min(todo, _enqueue_grid(study, points))
+    return done, todo
+
+
+def open_study(shared: Shared, spec: dict):
+    """The shared study, created by whichever worker comes first; refused when it holds another search."""
+    import json
+
+    import optuna
+
+    study = optuna.create_study(study_name=shared.study, storage=open_storage(shared), load_if_exists=True,
+                                direction="maximize")
+    mine = json.loads(json.dumps({k: spec[k] for k in SPEC_KEYS if k not in GROWABLE}))
+    theirs = study.user_attrs.get("search")
+    if theirs is None:
+        study.set_user_attr("search", mine)
+    elif theirs != mine:
+        clash = ", ".join(k for k in mine if theirs.get(k) != mine[k])
+        raise UserError(f"study {shared.study} in {masked(shared.url)} holds a search with other {clash}; "
+                        "pick another --dir (the study is named after it)")
+    return study
+
+
+def _run_shared(study, spec: dict, target: int, objective, shared: Shared) -> None:
+    """Ask for and run trials of a study other machines share until it has `target` finished trials.
+
+    No lock spans machines: the storage numbers trials in the order it creates
+    them, and a trial runs only when fewer than `target` trials numbered below
+    it are finished or running (_claim), so all workers together run `target`.
+    While the rest of the budget is running elsewhere a worker waits, as a
+    heartbeat storage may yet find one of those trials' workers dead and
+    queue it again; a journal storage cannot tell, so its workers stop.
+    (Optuna finds a trial stale only once it has a heartbeat: a worker killed
+    in the milliseconds between asking and its first heartbeat leaves a trial
+    that keeps the others waiting until one of them is stopped.)
+    """
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    heartbeat = not is_journal(shared.url)
+    while True:
+        if heartbeat:
+            fail_stale_trials(study)  # FAIL, and queued again with the same point (storage.RETRIES)
+        else:
+            _fail_orphans(study)
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        finished = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+        if finished >= target:
+            return
+        if finished + states.count(TrialState.RUNNING) >= target:
+            if not heartbeat:
+                return
+            time.sleep(shared.heartbeat)
+            continue
+        # workers asking at once see the same count: mix in the worker, or they would draw one point
+        # (only CMA-ES draws at ask; _claim reseeds the others by trial number)
+        seed = (spec["sampler_seed"] + len(states) + zlib.crc32(_worker().encode())) % 2**32
+        study.sampler = make_sampler(spec["sampler"], seed)
+        study.optimize(objective, n_trials=1, catch=(NotClaimed,))  # Optuna's loop: it keeps the heartbeat
+
+
+class NotClaimed(Exception):
+    """A trial asked for beyond the study's budget, or a grid point another worker queued first: FAIL, never run."""
+
+
+def _claim(trial, spec: dict, target: int) -> None:
+    """Raise NotClaimed unless `trial` is one of the study's `target` trials; then seed the sampler by its number.
+
+    The trials numbered below it are decided already or being decided by the
+    same rule, so every worker agrees which trials run.
+    """
+    from optuna.trial import TrialState
+
+    trials = trial.study.get_trials(deepcopy=False)
+    below = [t for t in trials if t.number < trial.number]
+    live = [t for t in below if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
+    # a queued grid point (also when a dead worker's grid trial is queued again)
+    point = next(t for t in trials if t.number == trial.number).system_attrs.get("fixed_params")
+    reason = None
+    if len(live) >= target:
+        reason = f"the study had its {target} trials when this one was asked for"
+    elif point and any(t.system_attrs.get("fixed_params") == point for t in below
+                       if t.state != TrialState.FAIL):
+        reason = "another worker queued the same grid point first"
+    trial.set_user_attr("worker", _worker())
+    if reason:
+        trial.set_user_attr("reason", f"not run: {reason}")
+        raise NotClaimed(reason)
+    # trial n draws the same point whichever worker runs it, as in a search on one machine
+    trial.study.sampler = make_sampler(spec["sampler"], spec["sampler_seed"] + trial.number)
 
 
 def _next_trial(study, spec: dict, target: int, lock: Path):
@@ -276,13 +400,17 @@ def _worker() -> str:
 
 def _fail_orphans(study) -> None:
     """Trials left RUNNING by a killed process of this machine become FAIL, so they do not count and are rerun."""
+    import optuna
     from optuna.trial import TrialState
 
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         name, _, pid = t.user_attrs.get("worker", "").rpartition(":")
         if name == host and pid.isdigit() and not _alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL)
+            try:
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:  # a shared study: another worker was first
+                continue
             log.warning("trial %d: its process %s is gone; marked FAIL", t.number, pid)
 
 
@@ -350,12 +478,12 @@ def _settle_spec(search_dir: Path, spec: dict) -> dict:
     full = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
     if saved_path.exists():
         saved = yaml.safe_load(saved_path.read_text())
-        given = {k: v for k, v in spec.items() if v is not None and k not in GROWABLE}
+        given = {k: v for k, v in spec.items() if v is not None and k not in UNCOMPARED}
         clash = [k for k, v in given.items() if saved.get(k) != v]
         if clash:
             raise UserError(f"{search_dir} holds a search with other {', '.join(clash)}; "
                             "resume it without changing them, or pick a new --dir")
-        full = {**DEFAULTS, **saved, **{k: spec[k] for k in GROWABLE if spec.get(k) is not None}}
+        full = {**DEFAULTS, **saved, **{k: spec[k] for k in UNCOMPARED if spec.get(k) is not None}}
     if full["sampler"] not in SAMPLERS:
         raise UserError(f"sampler={full['sampler']} is not a sampler; choices: {', '.join(SAMPLERS)}")
     if "space" not in full:
@@ -381,8 +509,9 @@ def _enqueue_grid(study, points: list[dict]) -> int:
     from optuna.trial import TrialState
 
     seen = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
-    seen |= {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
-    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    seen |= {_key(t.system_attrs.get("fixed_params", t.params)) for t in queued}  # no params until it runs
+    waiting = len(queued)
     new = [p for p in points if _key(p) not in seen]
     for params in new:
         study.enqueue_trial(params)
@@ -394,10 +523,13 @@ def _key(params: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
-def _objective(search_dir: Path, space: dict, spec: dict):
+def _objective(search_dir: Path, space: dict, spec: dict, claim: int | None = None):
+    """The trial function; with `claim` (a shared study's budget) it first checks the trial is one to run."""
     import optuna
 
     def objective(trial) -> float:
+        if claim is not None:
+            _claim(trial, spec, claim)
         params = {key: suggest(trial, key, d) for key, d in space.items()}
         overrides = spec["overrides"] + trial_overrides(params)
         summaries = []
@@ -556,7 +688,9 @@ def save_plots(study, search_dir: Path) -> list[Path]:
             fig.set_size_inches(8.0, 4.5)
             fig.tight_layout()
         path = search_dir / f"{name}.png"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=150, bbox_inches="tight")
+        write_bytes_atomic(path, png.getvalue())  # workers sharing a study write their plots at once
         plt.close(fig)
         saved.append(path)
     return saved
@@ -663,6 +797,22 @@ def main(args: list[str]) -> int:
                         help="crowded_valley: trial budgets compared with one-shot, e.g. 25,50,75")
     parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="keep the study where workers on other machines share it: "
+                        "postgresql://user:password@host/db (optbench[postgres]), mysql+pymysql://... "
+                        "(optbench[mysql]) or /shared/PATH.log (a journal file); every worker gives the same --dir, "
+                        "which names the study")
+    parser.add_argument("--heartbeat", type=int, default=HEARTBEAT, metavar="S",
+                        help="database storages: seconds between a running trial's heartbeats; a trial silent for "
+                        f"twice that is rerun by another worker (default {HEARTBEAT})")
+    parser.add_argument("--workers", type=int, help="submit this many workers with submitit: a SLURM job array "
+                        "(local processes where there is no SLURM)")
+    parser.add_argument("--cluster", choices=("slurm", "local"), help="submitit's executor for --workers "
+                        "(default: slurm where srun is found, else local)")
+    parser.add_argument("--submitit", action="append", default=[], metavar="KEY=VALUE",
+                        help="a submitit parameter for each worker, e.g. timeout_min=240 slurm_partition=gpu "
+                        "gpus_per_node=1 cpus_per_task=4 mem_gb=16 (repeat the flag; "
+                        f"default timeout_min={WORKER_TIMEOUT_MIN})")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides fixed for every trial")
     opts = parser.parse_intermixed_args(args)
     try:
@@ -686,12 +836,89 @@ def main(args: list[str]) -> int:
     from optbench import cli as optbench_cli
 
     optbench_cli.check_group_choices(spec.get("overrides", []))
+    shared = _shared(opts, search_dir)
+    if shared is not None:
+        spec["storage"] = masked(shared.url)
     spec = _settle_spec(search_dir, spec)
     if spec["schedules"]:
+        if shared is not None or opts.workers:
+            raise UserError("the crowded valley protocol runs on one machine (its one-shot runs are not shared "
+                            "work): drop --storage and --workers")
         optbench_cli.check_group_choices([f"schedule={name}" for name in spec["schedules"]])
         run_valley(search_dir, spec, opts.threads)
         print(f"search directory: {search_dir} (one search per schedule; comparison in valley.csv)")
         return 0
-    study = run_search(search_dir, spec, opts.threads)
+    if opts.workers:
+        return submit(search_dir, spec, opts.threads, shared, opts.workers, opts.cluster, _params(opts.submitit))
+    study = run_search(search_dir, spec, opts.threads, shared)
     print(f"search directory: {search_dir} ({len(study.trials)} trials; table in trials.csv)")
     return 0
+
+
+def _shared(opts, search_dir: Path) -> Shared | None:
+    """--storage as a Shared study named after --dir; None for the embedded SQLite study."""
+    saved = search_dir / "search.yaml"
+    saved_storage = (yaml.safe_load(saved.read_text()) or {}).get("storage") if saved.exists() else None
+    if opts.storage is None:
+        if saved_storage:
+            raise UserError(f"{search_dir} keeps its study in {saved_storage}: pass --storage URL (every worker does)")
+        return None
+    if opts.dir is None:
+        raise UserError("--storage needs --dir: every worker gives the same search directory (on a shared file "
+                        "system, for the run directories), and the study in the storage is named after it")
+    if (search_dir / "study.db").exists():
+        raise UserError(f"{search_dir} keeps its study in study.db (SQLite), not in --storage: pick a new --dir")
+    if opts.heartbeat < 1:
+        raise UserError(f"--heartbeat={opts.heartbeat} must be a whole number of seconds >= 1")
+    url = str(Path(opts.storage).resolve()) if is_journal(opts.storage) else opts.storage  # workers in other folders
+    return Shared(url, search_dir.resolve().name, opts.heartbeat)
+
+
+def _params(pairs: list[str]) -> dict:
+    """--submitit KEY=VALUE flags as submitit's parameters; values read as YAML (240 is a number)."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--submitit {pair}: write KEY=VALUE, e.g. --submitit timeout_min=240")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+def work(search_dir: Path, spec: dict, threads: int | None, shared: Shared) -> None:
+    """One worker that `--workers` submits: the search loop on the shared study, in a submitit job."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_search(search_dir, spec, threads, shared)
+
+
+def submit(search_dir: Path, spec: dict, threads: int | None, shared: Shared | None, workers: int,
+           cluster: str | None, params: dict) -> int:
+    """`workers` workers as one submitit job array, then (--final-seeds) one job for the best trial's reruns,
+    then the table and plots here; non-zero when a job failed or the study is short of its trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if workers < 1:
+        raise UserError(f"--workers={workers} must be >= 1")
+    if shared is None:
+        raise UserError("--workers needs --storage, where the workers share the study (a journal file PATH.log on "
+                        "a shared file system needs no server); SQLite over a network file system is not safe")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    search_dir = search_dir.resolve()  # jobs may start in another folder
+    # made here, before the workers race to create the study and queue the grid
+    study = open_study(shared, spec)
+    done, todo = _budget(study, parse_space(spec["space"]), spec)
+    threads = threads or params.get("cpus_per_task")
+    job = (search_dir, spec, threads, shared)
+    failed = submit_workers(work, job, workers, search_dir / ".submitit", cluster, params)
+    if not failed and spec["final_seeds"]:
+        failed = submit_workers(work, job, 1, search_dir / ".submitit", cluster, params)  # finds the study finished
+    write_table(study, search_dir)
+    save_plots(study, search_dir)
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if finished < done + todo:
+        failed.append(f"the study has {finished} of {done + todo} trials finished: run the command again to finish it")
+    for line in failed:
+        print(f"optbench: error: {line}", file=sys.stderr)
+    print(f"search directory: {search_dir} ({len(study.trials)} trials; table in trials.csv)")
+    return 1 if failed else 0

@@ -1,0 +1,205 @@
+"""optbench search --storage: workers in separate processes share one study on a real PostgreSQL server or a
+journal file, run exactly the trials asked for, and rerun a trial whose worker was killed."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import pandas as pd
+import pytest
+
+from postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
+
+optuna = pytest.importorskip("optuna")
+from optbench import search  # noqa: E402
+from optbench.errors import UserError  # noqa: E402
+from optbench.storage import Shared, open_storage  # noqa: E402
+
+TRAIN = ["optimizer=sgd", "trainer.max_steps=10", "trainer.checkpoint_every=0", "model.hidden=[32]"]
+
+
+def _command(search_dir, storage, mnist_root, *flags):
+    return [sys.executable, "-m", "optbench", "search", "--dir", str(search_dir), "--storage", storage,
+            "--space", "lr", "--sampler", "random", "--threads", "1", *flags, *TRAIN, f"data.root={mnist_root}"]
+
+
+def _start(cmd):
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs, timeout=240):
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [p.returncode for p in procs], "\n".join(o[-2000:] for o in outputs)
+
+
+def _study(storage, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's experimental heartbeat
+        return optuna.load_study(study_name=name, storage=open_storage(Shared(storage, name)))
+
+
+def _check_exactly(search_dir, study, n):
+    """n COMPLETE trials numbered 0..n-1, one completed run directory each (000..), nothing else run."""
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    complete = sorted(t.number for t in trials if t.state.name == "COMPLETE")
+    assert complete == list(range(n))
+    # a trial asked for in a race beyond the budget ends FAIL, unrun, and says so
+    for t in trials:
+        if t.state.name != "COMPLETE":
+            assert t.state.name == "FAIL" and t.user_attrs["reason"].startswith("not run:") and not t.params
+    runs = sorted(p.parent.name for p in search_dir.glob("runs/*/summary.json"))
+    assert [r[:3] for r in runs] == [f"{i:03d}" for i in range(n)]
+    assert all(json.loads((search_dir / "runs" / r / "summary.json").read_text())["status"] == "completed" for r in runs)
+    lrs = [t.params["optimizer.lr"] for t in trials if t.state.name == "COMPLETE"]
+    assert len(set(lrs)) == n  # workers asking at once do not draw one point twice
+    return trials
+
+
+@pytest.mark.parametrize("kind", ["postgres", "journal"])
+def test_three_workers_share_one_study_and_run_exactly_the_trials_asked_for(kind, mnist_root, tmp_path, request):
+    storage = request.getfixturevalue("postgres_url") if kind == "postgres" else str(tmp_path / "study.log")
+    s = tmp_path / "s"
+    procs = [_start(_command(s, storage, mnist_root, "--trials", "6")) for _ in range(3)]
+    codes, output = _finish(procs)
+    assert codes == [0, 0, 0], output
+    trials = _check_exactly(s, _study(storage, "s"), 6)
+    assert len({t.user_attrs["worker"] for t in trials if t.state.name == "COMPLETE"}) >= 2, output  # shared work
+    assert sorted(pd.read_csv(s / "trials.csv").query("state == 'COMPLETE'")["number"]) == list(range(6))
+    assert "storage" in (s / "search.yaml").read_text()
+
+
+def _running_with_params(url, pid):
+    """Trial numbers RUNNING in worker `pid` that already drew their point (so their run has started)."""
+    import psycopg
+
+    worker = json.dumps(f"{socket.gethostname()}:{pid}")
+    with psycopg.connect(url) as connection:
+        try:
+            rows = connection.execute(
+                "select t.number from trials t join trial_user_attributes a using (trial_id) "
+                "where t.state = 'RUNNING' and a.key = 'worker' and a.value_json = %s "
+                "and exists (select 1 from trial_params p where p.trial_id = t.trial_id)", (worker,)).fetchall()
+        except psycopg.errors.UndefinedTable:  # the first worker has not made Optuna's tables yet
+            return []
+        return [n for (n,) in rows]
+
+
+def test_a_trial_whose_worker_was_killed_is_rerun_by_another_worker(postgres_url, mnist_root, tmp_path):
+    s = tmp_path / "s"
+    cmd = _command(s, postgres_url, mnist_root, "--trials", "2", "--heartbeat", "1")
+    victim, survivor = _start(cmd), _start(cmd)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed := _running_with_params(postgres_url, victim.pid)):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)  # mid-trial: no handler runs, the trial stays RUNNING in the database
+    victim.wait(timeout=60)
+    assert killed, "the victim never started a trial"
+    codes, output = _finish([survivor])
+    assert codes == [0], output
+    study = _study(postgres_url, "s")
+    dead = study.trials[killed[0]]
+    assert dead.state.name == "FAIL"  # its heartbeat stopped: failed by the survivor, not counted
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+    assert retried[0].params == dead.params  # the same point, run again
+    assert retried[0].user_attrs["worker"].endswith(f":{survivor.pid}")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2 and not [t for t in study.trials if t.state.name == "RUNNING"]
+    runs = sorted(p.parent.name for p in s.glob("runs/*/summary.json"))
+    assert sorted(r[:3] for r in runs) == sorted(f"{t.number:03d}" for t in complete)
+    # a worker started later finds the study finished: it neither reruns the dead trial nor adds one
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(_study(postgres_url, "s").trials) == len(study.trials)
+
+
+def test_submitit_workers_share_the_study(postgres_url, mnist_root, tmp_path):
+    pytest.importorskip("submitit")
+    s = tmp_path / "s"
+    cmd = _command(s, postgres_url, mnist_root, "--trials", "3", "--workers", "2", "--cluster", "local",
+                   "--submitit", "timeout_min=10")
+    submitter = _start(cmd)
+    codes, output = _finish([submitter])
+    assert codes == [0], output
+    assert "submitted 2 workers to local" in output
+    trials = _check_exactly(s, _study(postgres_url, "s"), 3)
+    pids = {t.user_attrs["worker"].rpartition(":")[2] for t in trials if t.state.name == "COMPLETE"}
+    assert pids and str(submitter.pid) not in pids  # trained in the jobs, not in the submitting process
+    assert len(list((s / ".submitit").glob("*_log.out"))) == 2  # one log per worker job
+    assert sorted(pd.read_csv(s / "trials.csv").query("state == 'COMPLETE'")["number"]) == list(range(3))
+
+
+def test_storage_mistakes_are_one_line_errors(tmp_path, postgres_server):
+    host, port = postgres_server
+    spec = {"space": {"optimizer.lr": "log(1e-3, 1)"}}
+    with pytest.raises(UserError, match=r"optbench\[mysql\]"):
+        open_storage(Shared("mysql+pymysql://u:secret@127.0.0.1/x", "s"))
+    with pytest.raises(UserError, match="cannot connect") as wrong:
+        open_storage(Shared(f"postgresql://postgres@{host}:{port}/no_such_database", "s"))
+    assert "secret" not in str(wrong.value)
+    with pytest.raises(UserError, match="journal file"):
+        open_storage(Shared("study.json", "s"))
+    with pytest.raises(UserError, match="needs --dir"):
+        search.main(["--space", "lr", "--storage", str(tmp_path / "study.log")])
+    with pytest.raises(UserError, match="--workers needs --storage"):
+        search.main(["--space", "lr", "--dir", str(tmp_path / "w"), "--workers", "2"])
+    pytest.importorskip("submitit")
+    workers = ["--space", "lr", "--dir", str(tmp_path / "w"), "--storage", str(tmp_path / "w.log"), "--workers", "2"]
+    with pytest.raises(UserError, match="--submitit: Parameter 'bogus'"):
+        search.main([*workers, "--cluster", "local", "--submitit", "bogus=3"])
+    if not shutil.which("srun"):  # where SLURM is, this would submit
+        with pytest.raises(UserError, match="--cluster slurm: .*srun"):
+            search.main([*workers, "--cluster", "slurm"])
+    # one study name, another search: refused instead of mixing trials
+    journal = str(tmp_path / "study.log")
+    search.open_study(Shared(journal, "s"), search._settle_spec(tmp_path / "a", {**spec, "storage": journal}))
+    other = {"space": {"optimizer.lr": "log(1e-2, 1)"}}
+    with pytest.raises(UserError, match="other space"):
+        search.open_study(Shared(journal, "s"), search._settle_spec(tmp_path / "b", other))
+    # a directory whose study is on a storage does not quietly start a new SQLite study
+    with pytest.raises(UserError, match="pass --storage"):
+        search.main(["--dir", str(tmp_path / "a")])
+
+
+def test_claim_runs_the_first_trials_by_number_and_one_of_a_doubled_grid_point(tmp_path):
+    # the race itself, without timing: trials asked for at once, then each decided by the rule a worker applies
+    study = search.open_study(Shared(str(tmp_path / "study.log"), "s"),
+                              search._settle_spec(tmp_path / "s", {"space": {"optimizer.lr": [0.1, 0.2]}}))
+    spec = {"sampler": "random", "sampler_seed": 0}
+    asked = [study.ask() for _ in range(3)]  # three workers asked when one trial was left of a budget of 2
+    study.tell(asked[0], 0.5)
+    search._claim(asked[1], spec, target=2)
+    with pytest.raises(search.NotClaimed, match="had its 2 trials"):
+        search._claim(asked[2], spec, target=2)
+    # two workers queued the grid at once: the point's first trial runs, its double does not
+    study.enqueue_trial({"optimizer.lr": 0.1})
+    study.enqueue_trial({"optimizer.lr": 0.1})
+    first, double = study.ask(), study.ask()
+    assert first.number < double.number
+    with pytest.raises(search.NotClaimed, match="same grid point"):
+        search._claim(double, spec, target=10)
+    study.tell(double, state=optuna.trial.TrialState.FAIL)  # as study.optimize does with a trial not claimed
+    search._claim(first, spec, target=10)
+    # a point is free again once its trial failed (a dead worker's point, queued again)
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial({"optimizer.lr": 0.1})
+    search._claim(study.ask(), spec, target=10)
+
+
+def test_queueing_the_grid_again_adds_no_point_already_queued(tmp_path):
+    # every worker (and every resume) queues the grid: only what is neither finished nor queued yet
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'g.db'}")
+    points = search.grid(search.parse_space({"optimizer.lr": "log(1e-3, 1)"}), 4)
+    assert search._enqueue_grid(study, points) == 4
+    assert search._enqueue_grid(study, points) == 4 and len(study.trials) == 4
+    trial = study.ask()
+    search.suggest(trial, "optimizer.lr", search.parse_space({"optimizer.lr": "log(1e-3, 1)"})["optimizer.lr"])
+    study.tell(trial, 0.5)
+    assert search._enqueue_grid(study, points) == 3 and len(study.trials) == 4
