@@ -12,6 +12,7 @@ Figures are printed, never asserted.
 """
 
 import argparse
+import contextlib
 import re
 import resource
 import statistics
@@ -26,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from optbench import data, results
 from optbench.models import build_mlp
-from optbench.trainer import EVAL_CHUNK, eval_splits, fit, make_splits, select_device
+from optbench.trainer import EVAL_CHUNK, eval_splits, fit, fit_pass, make_splits, select_device, sync
 from optbench.cli import compose_config as compose
-from optbench.vectorized import fit_many
 
 TENSOR_LOOP = "DataLoader loop (workers=0)"
 PIL_LOOP = "torchvision-style loop (PIL, workers=0)"
@@ -49,11 +50,6 @@ def peak_memory(device: torch.device) -> str:
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bf16_autocast_ok(device: torch.device) -> bool:
@@ -133,7 +129,7 @@ def dataloader_epochs(cfg, ds, device, epochs: int, max_steps: int | None = None
             optimizer.zero_grad()
             loss_fn(model(xb), yb).backward()
             optimizer.step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -162,10 +158,10 @@ def mm_seconds(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype,
         torch.mm(a, w, out=out)
     samples = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         torch.mm(a, w, out=out)
-        _sync(device)
+        sync(device)
         samples.append(time.perf_counter() - t0)
     return min(samples)
 
@@ -338,6 +334,8 @@ def main(args: list[str]) -> int:
     parser.add_argument("--sweep", type=int, default=8, help="runs in the sweep comparison; 0 skips it (default: 8)")
     parser.add_argument("--sweep-epochs", type=int, default=1, help="epochs per sweep run (default: 1)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every optbench run at N steps (smoke tests)")
+    parser.add_argument("--pass-size", type=int, default=32,
+                        help="runs in the per-step comparison of a seed pass with a single run; 0 skips it (default: 32)")
     opts = parser.parse_intermixed_args(args)
 
     base = list(opts.overrides)
@@ -360,9 +358,63 @@ def main(args: list[str]) -> int:
         print(f"`optbench --help`: {help_seconds():.2f} s; `optbench train`: command start -> training loop ready "
               f"{_s(ready)}, -> first step done {_s(first)} (includes the step-0 evaluation)")
 
+        if opts.pass_size > 1:
+            per_step(base, opts.pass_size, tmp, device)
         if opts.sweep > 1:
             sweep(base, opts, tmp, split, dims, bs, device)
     return 0
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched: on a GPU each one that is not a view is a kernel launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.kernels += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def per_step(base: list[str], K: int, tmp: Path, device: torch.device, short: int = 20, long: int = 120) -> None:
+    """ATen operations and seconds per training step of a single run and, per model, of a K-seed pass.
+
+    Each figure is the difference between runs of `long` and `short` steps,
+    over long - short: setup and the two evaluations cancel out.
+    """
+    plain = ["trainer.eval_every=1000000", "trainer.checkpoint_every=0"]
+
+    def train(k: int, steps: int, count: bool):
+        cfgs = [compose([*base, *plain, f"trainer.max_steps={steps}", f"seed={s}"]) for s in range(k)]
+        dirs = [tmp / f"step-{k}-{steps}-{count}" / str(s) for s in range(k)]
+        counter = OpCounter()
+        with counter if count else contextlib.nullcontext():
+            sync(device)
+            t0 = time.perf_counter()
+            fit_pass(cfgs, dirs)
+            sync(device)
+        return time.perf_counter() - t0, counter
+
+    figures = {}
+    for k in (1, K):
+        (_, a), (_, b) = train(k, short, True), train(k, long, True)
+        figures[k] = {"ops": (b.ops - a.ops) / (long - short) / k, "kernels": (b.kernels - a.kernels) / (long - short) / k}
+    seconds = {1: [], K: []}
+    for order in ((1, K), (K, 1), (1, K)):  # alternating, the first round a warm-up
+        for k in order:
+            seconds[k].append((train(k, long, False)[0] - train(k, short, False)[0]) / (long - short) / k)
+    for k in (1, K):
+        figures[k]["ms"] = 1000 * statistics.median(seconds[k][1:])
+    print()
+    print(f"per training step ({long} - {short} steps, evaluation and checkpoints cancel out; seconds alternate, median of 2):")
+    for k, name in ((1, "single run"), (K, f"per model in a {K}-seed pass")):
+        f = figures[k]
+        print(f"  {name:<28} {f['ops']:7.1f} ATen ops ({f['kernels']:.1f} not views: kernel launches on a GPU), "
+              f"{f['ms']:.3f} ms")
+    print(f"  pass / single: {figures[K]['kernels'] / figures[1]['kernels']:.3f}x the launches, "
+          f"{figures[K]['ms'] / figures[1]['ms']:.2f}x the time per model")
 
 
 def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch: int, device: torch.device) -> None:
@@ -375,7 +427,7 @@ def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch:
     separate = [fit(c, d) for c, d in zip(cfgs, separate_dirs)]
     t_separate = time.perf_counter() - t0
     t0 = time.perf_counter()
-    together = fit_many(cfgs, [tmp / "vectorized" / str(i) for i in range(K)])
+    together = fit_pass(cfgs, [tmp / "vectorized" / str(i) for i in range(K)])
     t_vectorized = time.perf_counter() - t0
     gap = max(abs(a["final"]["train_loss"] - b["final"]["train_loss"]) for a, b in zip(separate, together))
     print()

@@ -529,6 +529,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
             results.truncate(r.dir / results.METRICS, state["metrics_bytes"])
             results.truncate(r.dir / HISTOGRAMS, state["histogram_bytes"])
             r.log.info("resuming from the checkpoint at epoch %d, step %d", epoch, step)
+            if K > 1:
+                log.info("%s resumes from its checkpoint at step %d", r.dir.name, step)
         torch.set_rng_state(runs[0].resume["rng"]["torch"])
         histogram_steps = [h for h in histogram_steps if h > step]
     for k, r in enumerate(runs):
@@ -610,7 +612,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
         nonlocal eval_time
         if not alive:  # every run diverged at the read-back just before
             return
-        _sync(device)
+        sync(device)
         times = {k: train_time(k) for k in alive}
         t0 = time.perf_counter()
         out = torch.stack([torch.stack([evaluate(runs[k].model, loss_fn, *xy, split["mean"], split["std"])
@@ -843,7 +845,7 @@ def save_tensors(obj, path: Path) -> None:
     results.write_bytes_atomic(path, buffer.getvalue())
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     """Wait for queued work, so a time read afterwards includes it (CUDA and MPS run asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
