@@ -392,9 +392,11 @@ def _close(r: Run, status: str, reason: str | None, started: float) -> None:
     _update_summary(r.summary, r.history, time.perf_counter() - started)
     results.write_json_atomic(r.dir / results.SUMMARY, r.summary)
     raised = [name for name, at in r.flags.items() if at is not None]
-    r.log.info("%s: best val acc %s, test acc at that epoch %s%s", status, _fmt(r.summary.get("best_val_acc")),
-               _fmt(r.summary.get("test_acc_at_best_val")), f" | flags: {', '.join(raised)}" if raised else "")
+    line = (f"{status}: best val acc {_fmt(r.summary.get('best_val_acc'))}, test acc at that epoch "
+            f"{_fmt(r.summary.get('test_acc_at_best_val'))}" + (f" | flags: {', '.join(raised)}" if raised else ""))
+    r.log.info(line)
     if r.log is not log:
+        log.info("%s %s | %.1f s", r.dir.name, line, r.summary.get("train_time") or 0.0)  # one line per run of a pass
         for handler in list(r.log.handlers):
             r.log.removeHandler(handler)
             handler.close()
