@@ -260,3 +260,38 @@ def test_figures_and_page_show_the_comparisons(sweep):
                              tuning=results.tuning_cost({"adam": values["adam"].to_numpy()}))
     assert "Differences with their intervals" in page and "tied with best" in page and "Tuning cost" in page
     assert "95% CI" in page and "sgd - adam: " in page
+
+
+def test_time_to_target_ranking_at_looser_targets(tmp_path):
+    from optbench import profiles
+    from test_results import write_run
+
+    # validation accuracy rises linearly to its last evaluation (step 30): a ends at 0.97, b at 0.965.
+    # At 0.97 only a arrives (b never: score 0); at 0.965 and 0.96 both first arrive at step 30: tied.
+    for seed in (0, 1):
+        write_run(tmp_path / f"a_{seed}", "a", 0.1, seed, val=0.97, test=0.9)
+        write_run(tmp_path / f"b_{seed}", "b", 0.1, seed, val=0.965, test=0.9)
+    runs = results.load_runs(tmp_path)
+    table = profiles.target_sensitivity(runs, results.load_metrics(runs), None, 0.97).set_index("optimizer.name")
+    assert list(table.columns) == [f"{c}@{t}" for t in ("0.97", "0.965", "0.96")
+                                   for c in ("score_steps", "score_time", "rank_steps", "rank_time")]
+    assert table["rank_steps@0.97"].to_dict() == {"a": 1, "b": 2} and table["score_steps@0.97"]["b"] == 0
+    assert table["rank_steps@0.965"].to_dict() == {"a": 1, "b": 1} == table["rank_time@0.96"].to_dict()
+
+
+def test_crowded_valley_rows_carry_the_expected_best_of_each_budget():
+    import optuna
+
+    from optbench import search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    distribution = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
+    for lr, value in ((0.5, 0.9), (0.01, 0.1), (0.1, 0.5)):
+        study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": lr}, distributions={"optimizer.lr": distribution},
+                                                  value=value, user_attrs={"test_acc_mean": value - 0.01}))
+    one_shot = [{"status": "completed", "best_val_acc": 0.6, "test_acc_at_best_val": 0.59}]
+    rows = search.valley_rows("constant", one_shot, {"optimizer.lr": 0.1}, study, [1, 2, 3])
+    assert [r["val_acc"] for r in rows] == [0.6, 0.9, 0.9, 0.9]  # the drawn budgets: trial 0 happened to be best
+    assert np.isnan(rows[0]["expected_val_acc"])
+    assert [r["expected_val_acc"] for r in rows[1:]] == pytest.approx(list(EXPECTED.values()))
