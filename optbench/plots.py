@@ -480,32 +480,42 @@ def rank_over_seeds(values: dict, by: list[str] = (), metric: str = "best valida
     return fig
 
 
+ZOOM_FROM = 5  # the tuning-cost figure's second panel: n from here on, where the curves bunch near the top
+
+
 def tuning_cost(trials: dict, by: list[str], trial: str = "runs over the swept values and seeds",
                 metric: str = "best validation accuracy") -> Figure:
-    """Dodge et al.'s expected best of n trials against n, a line per group, band = +- 1 sd of that best.
+    """Dodge et al.'s expected best of n trials against n, a line per group.
 
     `trials` is results.tuning_trials' label -> the metric of every finished
-    run; a line ends at the group's own number of trials.
+    run; a line ends at the group's own number of trials. With more than
+    ZOOM_FROM trials a second panel zooms in on n >= ZOOM_FROM, where the
+    curves bunch near the top and the groups' order at large budgets shows.
     """
     colours = _colours(pd.Series(list(trials)))
-    fig = _new_figure(9, 5, "Tuning cost: the expected best of n trials (Dodge et al. 2019), band = ± 1 sd")
-    ax = fig.subplots()
     most = max((len(v) for v in trials.values()), default=1)
-    for group, colour in colours.items():
-        v = trials[group]
-        if not len(v):
-            continue
-        n = np.arange(1, len(v) + 1)
-        best, spread = stats.expected_best(v, n), stats.expected_best_std(v, n)
-        ax.plot(n, best, color=colour, lw=2, label=group)
-        ax.fill_between(n, best - spread, np.minimum(best + spread, 1.0), color=colour, alpha=0.15, lw=0)
-    if most > 10:
-        ax.set_xscale("log")
-        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= most]
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.xaxis.set_minor_formatter("")
-    ax.set(xlabel=f"n: trials drawn at random from the {trial}" + (", log scale" if most > 10 else ""),
-           ylabel=f"expected {metric}")
-    ax.grid(alpha=0.3, which="both")
+    firsts = (1, ZOOM_FROM) if most > ZOOM_FROM else (1,)
+    fig = _new_figure(4 + 4.5 * len(firsts), 5, "Tuning cost: expected best of n trials (Dodge et al. 2019)")
+    axes = np.atleast_1d(fig.subplots(1, len(firsts)))
+    for ax, first in zip(axes, firsts):
+        for group, colour in colours.items():
+            n = np.arange(first, len(trials[group]) + 1)
+            if len(n):
+                ax.plot(n, stats.expected_best(trials[group], n), color=colour, lw=2, label=group,
+                        marker="o" if most <= 10 else None, ms=4)
+        if most > 10:
+            ax.set_xscale("log")
+            ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if first <= t <= most]
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.xaxis.set_minor_formatter("")
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(firsts) > 1:
+            ax.set_title("every n" if first == 1 else f"zoom: n >= {first}", fontsize="medium")
+        ax.set(xlabel="n: trials" + (" (log scale)" if most > 10 else ""), ylabel=f"expected {metric}")
+        ax.grid(alpha=0.3, which="both")
+    fig.supxlabel(f"trials drawn at random from the {trial}", fontsize="medium")
     _legend(fig, colours, by)
     return fig

@@ -193,13 +193,6 @@ def expected_best(values, n) -> np.ndarray:
     return _weights(len(v), n) @ v
 
 
-def expected_best_std(values, n) -> np.ndarray:
-    """The standard deviation of the best of n trials, from the same weights (E[max^2] - E[max]^2)."""
-    v = np.sort(_finite(values))
-    w = _weights(len(v), n)
-    return np.sqrt(np.clip(w @ v**2 - (w @ v) ** 2, 0, None))
-
-
 def _weights(total: int, n) -> np.ndarray:
     """P(the best of n draws is the i-th smallest of `total`), one row per n."""
     i = np.arange(1, total + 1)
