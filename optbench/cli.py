@@ -435,6 +435,8 @@ def _by(value: str | None) -> list[str] | None:
 def report_command(args: list[str]) -> int:
     import argparse
 
+    from optbench.stats import LEVEL
+
     parser = argparse.ArgumentParser(
         prog="optbench report",
         description="Collect every run below DIR into runs.csv and metrics.csv.gz, rank the groups, "
@@ -447,10 +449,18 @@ def report_command(args: list[str]) -> int:
                         help="also write report.html: ranking, figures, configs and command in one offline page")
     parser.add_argument("--profile", action="store_true",
                         help="also AlgoPerf performance profiles and scores (each seed a problem): profile.csv, plots/")
+    parser.add_argument("--level", type=float, default=LEVEL,
+                        help=f"confidence level of the intervals; 1 - level is the tests' alpha (default: {LEVEL:g})")
+    parser.add_argument("--baseline", metavar="GROUP", help="compare every group with this one (e.g. adam), not the best")
+    parser.add_argument("--all-pairs", action="store_true",
+                        help="also compare every pair of groups (Holm's correction over all pairs); see comparisons.csv")
     opts = parser.parse_args(args)
     if not 0 < opts.target <= 1:
         raise UserError(f"--target {opts.target} must be an accuracy in (0, 1]")
     from optbench import results
+
+    if not 0.5 <= opts.level < 1:
+        raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")
 
     runs = results.load_runs(*opts.dirs)
     metrics = results.load_metrics(runs)
@@ -458,15 +468,36 @@ def report_command(args: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     metrics.to_csv(out / "metrics.csv.gz", index=False)
-    table = results.rank(runs, metrics, _by(opts.by), opts.target)
+    table = results.rank(runs, metrics, _by(opts.by), opts.target, opts.level, opts.baseline)
     text = results.format_ranking(table)
     table.to_csv(out / "ranking.csv", index=False)
     (out / "ranking.md").write_text(results.markdown(text))
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
-    print(f"{len(runs)} runs ({statuses}); grouped by {', '.join(table.attrs['by']) or 'nothing (one group)'}"
-          + (f"; {', '.join(table.attrs['tuned'])} chosen per group on validation" if table.attrs["tuned"] else ""))
+    by, tuned = table.attrs["by"], table.attrs["tuned"]
+    print(f"{len(runs)} runs ({statuses}); grouped by {', '.join(by) or 'nothing (one group)'}"
+          + (f"; {', '.join(tuned)} chosen per group on validation" if tuned else ""))
     print(text.to_string(index=False))
-    print(f"wrote {out / 'runs.csv'}, {out / 'metrics.csv.gz'}, {out / 'ranking.md'}, {out / 'ranking.csv'}")
+    written = [out / "runs.csv", out / "metrics.csv.gz", out / "ranking.md", out / "ranking.csv"]
+    lines = results.verdict_lines(table)
+    if lines:
+        print("\n" + "\n".join(lines))
+    families = results.comparison_families(table, results.group_values(runs, by), opts.all_pairs)
+    pairs = results.pair_lines(families)
+    if pairs:
+        print("\n".join(pairs))
+    if families:
+        import pandas as pd
+
+        pd.concat([f.assign(family=name) for name, f in families.items()]).to_csv(out / "comparisons.csv", index=False)
+        written.append(out / "comparisons.csv")
+    if tuned:
+        cost = results.tuning_cost(results.tuning_trials(runs, by))
+        cost.to_csv(out / "tuning_cost.csv", index=False)
+        written.append(out / "tuning_cost.csv")
+        print(f"\ntuning cost: expected best val acc after n trials drawn from each group's finished runs "
+              f"(every {', '.join(tuned)} and seed; Dodge et al. 2019)")
+        print(cost.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    print(f"wrote {', '.join(map(str, written))}")
     if opts.profile:
         from optbench import profiles
 
@@ -474,18 +505,20 @@ def report_command(args: list[str]) -> int:
     if opts.html:
         from optbench import html_report
 
-        figures = _figures(runs, metrics, table.attrs["by"], "step")
+        figures = _figures(runs, metrics, by, "step", opts.level, opts.baseline)
         page = html_report.build(runs, table, figures, html_report.sweep_commands(runs),
-                                 title=f"optbench report: {', '.join(opts.dirs)}")
+                                 title=f"optbench report: {', '.join(opts.dirs)}",
+                                 notes=lines, tuning=cost if tuned else None)
         (out / "report.html").write_text(page, encoding="utf-8")
         print(out / "report.html")
     return 0
 
 
-def _figures(runs, metrics, by: list[str], x: str) -> dict:
+def _figures(runs, metrics, by: list[str], x: str, level: float | None = None, baseline: str | None = None) -> dict:
     """name -> matplotlib figure: what `optbench plot` saves and `optbench report --html` embeds."""
-    from optbench import plots, results
+    from optbench import plots, results, stats
 
+    level = stats.LEVEL if level is None else level
     chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
     curves = metrics[metrics.run.isin(chosen.run)]
     figures = {
@@ -505,11 +538,23 @@ def _figures(runs, metrics, by: list[str], x: str) -> dict:
     lr_key = "optimizer.lr"
     if lr_key in results.varied_keys(runs) and runs[lr_key].nunique() > 1:
         figures["lr_sensitivity"] = plots.lr_sensitivity(runs, by, lr_key)
+    # how sure the ranking is: differences with their intervals, ranks within seeds
+    values = results.group_values(runs, by)
+    _, vs = results.against_reference(values, level, baseline)
+    if (vs.test != "none").any():
+        figures["differences"] = plots.forest(vs, "baseline" if baseline else "best")
+    if len(plots.rank_table(values)) > 1:
+        figures["rank_over_seeds"] = plots.rank_over_seeds(values, by)
+    tuned = [k for k in results.varied_keys(runs) if k not in by]
+    if tuned:
+        figures["tuning_cost"] = plots.tuning_cost(results.tuning_trials(runs, by), by, f"runs over {', '.join(tuned)} and seeds")
     return figures
 
 
 def plot_command(args: list[str]) -> int:
     import argparse
+
+    from optbench.stats import LEVEL
 
     parser = argparse.ArgumentParser(
         prog="optbench plot", description="Draw the runs below DIR (a sweep or a single run) into DIR/plots/.")
@@ -518,12 +563,17 @@ def plot_command(args: list[str]) -> int:
     parser.add_argument("--x", choices=["step", "epoch", "time"], default="step", help="x axis of the curves")
     parser.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
     parser.add_argument("--out", help="folder for the figures (default: DIR/plots)")
+    parser.add_argument("--level", type=float, default=LEVEL,
+                        help=f"confidence level of the differences' intervals (default: {LEVEL:g})")
+    parser.add_argument("--baseline", metavar="GROUP", help="differences against this group (e.g. adam), not the best")
     opts = parser.parse_args(args)
+    if not 0.5 <= opts.level < 1:
+        raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")
     from optbench import plots, results
 
     runs = results.load_runs(opts.dir)
     metrics = results.load_metrics(runs)
-    figures = _figures(runs, metrics, results.resolve_by(runs, _by(opts.by)), opts.x)
+    figures = _figures(runs, metrics, results.resolve_by(runs, _by(opts.by)), opts.x, opts.level, opts.baseline)
     out = Path(opts.out or Path(opts.dir) / "plots")
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():

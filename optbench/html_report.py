@@ -31,6 +31,9 @@ TITLES = {
     "activations": "Activation statistics",
     "histograms_act": "Activation histograms",
     "histograms_grad": "Gradient histograms",
+    "differences": "Differences with their intervals",
+    "rank_over_seeds": "Rank within each seed",
+    "tuning_cost": "Tuning cost: expected best of n trials",
 }
 RUN_COLUMNS = ("run", "status", "seed", "best_val_acc", "test_acc_at_best_val", "final.train_loss", "wall_time")
 
@@ -94,8 +97,10 @@ def _table(frame) -> str:
     return frame.to_html(index=False, border=0, escape=True, na_rep="")
 
 
-def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbench report") -> str:
-    """The page: ranking (results.rank's table), figures, config per group, the producing command."""
+def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbench report",
+          notes: list[str] = (), tuning=None) -> str:
+    """The page: ranking (results.rank's table), how sure it is (`notes`: results.verdict_lines), the
+    tuning cost table (results.tuning_cost), figures, config per group, the producing command."""
     from optbench.results import as_text, format_ranking
 
     by = ranking.attrs.get("by", [])
@@ -117,6 +122,12 @@ def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbe
         parts.append("<p>The command that produced these runs could not be found "
                      "(no multirun.yaml or .hydra/overrides.yaml next to the runs).</p>")
     parts += ["<h2>Ranking</h2>", _table(as_text(format_ranking(ranking)))]
+    if notes:
+        parts.append(f"<p>{html.escape(notes[0])}</p><ul>"
+                     + "".join(f"<li>{html.escape(line.strip())}</li>" for line in notes[1:]) + "</ul>")
+    if tuning is not None:
+        parts += ["<h2>Tuning cost</h2>", "<p>Expected best validation accuracy after n trials drawn at random "
+                  "from each group's finished runs (Dodge et al. 2019).</p>", _table(as_text(tuning.round(4)))]
     for name, fig in figures.items():
         heading = TITLES.get(name, name.replace("_", " ").capitalize())
         parts.append(f"<h2>{html.escape(heading)}</h2>")

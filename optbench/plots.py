@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from optbench.results import as_text
+from optbench import stats
+from optbench.results import group_label
 
 DPI = 150
 X_LABELS = {"step": "optimisation step", "epoch": "epoch", "time": "training time (s)"}
@@ -19,10 +20,7 @@ X_LABELS = {"step": "optimisation step", "epoch": "epoch", "time": "training tim
 
 def group_labels(runs: pd.DataFrame, by: list[str]) -> pd.Series:
     """run -> the label of its group: the values of `by` ("adam", "sgd, 0.1"), or the run's name."""
-    if not by:
-        label = runs["run"] if len(runs) == 1 else pd.Series("all runs", index=runs.index)
-    else:
-        label = as_text(runs[by]).agg(", ".join, axis=1)
+    label = runs["run"] if not by and len(runs) == 1 else group_label(runs, by)
     return pd.Series(label.values, index=runs["run"].values)
 
 
@@ -400,4 +398,124 @@ def valley(table: pd.DataFrame, title: str) -> Figure:
            ylabel="test accuracy of the trial validation picked")
     ax.grid(alpha=0.3)
     _legend(fig, colours, ["schedule"])
+    return fig
+
+
+# --- How sure a ranking is ---
+
+RESOLVED, TIED = "tab:blue", "0.45"
+
+
+def forest(comparisons: pd.DataFrame, kind: str = "best", metric: str = "best validation accuracy") -> Figure:
+    """Each group's difference from the reference with its interval (results.comparisons' rows, a - b).
+
+    Filled: resolved at the level (Holm-adjusted); open: tied. The right
+    margin says which test and what it found.
+    """
+    from matplotlib.lines import Line2D
+
+    rows = comparisons[comparisons["test"] != "none"].reset_index(drop=True)
+    level = comparisons.attrs.get("level", stats.LEVEL)
+    reference = rows["b"].iloc[0] if rows["b"].nunique() == 1 else None
+    fig = _new_figure(10, 1.6 + 0.55 * len(rows),
+                      f"Difference in {metric} against the {kind}" + (f" ({reference})" if reference else "")
+                      + f": mean over seeds, {100 * level:g}% bootstrap interval")
+    ax = fig.subplots()
+    y = np.arange(len(rows))[::-1]
+    for yi, row in zip(y, rows.itertuples()):
+        colour = RESOLVED if row.resolved else TIED
+        ax.plot([row.low, row.high], [yi, yi], color=colour, lw=2.2, solid_capstyle="butt")
+        ax.plot(row.difference, yi, "o", ms=8, color=colour, markerfacecolor=colour if row.resolved else "white",
+                markeredgewidth=2)
+    ax.axvline(0, color="black", lw=1, ls="--")
+    ax.set_yticks(y, [f"{a} - {b}" if reference is None else a for a, b in zip(rows["a"], rows["b"])])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"difference in {metric}" + (f" (group - {reference})" if reference else " (a - b)")
+                  + "; 0 = no difference")
+    ax.grid(alpha=0.3, axis="x")
+    notes = ax.twinx()
+    notes.set_ylim(ax.get_ylim())
+    notes.set_yticks(y, [f"{'paired, %d seeds' % row.seeds if row.test == 'sign-flip' else 'Welch, %d vs %d runs' % (row.n_a, row.n_b)}"
+                         f"; p (Holm) = {row.p_holm:.2g}: {'resolved' if row.resolved else 'tied'}"
+                         for row in rows.itertuples()], fontsize="small")
+    notes.tick_params(length=0)
+    handles = [Line2D([], [], color=RESOLVED, marker="o", lw=2.2, ms=8),
+               Line2D([], [], color=TIED, marker="o", markerfacecolor="white", markeredgewidth=2, lw=2.2, ms=8)]
+    fig.legend(handles, [f"resolved (p <= {1 - level:.2g} after Holm)", f"tied with the {kind}"],
+               loc="outside lower center", ncols=2, fontsize="small")
+    return fig
+
+
+def rank_table(values: dict) -> pd.DataFrame:
+    """Seeds x groups: each group's value on the seeds every group with finished runs has (empty with
+    fewer than two groups or two such seeds)."""
+    groups = {g: v for g, v in values.items() if len(v)}
+    if len(groups) < 2:
+        return pd.DataFrame()
+    table = pd.DataFrame({g: v.groupby(level=0).mean() for g, v in groups.items()}).dropna()
+    return table if len(table) >= 2 else pd.DataFrame()
+
+
+def rank_over_seeds(values: dict, by: list[str] = (), metric: str = "best validation accuracy") -> Figure:
+    """How often each group takes each rank within a seed (1 = best on that seed): a ranking that holds
+    up has its mass on the diagonal; spread rows are groups whose place depends on the seed."""
+    table = rank_table(values)
+    ranks = table.rank(axis=1, ascending=False, method="min").astype(int)
+    order = ranks.mean().sort_values(kind="stable").index
+    k, n = len(order), len(table)
+    share = np.array([[(ranks[g] == r).mean() for r in range(1, k + 1)] for g in order])
+    fig = _new_figure(max(7.0, 3.5 + 0.9 * k), 2.0 + 0.5 * k,
+                      f"Rank within each seed by {metric}\n({n} seeds shared by all groups; cell = seeds at that rank)")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for i in range(k):
+        for j in range(k):
+            if share[i, j] > 0:
+                ax.text(j, i, f"{round(share[i, j] * n)}/{n}", ha="center", va="center", fontsize="small",
+                        color="white" if share[i, j] > 0.6 else "black")
+    ax.set_xticks(range(k), [str(r) for r in range(1, k + 1)])
+    ax.set_yticks(range(k), [f"{g} (mean rank {ranks[g].mean():.1f})" for g in order])
+    ax.set(xlabel="rank within a seed (1 = best; ties share the better rank)", ylabel=_legend_title(list(by)))
+    fig.colorbar(image, ax=ax, label="share of seeds", shrink=0.9)
+    return fig
+
+
+ZOOM_FROM = 5  # the tuning-cost figure's second panel: n from here on, where the curves bunch near the top
+
+
+def tuning_cost(trials: dict, by: list[str], trial: str = "runs over the swept values and seeds",
+                metric: str = "best validation accuracy") -> Figure:
+    """Dodge et al.'s expected best of n trials against n, a line per group.
+
+    `trials` is results.tuning_trials' label -> the metric of every finished
+    run; a line ends at the group's own number of trials. With more than
+    ZOOM_FROM trials a second panel zooms in on n >= ZOOM_FROM, where the
+    curves bunch near the top and the groups' order at large budgets shows.
+    """
+    colours = _colours(pd.Series(list(trials)))
+    most = max((len(v) for v in trials.values()), default=1)
+    firsts = (1, ZOOM_FROM) if most > ZOOM_FROM else (1,)
+    fig = _new_figure(4 + 4.5 * len(firsts), 5, "Tuning cost: expected best of n trials (Dodge et al. 2019)")
+    axes = np.atleast_1d(fig.subplots(1, len(firsts)))
+    for ax, first in zip(axes, firsts):
+        for group, colour in colours.items():
+            n = np.arange(first, len(trials[group]) + 1)
+            if len(n):
+                ax.plot(n, stats.expected_best(trials[group], n), color=colour, lw=2, label=group,
+                        marker="o" if most <= 10 else None, ms=4)
+        if most > 10:
+            ax.set_xscale("log")
+            ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if first <= t <= most]
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.xaxis.set_minor_formatter("")
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(firsts) > 1:
+            ax.set_title("every n" if first == 1 else f"zoom: n >= {first}", fontsize="medium")
+        ax.set(xlabel="n: trials" + (" (log scale)" if most > 10 else ""), ylabel=f"expected {metric}")
+        ax.grid(alpha=0.3, which="both")
+    fig.supxlabel(f"trials drawn at random from the {trial}", fontsize="medium")
+    _legend(fig, colours, by)
     return fig

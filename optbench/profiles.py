@@ -79,6 +79,29 @@ def algoperf(runs, metrics, by: list[str] | None = None, target: float = 0.97, r
     return scores, costs
 
 
+RELAXATIONS = (0.0, 0.005, 0.01)  # the target, and targets 0.5 and 1 point of accuracy looser
+
+
+def target_sensitivity(runs, metrics, by: list[str] | None, target: float, r_max: float = 4.0,
+                       relaxations=RELAXATIONS):
+    """The ranking by steps and by time at the target and at slightly looser ones: one row per group,
+    per target its step- and time-based scores and the ranks they give (1 = best score).
+
+    A ranking that changes when the target moves by half a point of
+    accuracy is a statement about the target, not about the optimizers.
+    """
+    table = None
+    for relaxation in relaxations:
+        t = round(target - relaxation, 6)
+        scores, _ = algoperf(runs, metrics, by, t, r_max)
+        key = scores.columns[0]
+        part = scores.set_index(key)[["score_steps", "score_time"]]
+        part[["rank_steps", "rank_time"]] = part.rank(ascending=False, method="min").to_numpy()
+        part.columns = [f"{c}@{t:g}" for c in part.columns]
+        table = part if table is None else table.join(part)
+    return table.reset_index()
+
+
 def write_profile(runs, metrics, by: list[str] | None, target: float, out: Path, r_max: float = 4.0) -> Path:
     """`optbench report --profile`: print the AlgoPerf scores, save out/profile.csv and the profile figure."""
     scores, costs = algoperf(runs, metrics, by, target, r_max)
@@ -96,5 +119,11 @@ def write_profile(runs, metrics, by: list[str] | None, target: float, out: Path,
     (out / "plots").mkdir(parents=True, exist_ok=True)
     path = out / "plots" / "performance_profile.png"
     fig.savefig(path, dpi=plots.DPI)
-    print(f"wrote {out / 'profile.csv'}, {path}")
+    sensitivity = target_sensitivity(runs, metrics, by, target, r_max)
+    sensitivity.to_csv(out / "profile_targets.csv", index=False)
+    ranks = sensitivity[[sensitivity.columns[0]] + [c for c in sensitivity.columns if c.startswith("rank")]]
+    print(f"\nrank by step- and time-based score at the target and looser targets (1 = best; ties share a rank):")
+    with pd.option_context("display.width", 160):
+        print(ranks.to_string(index=False, float_format=lambda x: f"{x:.0f}"))
+    print(f"wrote {out / 'profile.csv'}, {out / 'profile_targets.csv'}, {path}")
     return path

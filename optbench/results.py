@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from optbench import stats
+
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 COLUMNS = ("step", "epoch", "split", "metric", "value")
@@ -369,8 +371,98 @@ def to_target(metrics, target: float):
     return out.reindex(pd.Index(metrics.run.unique(), name="run"))
 
 
-def rank(runs, metrics, by: list[str] | None = None, target: float = 0.97):
-    """One row per group, best mean validation accuracy first (means and stds over the seeds' finished runs)."""
+def group_label(frame, by: list[str]):
+    """Each row's group as text: the values of `by` ("adam", "sgd, 0.1"), or "all runs"."""
+    import pandas as pd
+
+    if not by:
+        return pd.Series("all runs", index=frame.index)
+    return as_text(frame[by]).agg(", ".join, axis=1)
+
+
+def group_values(runs, by: list[str], metric: str = "best_val_acc") -> dict:
+    """label -> Series(seed -> metric) of each group's finished runs, in the configuration the ranking chose.
+
+    Groups come in the order of the runs (the order of the plots' colours).
+    """
+    import pandas as pd
+
+    chosen = select_best(runs, by)
+    value = chosen[metric].astype(float).where(chosen["status"].isin(FINISHED))
+    seed = chosen["seed"] if "seed" in chosen else chosen["run"]  # no seed recorded: nothing is shared
+    label = group_label(chosen, by)
+    return {g: pd.Series(value[label == g].to_numpy(), index=seed[label == g].to_numpy()).dropna()
+            for g in dict.fromkeys(label)}
+
+
+def comparisons(values: dict, pairs: list[tuple[str, str]], level: float = stats.LEVEL):
+    """One row per pair (a, b) of groups: the difference a - b over seeds, its interval, the test's p-value
+    and Holm's adjusted p-value across these pairs (one family), and whether that resolves it at `level`."""
+    import pandas as pd
+
+    rows = [{"a": a, "b": b, **stats.compare(values[a], values[b], level, len(pairs))} for a, b in pairs]
+    frame = pd.DataFrame(rows, columns=COMPARISON_COLUMNS[:-2])
+    frame["p_holm"] = stats.holm(frame["p"]) if len(frame) else []
+    frame["resolved"] = frame["p_holm"] <= 1 - level
+    frame.attrs["level"] = level
+    return frame
+
+
+def against_reference(values: dict, level: float = stats.LEVEL, baseline: str | None = None):
+    """(reference, comparisons): the reference group (`baseline`, else the best mean) and every other
+    group with finished runs compared with it, best first, as one family."""
+    from optbench.errors import UserError
+
+    if baseline is not None and baseline not in values:
+        raise UserError(f"--baseline {baseline}: no such group; groups: {', '.join(values)}")
+    ranked = sorted((g for g in values if len(values[g])), key=lambda g: -values[g].mean())
+    reference = baseline or (ranked[0] if ranked else None)
+    return reference, comparisons(values, [(g, reference) for g in ranked if g != reference] if reference else [], level)
+
+
+def comparison_families(table, values: dict, all_pairs: bool = False) -> dict:
+    """name -> comparisons, each its own family for Holm: against the ranking's reference, the top three
+    among themselves, and (`all_pairs`) every pair of groups."""
+    level, reference = table.attrs.get("level", stats.LEVEL), table.attrs.get("reference")
+    names = [g for g in values if len(values[g])]
+    families = {f"vs {table.attrs.get('reference_kind', 'best')}": [(g, reference) for g in names if g != reference]
+                if reference else [],
+                "top three": top_pairs(table, values)}
+    if all_pairs:
+        families["all pairs"] = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    return {name: comparisons(values, pairs, level) for name, pairs in families.items() if pairs}
+
+
+def pair_lines(families: dict) -> list[str]:
+    """P(A > B) for the top three, and every pair's verdict when all pairs were compared."""
+    lines = []
+    top = families.get("top three")
+    if top is not None:
+        lines.append("P(A > B) over seeds, top three: "
+                     + ", ".join(f"P({a} > {b}) = {p:.2f}" for a, b, p in zip(top.a, top.b, top.p_a_better)))
+    pairs = families.get("all pairs")
+    if pairs is not None:
+        lines.append(f"all pairs ({len(pairs)}), Holm's correction over all of them:")
+        lines += [f"  {row.a} - {row.b}: {row.difference:+.4f} [{row.low:+.4f}, {row.high:+.4f}], {row.test} "
+                  f"p = {row.p:.2g} (Holm {row.p_holm:.2g}): {'resolved' if row.resolved else 'tied'}"
+                  for row in pairs.itertuples()]
+    return lines
+
+
+COMPARISON_COLUMNS = ("a", "b", "n_a", "n_b", "paired", "seeds", "difference", "low", "high", "interval", "test", "p",
+                      "p_a_better", "seeds_needed", "p_holm", "resolved")
+
+
+def rank(runs, metrics, by: list[str] | None = None, target: float = 0.97, level: float = stats.LEVEL,
+         baseline: str | None = None):
+    """One row per group, best mean validation accuracy first (means and stds over the seeds' finished runs).
+
+    Beside the mean: its bootstrap interval, median and interquartile mean,
+    and the comparison with a reference group (`baseline`, else the best):
+    the difference over seeds with its interval, Holm-adjusted p-value and
+    verdict. `rank` shares 1 among the best and every group not
+    distinguishable from it at `level`: they are tied, not ranked below.
+    """
     by = resolve_by(runs, by)
     tuned = [k for k in varied_keys(runs) if k not in by]
     chosen = select_best(runs, by).merge(to_target(metrics, target), left_on="run", right_index=True, how="left")
@@ -386,6 +478,8 @@ def rank(runs, metrics, by: list[str] | None = None, target: float = 0.97):
         unfinished=("status", lambda s: int((~s.isin(FINISHED)).sum())),
         best_val_acc=("best_val_acc", "mean"),
         best_val_acc_std=("best_val_acc", "std"),
+        best_val_acc_median=("best_val_acc", "median"),
+        best_val_acc_iqm=("best_val_acc", stats.iqm),
         test_acc=("test_acc_at_best_val", "mean"),
         test_acc_std=("test_acc_at_best_val", "std"),
         final_train_loss=("final_train_loss", "mean"),
@@ -399,15 +493,47 @@ def rank(runs, metrics, by: list[str] | None = None, target: float = 0.97):
         table["optimizer_impl"] = impl.agg(lambda s: "/".join(sorted(set(map(str, s.dropna())))))
     table = table.reset_index().drop(columns=["_all"], errors="ignore")
     table = table.sort_values("best_val_acc", ascending=False, na_position="last", ignore_index=True)
-    table.attrs.update(by=by, tuned=tuned, target=target)
+
+    seeds = group_values(runs, by)
+    labels = list(group_label(table, by))
+    intervals = [stats.mean_interval(seeds[g], level)[:2] for g in labels]
+    table["best_val_acc_low"], table["best_val_acc_high"] = zip(*intervals) if labels else ([], [])
+    best, vs_best = against_reference(seeds, level)
+    reference, vs_reference = against_reference(seeds, level, baseline) if baseline else (best, vs_best)
+    found = vs_reference.set_index("a")
+    for column in ("difference", "low", "high", "test", "seeds", "n_a", "n_b", "p", "p_holm", "p_a_better", "seeds_needed"):
+        table[f"vs_{column}"] = [found[column].get(g, None) for g in labels]
+    table["verdict"] = [_verdict(g, reference, "baseline" if baseline else "best", found) for g in labels]
+    tied = set(vs_best.a[~vs_best.resolved & (vs_best.test != "none")])
+    table["rank"] = [1 if g == best or g in tied else i + 1 for i, g in enumerate(labels)]
+    table.loc[table["best_val_acc"].isna(), "rank"] = None
+    table.attrs.update(by=by, tuned=tuned, target=target, level=level, reference=reference,
+                       reference_kind="baseline" if baseline else "best", comparisons=len(vs_reference))
     return table
 
 
+def _verdict(group: str, reference: str | None, kind: str, found) -> str:
+    if group == reference:
+        return kind
+    if group not in found.index:
+        return "no finished runs"
+    row = found.loc[group]
+    if row["test"] == "none":
+        return "too few runs"
+    if not row["resolved"]:
+        return f"tied with {kind}"
+    return f"{'above' if row['difference'] > 0 else 'below'} {kind}"
+
+
+MANY_RUNS = 5  # from this many runs in a group the ranking shows median and interquartile mean beside the mean
+
+
 def format_ranking(table):
-    """The ranking as text cells: mean ± std, counts, the target in the headers."""
+    """The ranking as text cells: mean ± std and its interval, the verdict against the reference, counts."""
     import pandas as pd
 
     pct = f"{100 * table.attrs.get('target', 0.97):g}%"
+    level = table.attrs.get("level", stats.LEVEL)
 
     def pm(mean, std, fmt="{:.4f}", std_fmt="{:.4f}"):
         return [
@@ -415,13 +541,30 @@ def format_ranking(table):
             for m, s in zip(table[mean], table[std])
         ]
 
+    def interval(low, high, fmt="{:.4f}"):
+        return ["" if pd.isna(lo) else f"[{fmt.format(lo)}, {fmt.format(hi)}]" for lo, hi in zip(low, high)]
+
     keys = table.attrs.get("by", []) + table.attrs.get("tuned", [])
     out = pd.DataFrame({k: table[k] for k in keys})
+    out["rank"] = ["" if pd.isna(r) else f"{r:.0f}" for r in table["rank"]]
     out["runs"] = table["runs"]
     out["diverged"] = table["diverged"]
     if table["unfinished"].any():
         out["unfinished"] = table["unfinished"]
     out["best val acc"] = pm("best_val_acc", "best_val_acc_std")
+    out[f"{100 * level:g}% CI"] = interval(table["best_val_acc_low"], table["best_val_acc_high"])
+    if table["runs"].max() >= MANY_RUNS:
+        out["median"] = ["" if pd.isna(v) else f"{v:.4f}" for v in table["best_val_acc_median"]]
+        out["IQM"] = ["" if pd.isna(v) else f"{v:.4f}" for v in table["best_val_acc_iqm"]]
+    kind = table.attrs.get("reference_kind", "best")
+    difference = [("" if pd.isna(d) else f"{d:+.4f} ") for d in table["vs_difference"]]
+    out[f"vs {kind}"] = [d + i for d, i in zip(difference, interval(table["vs_low"], table["vs_high"], "{:+.4f}"))]
+    out["test"] = [_test_text(t, s, n_a, n_b) for t, s, n_a, n_b in
+                   zip(table["vs_test"], table["vs_seeds"], table["vs_n_a"], table["vs_n_b"])]
+    out["p (Holm)"] = ["" if pd.isna(p) else f"{p:.2g}" for p in table["vs_p_holm"]]
+    out["verdict"] = table["verdict"]
+    out["seeds to resolve"] = [_seeds_text(n) if v.startswith("tied") else "" for n, v in
+                               zip(table["vs_seeds_needed"], table["verdict"])]
     out["test acc @ best val"] = pm("test_acc", "test_acc_std")
     out["final train loss"] = pm("final_train_loss", "final_train_loss_std", "{:.4g}", "{:.2g}")  # diverged: 1e+07
     out[f"reached {pct}"] = [f"{r}/{n}" for r, n in zip(table["reached"], table["runs"])]
@@ -430,6 +573,87 @@ def format_ranking(table):
     if "optimizer_impl" in table:
         out["impl"] = table["optimizer_impl"]
     return out
+
+
+def _test_text(test, seeds, n_a, n_b) -> str:
+    if test == "sign-flip":
+        return f"paired, {seeds:.0f} seeds"
+    if test == "Welch":
+        return f"Welch, {n_a:.0f} vs {n_b:.0f} runs"
+    return ""
+
+
+def _seeds_text(n) -> str:
+    if n is None or n != n:
+        return ""
+    return f">{stats.MAX_SEEDS}" if n == float("inf") else f"{n:.0f}"
+
+
+def verdict_lines(table) -> list[str]:
+    """One line per comparison with the reference: difference, interval, test, verdict, and for an
+    unresolved one the seeds that would resolve a difference of that size at that spread."""
+    import pandas as pd
+
+    level, reference = table.attrs.get("level", stats.LEVEL), table.attrs.get("reference")
+    kind, m = table.attrs.get("reference_kind", "best"), table.attrs.get("comparisons", 0)
+    if reference is None or not m:
+        return []
+    labels = list(group_label(table, table.attrs.get("by", [])))
+    lines = [f"against the {kind} ({reference}), best val acc, {100 * level:g}% bootstrap intervals, "
+             f"Holm's correction over {m} comparison{'s' * (m > 1)}:"]
+    for g, row in zip(labels, table.itertuples()):
+        if g == reference or pd.isna(row.vs_difference):
+            continue
+        if row.vs_test == "none":
+            lines.append(f"  {g} - {reference}: {row.vs_difference:+.4f}; too few runs to test")
+            continue
+        paired = f"{row.vs_seeds:.0f} paired seeds" if row.vs_test == "sign-flip" else "unpaired runs"
+        line = (f"  {g} - {reference}: {row.vs_difference:+.4f} [{row.vs_low:+.4f}, {row.vs_high:+.4f}], "
+                f"{row.vs_test} p = {row.vs_p:.2g} (Holm {row.vs_p_holm:.2g}), P({g} > {reference}) = "
+                f"{row.vs_p_a_better:.2f} over {paired}: {row.verdict}")
+        if row.verdict.startswith("tied"):
+            needed = row.vs_seeds_needed
+            line += ("; no difference to resolve" if needed == float("inf") and row.vs_difference == 0 else
+                     f"; ~{_seeds_text(needed)} seeds would resolve this difference at this spread "
+                     f"({100 * stats.POWER:g}% power, alpha {1 - level:g}/{m})")
+            smallest = 2 / 2**row.vs_seeds if row.vs_test == "sign-flip" else 0
+            if smallest * m > 1 - level:
+                line += (f" (with {row.vs_seeds:.0f} seeds no difference can be resolved: the smallest sign-flip "
+                         f"p is 2/2^{row.vs_seeds:.0f} = {smallest:.2g}, {m * smallest:.2g} after Holm)")
+        lines.append(line)
+    return lines
+
+
+def top_pairs(table, values: dict, top: int = 3) -> list[tuple[str, str]]:
+    """Every pair among the first `top` groups of the ranking, the better-ranked one first."""
+    labels = [g for g in group_label(table, table.attrs.get("by", [])) if len(values.get(g, ()))][:top]
+    return [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+
+
+def tuning_trials(runs, by: list[str], metric: str = "best_val_acc") -> dict:
+    """label -> the metric of every finished run of the group, whatever its tuned values and seed: the
+    trials a tuning budget draws from (Dodge et al. 2019)."""
+    finished = runs[runs["status"].isin(FINISHED)]
+    label = group_label(finished, by)
+    return {g: finished.loc[label == g, metric].astype(float).dropna().to_numpy()
+            for g in dict.fromkeys(group_label(runs, by))}
+
+
+def tuning_cost(trials: dict, budgets=None):
+    """Expected best validation accuracy after n trials per group, for n in `budgets` (default: 1, 2, 5,
+    10, 20, 50, ... up to the most trials a group has); blank beyond a group's own trials."""
+    import numpy as np
+    import pandas as pd
+
+    most = max((len(v) for v in trials.values()), default=0)
+    if budgets is None:
+        budgets = sorted({n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if n < most} | {most})
+    rows = []
+    for group, v in trials.items():
+        best = stats.expected_best(v, budgets) if len(v) else np.full(len(budgets), np.nan)
+        rows.append({"group": group, "trials": len(v),
+                     **{f"n={n}": (b if n <= len(v) else np.nan) for n, b in zip(budgets, best)}})
+    return pd.DataFrame(rows)
 
 
 def markdown(table) -> str:

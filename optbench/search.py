@@ -713,7 +713,7 @@ def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
     import pandas as pd
     from omegaconf import OmegaConf
 
-    rows = []
+    rows, trials = [], {}
     for name in spec["schedules"]:
         sub = {k: v for k, v in spec.items() if k not in ("budgets", "schedules")}
         sub["overrides"] = [*spec["overrides"], f"schedule={name}"]
@@ -726,8 +726,9 @@ def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
         config = OmegaConf.load(one_shot_dirs[0] / "config.yaml")
         defaults = {key: OmegaConf.select(config, key) for key in parse_space(spec["space"])}  # the one-shot point
         rows += valley_rows(name, one_shot, defaults, study, spec["budgets"])
+        trials[name] = [t.value for t in study.get_trials(deepcopy=False) if t.value is not None]
     table = pd.DataFrame(rows)
-    write_valley(table, search_dir, spec)
+    write_valley(table, search_dir, spec, trials)
     return table
 
 
@@ -744,12 +745,18 @@ def valley_rows(schedule: str, one_shot: list[dict], defaults: dict, study, budg
     the trial validation picks among the first N, its point, and its test accuracy."""
     from optuna.trial import TrialState
 
+    from optbench.stats import expected_best
+
     ok = [s for s in one_shot if s["status"] == "completed"]
     rows = [{"schedule": schedule, "budget": "one-shot", "trials": 1, **defaults,
              "val_acc": np.mean([s[METRIC] for s in ok]) if ok else np.nan,
-             "test_acc": np.mean([s["test_acc_at_best_val"] for s in ok]) if ok else np.nan}]
+             "test_acc": np.mean([s["test_acc_at_best_val"] for s in ok]) if ok else np.nan,
+             "expected_val_acc": np.nan}]
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     finished.sort(key=lambda t: t.number)
+    # the budget's validation score is one draw of its best trial; Dodge et al.'s estimator over every
+    # finished trial says what that budget gives on average
+    values = [t.value for t in finished if t.value is not None]
     names = BUDGET_NAMES if len(budgets) == len(BUDGET_NAMES) else [f"{b} trial{'s' * (b > 1)}" for b in budgets]
     for label, n in zip(names, budgets):
         scored = [t for t in finished[:n] if t.value is not None]
@@ -757,24 +764,33 @@ def valley_rows(schedule: str, one_shot: list[dict], defaults: dict, study, budg
         rows.append({"schedule": schedule, "budget": f"{label} ({n})" if label in BUDGET_NAMES else label,
                      "trials": min(n, len(finished)), **{k: best.params[k] if best else np.nan for k in defaults},
                      "val_acc": best.value if best else np.nan,
-                     "test_acc": best.user_attrs.get("test_acc_mean", np.nan) if best else np.nan})
+                     "test_acc": best.user_attrs.get("test_acc_mean", np.nan) if best else np.nan,
+                     "expected_val_acc": float(expected_best(values, n)) if values else np.nan})
     return rows
 
 
-def write_valley(table, search_dir: Path, spec: dict) -> None:
-    """valley.csv and valley.md (the table), valley.png (test accuracy against budget, a line per schedule)."""
+def write_valley(table, search_dir: Path, spec: dict, trials: dict | None = None) -> None:
+    """valley.csv and valley.md (the table), valley.png (test accuracy against budget, a line per schedule),
+    valley_tuning_cost.png (expected best validation accuracy against n, from `trials`: schedule -> values)."""
     from optbench import plots
     from optbench.results import markdown
 
     table.to_csv(search_dir / "valley.csv", index=False)
     (search_dir / "valley.md").write_text(markdown(table.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)))
     print(f"\ncrowded valley: {' '.join(spec['overrides']) or 'defaults'}; seeds {spec['seeds']}; "
-          "val acc picks the trial, test acc is reported at it")
+          "val acc picks the trial, test acc is reported at it; expected_val_acc: the expected best val acc "
+          "of a budget of that many trials, from all of the schedule's trials (Dodge et al. 2019)")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     shown = [o for o in spec["overrides"] if not o.startswith(("data.root", "hydra."))]  # paths make titles unreadable
     fig = plots.valley(table, textwrap.fill(f"Crowded Valley: {' '.join(shown) or 'defaults'}", 90))
     fig.savefig(search_dir / "valley.png", dpi=plots.DPI)
-    print(f"wrote {search_dir / 'valley.csv'}, valley.md, valley.png")
+    written = ["valley.md", "valley.png"]
+    if trials and any(trials.values()):
+        fig = plots.tuning_cost({k: np.asarray(v) for k, v in trials.items()}, ["schedule"],
+                               "search's trials (each the mean over its seeds)")
+        fig.savefig(search_dir / "valley_tuning_cost.png", dpi=plots.DPI)
+        written.append("valley_tuning_cost.png")
+    print(f"wrote {search_dir / 'valley.csv'}, {', '.join(written)}")
 
 
 # --- command line ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from optbench import plots, results
 from test_results import write_run
 
 FIGURES = ("learning_curves", "gradient_norms", "learning_rates", "final_metrics", "activations", "histograms_act", "histograms_grad")
+COMPARED = ("differences", "rank_over_seeds")  # two groups sharing seeds (tests/test_stats.py checks what they say)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tables(sweep_dir):
 def test_plot_command_writes_every_figure_as_a_real_image(sweep_dir):
     out = run_cli("plot", str(sweep_dir))
     assert out.returncode == 0, out.stderr
-    for name in FIGURES:
+    for name in FIGURES + COMPARED:
         path = sweep_dir / "plots" / f"{name}.png"
         assert path.stat().st_size > 20_000, name
         with Image.open(path) as image:
@@ -44,7 +45,7 @@ def test_plot_command_writes_every_figure_as_a_real_image(sweep_dir):
 def test_other_formats(sweep_dir, tmp_path, fmt, magic):
     out = run_cli("plot", str(sweep_dir), "--format", fmt, "--x", "epoch", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{fmt}" for n in FIGURES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.{fmt}" for n in FIGURES + COMPARED)
     assert all(p.read_bytes().startswith(magic) for p in tmp_path.iterdir())
 
 
