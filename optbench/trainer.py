@@ -518,6 +518,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
     histogram_steps = diagnostics.histogram_schedule(diag.histogram_at, total_steps)
     counters = torch.zeros(K, 2, dtype=torch.int64, device=device)  # per run: clipped steps, skipped non-finite steps
     step, epoch, resumed_train_time = 0, 0, [0.0] * K
+    resumed_order = None  # each run's data order of the epoch its checkpoint was taken in, when mid-epoch
 
     if runs[0].resume:
         _load_states(groups, runs)
@@ -534,6 +535,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
             if K > 1:
                 log.info("%s resumes from its checkpoint at step %d", r.dir.name, step)
         torch.set_rng_state(runs[0].resume["rng"]["torch"])
+        if runs[0].resume.get("order") is not None:
+            resumed_order = torch.stack([r.resume["order"] for r in runs]).to(device)
         histogram_steps = [h for h in histogram_steps if h > step]
     for k, r in enumerate(runs):
         r.summary.update(
@@ -610,7 +613,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
         # a pass computes all K models at every step: each run's share of its time compares with a run alone
         return resumed_train_time[k] + (time.perf_counter() - train_started - eval_time) / K
 
-    def run_eval() -> None:
+    def run_eval(decide: bool = True) -> None:
+        """Evaluate every run; with `decide`, also step eval-interval schedules and check early stopping."""
         nonlocal eval_time
         if not alive:  # every run diverged at the read-back just before
             return
@@ -650,6 +654,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                 r.summary.setdefault("diverged_at_step", step)
                 end(k, "diverged", f"non-finite loss or gradient at step {r.summary['diverged_at_step']}")
                 continue
+            if not decide:
+                continue
             if r.group.interval == "eval" and step > 0:
                 r.group.scheduler.step(va_loss)  # the group of a run stepped on its own validation loss is its own
             if t.patience and evaluations_without_improvement([h["val_loss"] for h in r.history],
@@ -659,7 +665,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                                     f"in {t.patience} evaluations", stopped_early=True)
         eval_time += time.perf_counter() - t0
 
-    def checkpoint() -> None:
+    def checkpoint(order: torch.Tensor, epoch_step: int) -> None:
+        """Each run's checkpoint after `epoch_step` steps of this epoch (its data order kept when mid-epoch)."""
         flush_steps()
         for k in alive:
             r = runs[k]
@@ -674,6 +681,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                 "model": {name: v.clone() for name, v in r.model.state_dict().items()},  # not the whole stack
                 "optimizer": optimizer_state, "scheduler": scheduler_state, "step": step, "epoch": epoch,
                 "rng": {"torch": torch.get_rng_state(), "generator": r.generator.get_state()},
+                "epoch_step": epoch_step, "order": order[k].cpu() if epoch_step < steps_per_epoch else None,
                 "train_time": train_time(k), "history": r.history, "flags": r.flags, "counters": counters[k].cpu(),
                 "metrics_bytes": r.writer.tell(), "histogram_bytes": r.histogram_file.tell(),
                 "summary": {key: r.summary.get(key) for key in ("clipped_steps", "nonfinite_steps_skipped")},
@@ -710,10 +718,14 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
             if not runs[0].resume:
                 run_eval()
             while alive and step < total_steps and stop.signal is None:
-                epoch += 1
+                if resumed_order is None:  # a new epoch: each run's order drawn from its own generator
+                    epoch += 1
+                    order, first = torch.stack([torch.randperm(n_train, device=device, generator=r.generator)
+                                                for r in runs]), 0
+                else:  # the epoch a checkpoint was taken in, from the step after it
+                    order, first, resumed_order = resumed_order, runs[0].resume["epoch_step"], None
                 bar.set_description(f"epoch {epoch}/{n_epochs}" + (f" x{len(alive)}" if K > 1 else ""))
-                order = torch.stack([torch.randperm(n_train, device=device, generator=r.generator) for r in runs])
-                for i in range(steps_per_epoch):
+                for i in range(first, steps_per_epoch):
                     idx = order[:, i * batch_size : (i + 1) * batch_size]
                     x_uint8 = train_x[idx]
                     if cfg.data.augment_shift:
@@ -755,7 +767,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                         pending.append((step, epoch, list(lrs), grad_index.step_values(losses, norms, per_layer)))
                     if len(pending) >= SYNC_EVERY:
                         flush_steps()
-                    if evaluates_next or stop.signal is not None:
+                    if evaluates_next:
                         flush_steps()
                         run_eval()
                     if i == steps_per_epoch - 1:
@@ -763,8 +775,12 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                             if g.interval == "epoch":
                                 g.scheduler.step()
                     end_of_epoch = i == steps_per_epoch - 1 or step == total_steps
-                    if end_of_epoch and t.checkpoint_every and epoch % t.checkpoint_every == 0:
-                        checkpoint()
+                    if t.checkpoint_every and (stop.signal is not None or
+                                               end_of_epoch and epoch % t.checkpoint_every == 0):
+                        checkpoint(order, i + 1)  # on a stop too: resumed, the run goes on as if never stopped
+                    if stop.signal is not None and not evaluates_next:
+                        flush_steps()
+                        run_eval(decide=False)  # where the interrupted run got to (a resume cuts these rows)
                     if not alive or step >= total_steps or stop.signal is not None:
                         break
             if stop.signal is not None:

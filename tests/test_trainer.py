@@ -124,10 +124,10 @@ def _start_run(mnist_root, run_dir, *overrides):
     )
 
 
-def _wait_for_rows(path, timeout=120):
+def _wait_for_rows(path, timeout=120, size=2000):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if path.exists() and path.stat().st_size > 2000:
+        if path.exists() and path.stat().st_size > size:
             return
         time.sleep(0.2)
     raise AssertionError(f"{path} never grew")
@@ -280,3 +280,24 @@ def test_compiled_training_steps_match_eager_ones(mnist_root, tmp_path):
     from optbench.trainer import prepare
 
     assert hasattr(prepare(cfg_for(mnist_root, *common, "trainer.compile=default")).forward, "_orig_mod")  # compiled
+
+
+def test_a_run_stopped_by_sigterm_mid_epoch_resumes_from_that_step(mnist_root, tmp_path):
+    # SLURM sends SIGTERM at a time limit or preemption: the run checkpoints the step it finished, mid-epoch
+    overrides = ("trainer.epochs=2", "trainer.batch_size=500", "model.hidden=[32]", "model.dropout=0.1",
+                 "data.augment_shift=1", "trainer.eval_every=30", "data.train_eval_size=1000")
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    subprocess.run(_train_cmd(mnist_root, whole, *overrides), check=True, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(mnist_root, stopped, *overrides), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for_rows(stopped / "metrics.csv", size=20_000)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    summary = json.loads((stopped / "summary.json").read_text())
+    state = torch.load(stopped / "checkpoint.pt", weights_only=False)
+    assert summary["status"] == "interrupted" and state["step"] == summary["step"] > 0
+    again = subprocess.run(_train_cmd(mnist_root, stopped, *overrides), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    a, b = (pd.read_csv(d / "metrics.csv") for d in (whole, stopped))
+    keep = lambda m: m[m.metric != "train_time"].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(keep(a), keep(b))  # the stop's own evaluation is cut, nothing else differs
