@@ -40,12 +40,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from optbench.compose import CONF, check_group_choices, compose_config, groups
 from optbench.errors import UserError
 from optbench.results import read_summary, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).parent / "conf"
 SAMPLERS = ("random", "tpe", "cmaes", "grid")
 SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed",
              "budgets", "schedules")
@@ -166,8 +166,7 @@ def suggest(trial, key: str, d):
 
 def trial_overrides(params: dict) -> list[str]:
     """Hydra overrides for a trial: `group=option` for config groups, `++key=value` (set or add) for keys."""
-    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
-    return [f"{'' if k in groups else '++'}{k}={_override_text(v)}" for k, v in params.items()]
+    return [f"{'' if k in groups() else '++'}{k}={_override_text(v)}" for k, v in params.items()]
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -237,7 +236,7 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None):
     target = len(done) + todo
     objective = _objective(search_dir, space, spec)
     try:
-        with _composing(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if todo > 0:
                 log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, len(done), todo, spec["sampler"])
@@ -326,22 +325,6 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _composing():
-    """Hydra's compose API on optbench's config tree, as `run_one` needs it."""
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from optbench import schema
-
-    if GlobalHydra.instance().is_initialized():  # nested: the valley's one-shot runs inside its searches
-        yield
-        return
-    schema.register()
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        yield
 
 
 def _settle_spec(search_dir: Path, spec: dict) -> dict:
@@ -433,16 +416,13 @@ def _dirname(params: dict, seed: int) -> str:
 
 def run_one(overrides: list[str], run_dir: Path) -> dict:
     """One ordinary run directory: compose the config as `optbench train` would, then trainer.fit."""
-    from hydra import compose
     from omegaconf import OmegaConf, open_dict
 
+    from optbench import jobs
     from optbench.trainer import fit
 
-    try:
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    except Exception as e:  # a bad key or value in the space or the overrides
-        raise UserError(f"cannot compose {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    cfg = compose_config(overrides, hydra=True)  # a bad key or value in the space or the overrides: one line
+    choices = jobs.choices(cfg.hydra)
     with open_dict(cfg):
         del cfg["hydra"]
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -586,9 +566,8 @@ def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
         log.info("crowded valley: schedule %s", name)
         study = run_search(search_dir / name, sub, threads)
         one_shot_dirs = [search_dir / name / "one_shot" / f"seed={seed}" for seed in spec["seeds"]]
-        with _composing():
-            one_shot = [_run_unless_done([*sub["overrides"], f"seed={seed}"], d)
-                        for seed, d in zip(spec["seeds"], one_shot_dirs)]
+        one_shot = [_run_unless_done([*sub["overrides"], f"seed={seed}"], d)
+                    for seed, d in zip(spec["seeds"], one_shot_dirs)]
         config = OmegaConf.load(one_shot_dirs[0] / "config.yaml")
         defaults = {key: OmegaConf.select(config, key) for key in parse_space(spec["space"])}  # the one-shot point
         rows += valley_rows(name, one_shot, defaults, study, spec["budgets"])
@@ -683,12 +662,10 @@ def main(args: list[str]) -> int:
         raise UserError("no search space: pass --space NAME (a preset: see `optbench list`) or --space FILE.yaml")
     if opts.trials is not None and opts.trials < 1:
         raise UserError(f"--trials={opts.trials} must be >= 1")
-    from optbench import cli as optbench_cli
-
-    optbench_cli.check_group_choices(spec.get("overrides", []))
+    check_group_choices(spec.get("overrides", []))
     spec = _settle_spec(search_dir, spec)
     if spec["schedules"]:
-        optbench_cli.check_group_choices([f"schedule={name}" for name in spec["schedules"]])
+        check_group_choices([f"schedule={name}" for name in spec["schedules"]])
         run_valley(search_dir, spec, opts.threads)
         print(f"search directory: {search_dir} (one search per schedule; comparison in valley.csv)")
         return 0

@@ -33,14 +33,9 @@ def isolated_cache(tmp_path_factory):
 
 def compose(*overrides: str):
     """The config `optbench train <overrides>` would get, without Hydra's runtime."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    from optbench.compose import compose_config
 
-    from optbench import schema
-
-    schema.register()
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 def run_cli(*args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess:

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from optbench.cli import job_device, job_threads
 from conftest import run_cli
+from optbench.jobs import job_device, job_threads
 
 RUN_FILES = {"config.yaml", "metrics.csv", "summary.json", "train.log", ".hydra"}
 

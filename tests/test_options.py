@@ -347,16 +347,11 @@ def test_bad_option_values_raise_a_user_error(overrides, words, mnist_root, tmp_
 
 @pytest.mark.parametrize("path", sorted((CONF / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
 def test_each_experiment_preset_sweeps_valid_options_and_the_runs_it_states(path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from optbench import schema
-    from optbench.cli import check_group_choices
+    from optbench.compose import check_group_choices, compose_config
 
-    schema.register()
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"+experiment={path.stem}"], return_hydra_config=True)
+    cfg = compose_config([f"+experiment={path.stem}"], hydra=True)
     sweep = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
     check_group_choices(sweep)  # a misspelt option is a UserError here
     jobs = math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
