@@ -1,8 +1,9 @@
 """Types for the run's own knobs, so `trainer.epochs=abc` fails when Hydra composes.
 
-Defaults live in the YAML files under conf/; these dataclasses only say what
-type each key has. Groups that hold torch constructor arguments (optimizer,
-schedule, init, loss) stay untyped: torch validates its own arguments.
+Defaults live in the YAML files under conf/ and nowhere else: every field
+here is MISSING, and a YAML file that forgot a key fails to compose (tested).
+Groups that hold torch constructor arguments (optimizer, schedule, init,
+loss) stay untyped: torch validates its own arguments.
 """
 
 from dataclasses import dataclass, field
@@ -14,10 +15,10 @@ from omegaconf import MISSING
 @dataclass
 class DataConf:
     name: str = MISSING
-    root: Optional[str] = None
+    root: Optional[str] = MISSING
     val_size: int = MISSING
-    augment_shift: int = 0
-    train_eval_size: Optional[int] = None
+    augment_shift: int = MISSING
+    train_eval_size: Optional[int] = MISSING
 
 
 @dataclass
@@ -31,21 +32,21 @@ class ModelConf:
 @dataclass
 class TrainerConf:
     epochs: int = MISSING
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = MISSING
     batch_size: Optional[int] = MISSING
-    eval_every: Optional[int] = None
-    log_every: int = 1
-    checkpoint_every: int = 1
-    clip_grad_norm: Optional[float] = None
-    clip_grad_value: Optional[float] = None
-    l1: float = 0.0
-    patience: Optional[int] = None
-    min_delta: float = 0.0
-    vectorize: str = "auto"
-    skip_completed: bool = True
-    resume: bool = True
-    amp: bool = False
-    compile: Optional[str] = None
+    eval_every: Optional[int] = MISSING
+    log_every: int = MISSING
+    checkpoint_every: int = MISSING
+    clip_grad_norm: Optional[float] = MISSING
+    clip_grad_value: Optional[float] = MISSING
+    l1: float = MISSING
+    patience: Optional[int] = MISSING
+    min_delta: float = MISSING
+    vectorize: str = MISSING
+    skip_completed: bool = MISSING
+    resume: bool = MISSING
+    amp: bool = MISSING
+    compile: Optional[str] = MISSING
 
 
 @dataclass
@@ -76,8 +77,8 @@ class Config:
     schedule: Any = MISSING
     init: Any = MISSING
     loss: Any = MISSING
-    seed: int = 0
-    device: str = "auto"
+    seed: int = MISSING
+    device: str = MISSING
 
 
 def register() -> None:

@@ -51,6 +51,7 @@ SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", 
              "budgets", "schedules")
 DEFAULTS = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [], "final_seeds": 0,
             "sampler_seed": 0, "budgets": None, "schedules": None}
+TRIALS = 20  # finished trials wanted when neither --trials nor a grid says how many
 # keys a resumed search may change: a larger budget does not change what the finished trials mean
 GROWABLE = ("trials", "budgets")
 METRIC = "best_val_acc"  # the objective: validation only, maximised
@@ -230,7 +231,7 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None):
                                     load_if_exists=True, direction="maximize")
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
-        todo = (spec["trials"] or len(points) or 20) - len(done)
+        todo = (spec["trials"] or len(points) or TRIALS) - len(done)
         if points:
             todo = min(todo, _enqueue_grid(study, points))
     target = len(done) + todo
@@ -632,12 +633,12 @@ def main(args: list[str]) -> int:
         "Overrides (e.g. optimizer=sgd trainer.epochs=1) are fixed for every trial.",
     )
     parser.add_argument("--space", help="a preset in optbench/conf/search (see `optbench list`) or a YAML file")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="default tpe")
-    parser.add_argument("--trials", type=int, help="finished trials wanted in the study (default 20; grid: its size)")
-    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="seeds per trial, e.g. 0,1,2 (default 0)")
-    parser.add_argument("--grid-points", type=int, dest="grid_points", help="points per float range for --sampler grid (default 5)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help=f"default {DEFAULTS['sampler']}")
+    parser.add_argument("--trials", type=int, help=f"finished trials wanted in the study (default {TRIALS}; grid: its size)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help=f"seeds per trial, e.g. 0,1,2 (default {','.join(map(str, DEFAULTS['seeds']))})")
+    parser.add_argument("--grid-points", type=int, dest="grid_points", help=f"points per float range for --sampler grid (default {DEFAULTS['grid_points']})")
     parser.add_argument("--final-seeds", type=int, dest="final_seeds", help="rerun the best trial with this many new seeds")
-    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help="seed of the sampler (default 0)")
+    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help=f"seed of the sampler (default {DEFAULTS['sampler_seed']})")
     parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")],
                         help="crowded_valley: trial budgets compared with one-shot, e.g. 25,50,75")
     parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")

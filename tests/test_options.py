@@ -59,9 +59,31 @@ def lrs(schedule_overrides, steps, *, interval_steps=1, total_steps=100, steps_p
 
 # ------------------------------------------------------------------ every option trains
 
+def test_the_schema_holds_types_and_the_yaml_files_every_default():
+    from dataclasses import MISSING as NO_DEFAULT
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import MISSING
+
+    from optbench import schema
+
+    def leaves(cls, prefix=""):
+        for f in fields(cls):
+            if f.default_factory is not NO_DEFAULT and is_dataclass(f.default_factory):
+                yield from leaves(f.default_factory, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", f.default
+
+    defaults = {key: value for key, value in leaves(schema.Config) if value != MISSING}
+    assert defaults == {}, "defaults belong in conf/*.yaml, once"
+
+
 @pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_option_composes_and_trains_three_steps(path, mnist_root, tmp_path):
+    from omegaconf import OmegaConf
+
     group, option = path.parent.name, path.stem
+    assert not OmegaConf.missing_keys(compose(f"{group}={option}"))  # its YAML (or what it extends) sets every key
     root = mnist_root
     if group == "data" and option != "mnist":
         if option == "fashion_mnist" and not FASHION_SYSTEM_DIR.is_dir():
