@@ -82,6 +82,13 @@ class Config:
 
 
 def register() -> None:
+    """The schema for config.yaml's defaults list, and the resolvers the YAML files use."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from optbench import results
 
     ConfigStore.instance().store(name="optbench_schema", node=Config)
+    # config.yaml's hydra.job.config.override_dirname.exclude_keys: folder names leave out what only says where
+    # or how a run ran (results.RUN_SETTINGS, the one list of those keys)
+    OmegaConf.register_new_resolver("optbench.run_settings", lambda: list(results.RUN_SETTINGS), replace=True)

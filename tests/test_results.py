@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import compose, run_cli
+from optbench.compose import compose_config
 from optbench import results
 from optbench.errors import UserError
 
@@ -123,6 +124,19 @@ def test_same_config_notices_a_changed_default(tmp_path):
     OmegaConf.save(cfg, tmp_path / "config.yaml")
     assert results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": False}}))
     assert not results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.2}, "trainer": {}}))
+
+
+def test_where_and_how_a_run_ran_is_not_what_it_computed(tmp_path):
+    ran = compose("data.root=/data/here", "device=auto")
+    OmegaConf.save(ran, tmp_path / "config.yaml", resolve=True)
+    elsewhere = compose("data.root=/mnt/other", "device=cpu", "trainer.resume=false", "trainer.vectorize=off",
+                        "trainer.skip_completed=false")
+    assert results.config_differences(tmp_path, elsewhere) == []
+    assert results.config_differences(tmp_path, compose("data.root=/data/here", "seed=1")) == ["seed"]
+    # the one list: run folders leave out exactly these keys, and reports do not group by them
+    hydra = compose_config([], hydra=True).hydra
+    assert list(hydra.job.config.override_dirname.exclude_keys) == list(results.RUN_SETTINGS)
+    assert set(results.NOT_FACTORS) == {"seed", *results.RUN_SETTINGS}
 
 
 def test_ranking_chooses_on_validation_even_when_test_disagrees(constructed):
