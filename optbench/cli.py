@@ -206,7 +206,7 @@ def trajectories_command(args: list[str]) -> int:
         results = [tr.run(cfg) for cfg in cfgs]
         for r in results:
             end = r["path"][-1]
-            print(f"{surface:<11} {r['name']:<13} lr {r['lr']!s:<8} f {r['f'][-1]:<12.4g} at ({end[0]:.4g}, {end[1]:.4g})"
+            print(f"{surface:<11} {r['name']:<13} lr {r['lr']:<8.4g} f {r['f'][-1]:<12.4g} at ({end[0]:.4g}, {end[1]:.4g})"
                   + (f"  left the plot at step {r['stopped']}" if r["stopped"] else ""))
         for path in tr.save(cfgs[0].surface, results, opts.out, opts.gif):
             print(f"wrote {path}")

@@ -27,9 +27,10 @@ def train_task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from optbench import results
+    from optbench import results, schema
     from optbench.trainer import fit
 
+    schema.register()  # a joblib or submitit worker process composes nothing, but resolves the config
     hydra_cfg = HydraConfig.get()
     share_machine(cfg, hydra_cfg)
     previous = finished_run(cfg, Path(hydra_cfg.runtime.output_dir))

@@ -89,6 +89,8 @@ def register() -> None:
     from optbench import results
 
     ConfigStore.instance().store(name="optbench_schema", node=Config)
+    # conf/optimizer/momentum_ema.yaml: torch's lr for the lecture's step size alpha and average weight beta
+    OmegaConf.register_new_resolver("optbench.ema_lr", lambda alpha, beta: alpha * (1 - beta), replace=True)
     # config.yaml's hydra.job.config.override_dirname.exclude_keys: folder names leave out what only says where
     # or how a run ran (results.RUN_SETTINGS, the one list of those keys)
     OmegaConf.register_new_resolver("optbench.run_settings", lambda: list(results.RUN_SETTINGS), replace=True)

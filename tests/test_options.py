@@ -210,24 +210,49 @@ def test_batch_size_one_takes_50000_steps_per_epoch(mnist_root, tmp_path):
 
 # ------------------------------------------------------------------ optimizers
 
-def test_momentum_ema_follows_the_lecture_formula():
-    """z = beta*z - (1-beta)*g, w = w + alpha*z on 0.5*||A w - b||^2, against optimizer=momentum_ema."""
+def lecture_ema_momentum(gradient, w, alpha, beta, steps):
+    """The lecture's rule, written out: z = beta*z + (1-beta)*g from z = 0, w = w - alpha*z; the weights after each step."""
+    z, out = torch.zeros_like(w), []
+    for _ in range(steps):
+        z = beta * z + (1 - beta) * gradient(w)
+        w = w - alpha * z
+        out.append(w)
+    return out
+
+
+def momentum_ema_steps(loss, w0, steps, *overrides):
+    """The weights after each step of optimizer=momentum_ema (built as a run builds it) on loss(w)."""
+    cfg = compose("optimizer=momentum_ema", "optimizer.fused=false", *overrides)
+    w = torch.nn.Parameter(w0.clone())
+    optimizer = build_optimizer(cfg.optimizer, [w])
+    out = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss(w).backward()
+        optimizer.step()
+        out.append(w.detach().clone())
+    return out
+
+
+def test_momentum_ema_is_the_lecture_rule_from_z_zero():
+    # the audit's case: constant gradient 1, alpha 0.1, beta 0.9: after 10 steps w = -0.1 * sum(1 - 0.9^t) = -0.414
+    ours = momentum_ema_steps(lambda w: w.sum(), torch.zeros(1, dtype=torch.float64), 10)
+    assert ours[-1].item() == pytest.approx(-0.1 * sum(1 - 0.9**t for t in range(1, 11)), abs=1e-12)
+    assert ours[-1].item() == pytest.approx(-0.4138, abs=1e-4)  # torch's dampening=0.9 gave -1.000
+    # a real quadratic 0.5*||A w - b||^2, another alpha and beta: the lecture's rule to 1e-12 at every step
     torch.manual_seed(0)
     a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    cfg = compose("optimizer=momentum_ema", "optimizer.lr=0.05", "optimizer.fused=false")
-    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
-    optimizer = build_optimizer(cfg.optimizer, [w])
-    alpha, beta = 0.05, cfg.optimizer.momentum
-    w_ref, z = torch.zeros(3, dtype=torch.float64), None
-    for _ in range(20):
-        optimizer.zero_grad()
-        (0.5 * (a @ w - b).pow(2).sum()).backward()
-        optimizer.step()
-        g = a.T @ (a @ w_ref - b)
-        # torch starts the average at the first gradient (z_1 = -g_1) where the lecture starts at z_0 = 0
-        z = -g if z is None else beta * z - (1 - beta) * g
-        w_ref = w_ref + alpha * z
-        torch.testing.assert_close(w.detach(), w_ref, rtol=1e-12, atol=1e-12)
+    w0 = torch.zeros(3, dtype=torch.float64)
+    ours = momentum_ema_steps(lambda w: 0.5 * (a @ w - b).pow(2).sum(), w0, 20,
+                              "optimizer.momentum=0.8", "optimizer.lr='${optbench.ema_lr:0.05,${.momentum}}'")
+    lecture = lecture_ema_momentum(lambda w: a.T @ (a @ w - b), w0, alpha=0.05, beta=0.8, steps=20)
+    for step, (w, w_ref) in enumerate(zip(ours, lecture)):
+        torch.testing.assert_close(w, w_ref, rtol=1e-12, atol=1e-12, msg=f"step {step + 1}")
+
+
+def test_momentum_ema_keeps_alpha_when_only_beta_changes():
+    assert compose("optimizer=momentum_ema").optimizer.lr == pytest.approx(0.1 * (1 - 0.9))
+    assert compose("optimizer=momentum_ema", "optimizer.momentum=0.5").optimizer.lr == pytest.approx(0.1 * 0.5)
 
 
 def test_rmsprop_uses_the_lectures_rho():
