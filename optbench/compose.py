@@ -82,8 +82,8 @@ def compose_config(overrides: list[str], config_name: str = "config", hydra: boo
     """The config `optbench train <overrides>` would run (config_name="trajectories": `optbench trajectories`'s).
 
     hydra=True keeps the `hydra` node (the group choices are in
-    hydra.runtime.choices). A bad group option, key or type is a one-line
-    UserError.
+    hydra.runtime.choices). A bad group option, key, type or optimizer
+    argument is a one-line UserError.
     """
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
@@ -97,9 +97,89 @@ def compose_config(overrides: list[str], config_name: str = "config", hydra: boo
         # restores whatever Hydra state was there before: works inside a Hydra app or another compose
         with initialize_config_module("optbench.conf", version_base="1.3"):
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
+        if "optimizer" in cfg:
+            check_arguments("optimizer", cfg.optimizer)
+        if "schedule" in cfg:
+            check_interval(cfg.schedule)
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(one_line(e)) from None
     return cfg
+
+
+def check_arguments(name: str, node) -> None:
+    """Each key of a `_target_` node against the target's own signature: a known argument, of its default's kind.
+
+    torch checks values (lr >= 0) but not shapes: `betas=[0.9]` ends in
+    "list index out of range". Its defaults say what is expected: a
+    number, true/false, or a list as long as the default tuple.
+    """
+    import inspect
+
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    args = OmegaConf.to_container(node, resolve=True)
+    try:
+        target = get_object(args["_target_"])
+        parameters = inspect.signature(target).parameters
+    except Exception:  # noqa: BLE001 - no such target, or no signature: instantiate says so in its own words
+        return
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    where = args["_target_"]
+    for key, value in args.items():
+        if key.startswith("_"):
+            continue
+        if key not in parameters:
+            if open_ended:
+                continue
+            known = [k for k, p in parameters.items() if p.default is not p.empty]
+            raise UserError(f"{name}.{key} is not an argument of {where}{suggest(key, known)}; "
+                            f"its arguments: {', '.join(known)}")
+        default = parameters[key].default
+        expected = None if default is None or default is inspect.Parameter.empty else _kind(default)
+        if expected is not None and _kind(value) != expected:
+            raise UserError(f"{name}.{key}={_text(value)} must be {expected}, as {where}'s default {_text(default)}")
+
+
+def check_interval(schedule) -> None:
+    """schedule.interval=eval exactly for a scheduler whose step() takes the validation loss (ReduceLROnPlateau).
+
+    Any other scheduler would take the loss for an epoch number, and a
+    plateau scheduler stepped without one raises a TypeError mid-run.
+    """
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        step = inspect.signature(get_object(schedule._target_).step).parameters.values()
+    except Exception:  # noqa: BLE001 - no such target: instantiate says so in its own words
+        return
+    takes_loss = any(p.default is p.empty and p.name != "self" for p in step)
+    if takes_loss != (schedule.interval == "eval"):
+        wants = "eval (it steps with the validation loss)" if takes_loss else "step or epoch (eval is for schedule=plateau)"
+        raise UserError(f"schedule.interval={schedule.interval} cannot step {schedule._target_}: use {wants}")
+
+
+def _kind(value) -> str | None:
+    """What a value is, in the words of an error message; None for what check_arguments leaves to torch."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} numbers" if all(_kind(v) == "a number" for v in value) else None
+    if value is None:
+        return "null"
+    return "text" if isinstance(value, str) else None
+
+
+def _text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
 
 
 def one_line(error: BaseException) -> str:

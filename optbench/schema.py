@@ -3,7 +3,8 @@
 Defaults live in the YAML files under conf/ and nowhere else: every field
 here is MISSING, and a YAML file that forgot a key fails to compose (tested).
 Groups that hold torch constructor arguments (optimizer, schedule, init,
-loss) stay untyped: torch validates its own arguments.
+loss) stay untyped: torch's signatures say what they take
+(compose.check_arguments).
 """
 
 from dataclasses import dataclass, field
