@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli
+from conftest import optbench
 from optbench.cli import main
 
 
@@ -101,7 +101,7 @@ def test_random_overrides_either_build_or_fail_in_one_line(capsys, mnist_root, o
 
 def test_report_and_plot_on_a_directory_without_runs(tmp_path):
     for command in ("report", "plot"):
-        out = run_cli(command, str(tmp_path))
+        out = optbench(command, str(tmp_path))
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and "no runs" in out.stderr, out.stderr
 
 
@@ -136,7 +136,8 @@ def test_report_and_plot_cope_with_half_written_runs_and_mixed_schemas(mnist_roo
     from optbench.trainer import fit
 
     for name, extra in (("a", "optimizer=sgd"), ("b", "optimizer=adam"), ("c", "optimizer=adam")):
-        fit(compose(f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=10", extra), tmp_path / name,
+        fit(compose(f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=10", "data.train_eval_size=1000", extra),
+            tmp_path / name,
             {"optimizer": extra.split("=")[1]})
     # b: written by an older optbench whose config had other keys
     old = OmegaConf.load(tmp_path / "b" / "config.yaml")
@@ -149,11 +150,11 @@ def test_report_and_plot_cope_with_half_written_runs_and_mixed_schemas(mnist_roo
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     (tmp_path / "c" / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
 
-    out = run_cli("report", str(tmp_path), "--target", "0.5")
+    out = optbench("report", str(tmp_path), "--target", "0.5")
     assert out.returncode == 0, out.stderr
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs.status) == ["completed", "completed", "incomplete"]
     assert "trainer.legacy_knob" in runs.columns and runs["trainer.legacy_knob"].notna().sum() == 1
-    out = run_cli("plot", str(tmp_path))
+    out = optbench("plot", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000
