@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from optbench import data, results
 from optbench.models import build_mlp
 from optbench.trainer import EVAL_CHUNK, eval_splits, fit, fit_pass, make_splits, select_device, sync
-from optbench.cli import compose_config as compose
+from optbench.compose import compose_config as compose
 
 TENSOR_LOOP = "DataLoader loop (workers=0)"
 PIL_LOOP = "torchvision-style loop (PIL, workers=0)"
@@ -117,7 +117,7 @@ def dataloader_epochs(cfg, ds, device, epochs: int, max_steps: int | None = None
                                          pin_memory=device.type == "cuda")
     torch.manual_seed(cfg.seed)
     model = build_mlp(**cfg.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.get("lr", 1e-3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     times = []
     for _ in range(epochs):
@@ -435,7 +435,7 @@ def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch:
           f"included): one after another {t_separate:.1f} s, vectorized {t_vectorized:.1f} s: "
           f"{t_separate / t_vectorized:.2f}x faster (largest final train-loss difference {gap:.1e})")
     # measured after both passes, so neither pass runs beside it
-    floor = runs_floor(dims, batch, split, cfgs[0].data.get("train_eval_size"), separate_dirs, separate, device)
+    floor = runs_floor(dims, batch, split, cfgs[0].data.train_eval_size, separate_dirs, separate, device)
     print(f"GEMM floor of these {K} runs: {floor:.2f} s; one after another is {t_separate / floor:.1f}x the floor, "
           f"so no schedule of the same fp32 GEMMs can be faster than {t_separate / floor:.1f}x "
           f"(vectorized: {t_vectorized / floor:.1f}x the floor)")

@@ -1,21 +1,20 @@
 """`optbench <command>`: picks the subcommand and hands the rest over.
 
 `train` goes to a Hydra app untouched, so every Hydra feature works
-(overrides, -m, --cfg, --help, tab completion). Nothing here imports torch
-at module level: `optbench --help` and `optbench list` answer at once.
+(overrides, -m, --cfg, --help, tab completion); its task is
+`jobs.train_task`, and configs are composed and checked in `compose`.
+Nothing here imports torch at module level: `optbench --help` and
+`optbench list` answer at once. Only the `optbench` entry point imports
+this module.
 """
 
-import difflib
-import errno
 import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+from optbench.compose import CONF, check_group_choices, compose_config, group_options, groups, suggest, validate_overrides
 from optbench.errors import UserError
-
-CONF = Path(__file__).parent / "conf"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-log = logging.getLogger("optbench")
 
 USAGE = """\
 usage: optbench <command> [args]
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0
     if command not in commands:
-        return _fail(f"unknown command {command!r}{_suggest(command, commands)}; see `optbench --help`")
+        return _fail(f"unknown command {command!r}{suggest(command, commands)}; see `optbench --help`")
     try:
         return commands[command](rest) or 0
     except UserError as e:
@@ -73,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("optbench: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # Hydra's and argparse's exits: a return code for callers in process too
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
 
 
 def _fail(message: str) -> int:
@@ -80,84 +83,36 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def groups() -> list[str]:
-    return sorted(p.name for p in CONF.iterdir() if p.is_dir())
-
-
-def check_group_choices(args: list[str]) -> None:
-    """Fail in one line on `optimizer=adamm`, before Hydra prints its longer account."""
-    try:
-        from hydra._internal.utils import get_args_parser
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(args).overrides)
-    except BaseException:
-        return  # malformed command line: Hydra's own message explains it better
-    known = groups()
-    for override in overrides:
-        group = override.key_or_group
-        if group not in known or override.is_delete():
-            continue
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        options = group_options(group)
-        for value in values:
-            if isinstance(value, str) and value not in options:
-                raise UserError(
-                    f"{group}={value} is not an option{_suggest(value, options)}; choices: {', '.join(options)}"
-                )
-
-
-def validate_overrides(args: list[str]) -> None:
-    """Compose the config for every value a sweep names, so a bad key or type fails now, in one line.
-
-    Hydra would report it too, but over several lines, and in a sweep only
-    when it reaches that job.
-    """
-    try:
-        from hydra._internal.utils import get_args_parser
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = get_args_parser().parse_args(args)
-        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-        variants = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in overrides]
-    except BaseException:
-        return  # malformed command line or a sweep kind we cannot expand: Hydra explains it
-    if parsed.help or parsed.hydra_help or parsed.shell_completion or parsed.info:
-        return
-
-    def line(o, value: str) -> str:
-        return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
-
-    base = [line(o, values[0]) for o, values in zip(overrides, variants)]
-    compose_config(base)
-    for i, (o, values) in enumerate(zip(overrides, variants)):
-        for value in values[1:]:
-            compose_config(base[:i] + [line(o, value)] + base[i + 1 :])
-
-
 def train(args: list[str]) -> int:
     import hydra
 
-    from optbench import schema
+    from optbench import jobs, schema
 
     if "--dry-run" in args:
         return dry_run([a for a in args if a != "--dry-run"])
-    check_group_choices(args)
     schema.register()
-    validate_overrides(args)
-    # Hydra reads sys.argv itself; give it exactly what followed `train`
-    sys.argv = [f"{Path(sys.argv[0]).name} train", *args]
-    hydra.main(config_path="conf", config_name="config", version_base="1.3")(_train_task)()
+    validate_overrides(args)  # also every group option a sweep names
+    with _hydra_app(args):
+        hydra.main(config_path="conf", config_name="config", version_base="1.3")(jobs.train_task)()
     return 0
+
+
+@contextmanager
+def _hydra_app(args: list[str]):
+    """Hydra reads sys.argv and sets up logging itself: give it exactly what followed `train`, then put both back,
+    so main() can be called in process (the tests do) without leaving Hydra's log handlers behind."""
+    argv, root = sys.argv, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sys.argv = [f"{Path(argv[0]).name} train", *args]
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def dry_run(args: list[str]) -> int:
@@ -170,97 +125,6 @@ def dry_run(args: list[str]) -> int:
     print(f"ok: {type(s.optimizer).__name__} on {s.device}, {n_params} parameters, "
           f"{s.total_steps} steps of batch {s.batch_size} ({s.steps_per_epoch} per epoch), schedule per {s.interval}")
     return 0
-
-
-def _train_task(cfg) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from optbench import results
-    from optbench.trainer import fit
-
-    hydra_cfg = HydraConfig.get()
-    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
-    _share_machine(cfg, hydra_cfg)
-    previous = _finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
-    if previous is not None:
-        return previous.get("best_val_acc")
-    results.write_process(hydra_cfg.runtime.output_dir)
-    try:
-        summary = fit(cfg, hydra_cfg.runtime.output_dir, choices)
-    except UserError as e:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            log.error("run failed: %s", e)  # the sweep goes on; the run's summary says failed
-            return None
-        print(f"optbench: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        # what was written before stays readable; the summary says failed. Later jobs would fail the same way.
-        print(f"optbench: error: the disk is full (or over quota) writing {e.filename or 'the run directory'}: "
-              f"{e.strerror}; the run in {hydra_cfg.runtime.output_dir} is marked failed", file=sys.stderr)
-        raise SystemExit(1)
-    if summary["status"] == "interrupted":
-        raise KeyboardInterrupt  # also ends a multirun instead of starting the next job
-    return summary.get("best_val_acc")
-
-
-def _finished_run(cfg, run_dir: Path) -> dict | None:
-    """The summary of a run already finished in run_dir with this config, when it is to be kept.
-
-    Re-running a sweep with the same hydra.sweep.dir then trains only what
-    is missing.
-    """
-    from optbench import results
-
-    summary = results.read_summary(run_dir)
-    if summary is None:
-        return None
-    if (cfg.trainer.get("skip_completed", True) and summary.get("status") in results.FINISHED
-            and results.same_config(run_dir, cfg)):
-        log.info("skipped: %s already %s with this config (trainer.skip_completed=false reruns it)",
-                 run_dir, summary["status"])
-        return summary
-    if summary.get("status") in results.FINISHED and cfg.trainer.get("skip_completed", True):
-        changed = results.config_differences(run_dir, cfg)
-        log.info("training %s again: its config changed (%s)", run_dir, ", ".join(changed[:5]))
-    return None  # fit() resumes an unfinished run of this config, or starts over
-
-
-def _share_machine(cfg, hydra_cfg) -> None:
-    """Parallel jobs split the machine instead of fighting over it: torch threads per job, GPU per job."""
-    import os
-
-    import torch
-    from hydra.types import RunMode
-
-    threads = job_threads(hydra_cfg.launcher, len(os.sched_getaffinity(0)))
-    if threads:
-        torch.set_num_threads(threads)  # the summary records torch_threads
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        cfg.device = job_device(cfg.device, hydra_cfg.job.num, torch.cuda.device_count())
-
-
-def job_threads(launcher, cores: int) -> int | None:
-    """Torch threads for one job: its share of the cores under joblib, cpus_per_task under submitit,
-    None (torch's default) under the basic launcher, which runs one job at a time."""
-    target = launcher.get("_target_", "")
-    if "joblib" in target:
-        n_jobs = launcher.get("n_jobs") or -1
-        if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
-            n_jobs = max(cores + 1 + n_jobs, 1)
-        return max(cores // n_jobs, 1)
-    if "submitit" in target:
-        return launcher.get("cpus_per_task") or None
-    return None
-
-
-def job_device(device: str, job_num: int, n_gpus: int) -> str:
-    """With several GPUs sweep job k trains on GPU k mod n; with one GPU the jobs share it."""
-    if device in ("auto", "cuda") and n_gpus > 1:
-        return f"cuda:{job_num % n_gpus}"
-    return device
 
 
 def bench_command(args: list[str]) -> int:
@@ -289,31 +153,6 @@ def _describe(path: Path) -> str:
         if line.startswith("#") and not line.lstrip("# ").startswith("@"):  # not a Hydra header (# @package)
             return line.lstrip("# ").strip()
     return ""
-
-
-def compose_config(overrides: list[str]):
-    """The config `optbench train <overrides>` would run, for commands that are not Hydra apps."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from optbench import schema
-
-    check_group_choices(overrides)
-    schema.register()
-    try:
-        with initialize_config_module("optbench.conf", version_base="1.3"):
-            return compose("config", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(_one_line(e)) from None
-
-
-def _one_line(error: BaseException) -> str:
-    """Hydra's message, and its cause's first line (the actual reason), on one line."""
-    parts = [str(error).strip().splitlines()[0]]
-    if error.__cause__ is not None and str(error.__cause__).strip():
-        parts.append(str(error.__cause__).strip().splitlines()[0])
-    return ": ".join(" ".join(part.split()) for part in parts)
 
 
 def gradcheck_command(args: list[str]) -> int:
@@ -367,7 +206,7 @@ def trajectories_command(args: list[str]) -> int:
         results = [tr.run(cfg) for cfg in cfgs]
         for r in results:
             end = r["path"][-1]
-            print(f"{surface:<11} {r['name']:<13} lr {r['lr']!s:<8} f {r['f'][-1]:<12.4g} at ({end[0]:.4g}, {end[1]:.4g})"
+            print(f"{surface:<11} {r['name']:<13} lr {r['lr']:<8.4g} f {r['f'][-1]:<12.4g} at ({end[0]:.4g}, {end[1]:.4g})"
                   + (f"  left the plot at step {r['stopped']}" if r["stopped"] else ""))
         for path in tr.save(cfgs[0].surface, results, opts.out, opts.gif):
             print(f"wrote {path}")

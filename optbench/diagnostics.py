@@ -32,7 +32,8 @@ def probe(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> list[d
                 layers.append({"pre": h, "act": out})
             h = out
         pres = [layer["pre"] for layer in layers]
-        grads = torch.autograd.grad(loss_fn(h, y), pres, allow_unused=True)
+        # no hidden layer (model.hidden=[], logistic regression): nothing to probe, and autograd.grad refuses no inputs
+        grads = torch.autograd.grad(loss_fn(h, y), pres, allow_unused=True) if pres else []
     model.train(was_training)
     for layer, g in zip(layers, grads):
         layer["pre"] = layer["pre"].detach()

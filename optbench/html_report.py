@@ -103,11 +103,11 @@ def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbe
     tuning cost table (results.tuning_cost), figures, config per group, the producing command."""
     from optbench.results import as_text, format_ranking
 
-    by = ranking.attrs.get("by", [])
-    target = ranking.attrs.get("target", 0.97)
+    by = ranking.attrs["by"]
+    target = ranking.attrs["target"]
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
     grouped = f"grouped by {', '.join(by)}" if by else "one group"
-    tuned = ranking.attrs.get("tuned", [])
+    tuned = ranking.attrs["tuned"]
     tuned_text = f"; {', '.join(tuned)} chosen per group on validation" if tuned else ""
     per_group, shared = config_tables(runs, by)
     parts = [

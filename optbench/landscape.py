@@ -43,7 +43,7 @@ def load_run(run_dir, which: str = "final", device: str | None = None):
         raise UserError(f"{run_dir} is not a finished run directory: no {', '.join(missing)} "
                         "(runs write them from optbench train; checkpoint.pt at the end of each epoch)")
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    dev = select_device(device or cfg.get("device", "auto"))
+    dev = select_device(device or cfg.device)
     init = torch.load(run_dir / INIT, map_location=dev, weights_only=True)
     final = torch.load(run_dir / CHECKPOINT, map_location=dev, weights_only=True)["model"]
     model = build_mlp(**cfg.model).to(dev)

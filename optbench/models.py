@@ -91,8 +91,8 @@ def init_weights(model: nn.Module, init_cfg) -> None:
 
     A null entry keeps torch's default for that tensor.
     """
-    weight_fn = instantiate(init_cfg.weight) if init_cfg.get("weight") is not None else None
-    bias_fn = instantiate(init_cfg.bias) if init_cfg.get("bias") is not None else None
+    weight_fn = instantiate(init_cfg.weight) if init_cfg.weight is not None else None
+    bias_fn = instantiate(init_cfg.bias) if init_cfg.bias is not None else None
     for _, layer in linear_layers(model):
         if weight_fn is not None:
             weight_fn(layer.weight)

@@ -20,8 +20,20 @@ X_LABELS = {"step": "optimisation step", "epoch": "epoch", "time": "training tim
 
 def group_labels(runs: pd.DataFrame, by: list[str]) -> pd.Series:
     """run -> the label of its group: the values of `by` ("adam", "sgd, 0.1"), or the run's name."""
-    label = runs["run"] if not by and len(runs) == 1 else group_label(runs, by)
+    label = runs["run"].map(_wrap) if not by and len(runs) == 1 else group_label(runs, by)
     return pd.Series(label.values, index=runs["run"].values)
+
+
+def _wrap(name: str, width: int = 40) -> str:
+    """A run folder's name (0_optimizer=adam,seed=0,...) on lines of at most `width` characters, broken at commas:
+    one long line in a legend or under a box squeezes every panel of the figure."""
+    lines = [""]
+    for part in name.split(","):
+        if lines[-1] and len(lines[-1]) + 1 + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] = f"{lines[-1]},{part}" if lines[-1] else part
+    return "\n".join(lines)
 
 
 def _legend_title(by: list[str]) -> str:

@@ -125,10 +125,12 @@ def read_metrics(run_dir: Path):
 
 PROCESS = "process.json"
 FINISHED = ("completed", "diverged")  # outcomes a rerun would only repeat
-# trainer keys that steer how a run is carried out, not what it computes
-RUN_KEYS = ("skip_completed", "resume", "vectorize")
-# config keys that say where or how a run ran, not what was compared
-NOT_FACTORS = ("seed", "data.root", "device", *(f"trainer.{k}" for k in RUN_KEYS))
+# config keys that say where or how a run is carried out, not what it computes: a run that differs from another
+# only in these is the same run. The one list of them: resume and skip decisions (config_differences) ignore them,
+# run folder names leave them out (config.yaml's exclude_keys reads them through a resolver, schema.register)
+RUN_SETTINGS = ("data.root", "device", "trainer.skip_completed", "trainer.resume", "trainer.vectorize")
+# config keys that are not experimental factors: the run settings, and the seed, which repeats a configuration
+NOT_FACTORS = ("seed", *RUN_SETTINGS)
 # hyperparameters tuned per group: a group is represented by its best value, chosen on validation
 TUNED = ("optimizer.lr",)
 # summary fields the report and plots read
@@ -166,20 +168,20 @@ def run_status(run_dir: Path, summary: dict | None) -> str:
 
 
 def same_config(run_dir: Path, cfg) -> bool:
-    """Whether run_dir's config.yaml is `cfg` (resolved), ignoring the keys that only steer how it runs."""
+    """Whether run_dir's config.yaml is `cfg` (resolved), ignoring where and how it runs (RUN_SETTINGS)."""
     return not config_differences(run_dir, cfg)
 
 
 def config_differences(run_dir: Path, cfg) -> list[str]:
-    """The dotted keys whose values differ between run_dir's config.yaml and `cfg` (RUN_KEYS aside)."""
+    """The dotted keys whose values differ between run_dir's config.yaml and `cfg` (RUN_SETTINGS aside)."""
     from omegaconf import OmegaConf
 
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         return ["config.yaml (missing)"]
     old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (OmegaConf.load(path), cfg))
-    ignored = {f"trainer.{k}" for k in RUN_KEYS}
-    return sorted(k for k in old.keys() | new.keys() if k not in ignored and old.get(k, _ABSENT) != new.get(k, _ABSENT))
+    return sorted(k for k in old.keys() | new.keys()
+                  if k not in RUN_SETTINGS and old.get(k, _ABSENT) != new.get(k, _ABSENT))
 
 
 _ABSENT = object()

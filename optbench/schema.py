@@ -1,8 +1,10 @@
 """Types for the run's own knobs, so `trainer.epochs=abc` fails when Hydra composes.
 
-Defaults live in the YAML files under conf/; these dataclasses only say what
-type each key has. Groups that hold torch constructor arguments (optimizer,
-schedule, init, loss) stay untyped: torch validates its own arguments.
+Defaults live in the YAML files under conf/ and nowhere else: every field
+here is MISSING, and a YAML file that forgot a key fails to compose (tested).
+Groups that hold torch constructor arguments (optimizer, schedule, init,
+loss) stay untyped: torch's signatures say what they take
+(compose.check_arguments).
 """
 
 from dataclasses import dataclass, field
@@ -14,10 +16,10 @@ from omegaconf import MISSING
 @dataclass
 class DataConf:
     name: str = MISSING
-    root: Optional[str] = None
+    root: Optional[str] = MISSING
     val_size: int = MISSING
-    augment_shift: int = 0
-    train_eval_size: Optional[int] = None
+    augment_shift: int = MISSING
+    train_eval_size: Optional[int] = MISSING
 
 
 @dataclass
@@ -31,21 +33,21 @@ class ModelConf:
 @dataclass
 class TrainerConf:
     epochs: int = MISSING
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = MISSING
     batch_size: Optional[int] = MISSING
-    eval_every: Optional[int] = None
-    log_every: int = 1
-    checkpoint_every: int = 1
-    clip_grad_norm: Optional[float] = None
-    clip_grad_value: Optional[float] = None
-    l1: float = 0.0
-    patience: Optional[int] = None
-    min_delta: float = 0.0
-    vectorize: str = "auto"
-    skip_completed: bool = True
-    resume: bool = True
-    amp: bool = False
-    compile: Optional[str] = None
+    eval_every: Optional[int] = MISSING
+    log_every: int = MISSING
+    checkpoint_every: int = MISSING
+    clip_grad_norm: Optional[float] = MISSING
+    clip_grad_value: Optional[float] = MISSING
+    l1: float = MISSING
+    patience: Optional[int] = MISSING
+    min_delta: float = MISSING
+    vectorize: str = MISSING
+    skip_completed: bool = MISSING
+    resume: bool = MISSING
+    amp: bool = MISSING
+    compile: Optional[str] = MISSING
 
 
 @dataclass
@@ -76,11 +78,20 @@ class Config:
     schedule: Any = MISSING
     init: Any = MISSING
     loss: Any = MISSING
-    seed: int = 0
-    device: str = "auto"
+    seed: int = MISSING
+    device: str = MISSING
 
 
 def register() -> None:
+    """The schema for config.yaml's defaults list, and the resolvers the YAML files use."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from optbench import results
 
     ConfigStore.instance().store(name="optbench_schema", node=Config)
+    # conf/optimizer/momentum_ema.yaml: torch's lr for the lecture's step size alpha and average weight beta
+    OmegaConf.register_new_resolver("optbench.ema_lr", lambda alpha, beta: alpha * (1 - beta), replace=True)
+    # config.yaml's hydra.job.config.override_dirname.exclude_keys: folder names leave out what only says where
+    # or how a run ran (results.RUN_SETTINGS, the one list of those keys)
+    OmegaConf.register_new_resolver("optbench.run_settings", lambda: list(results.RUN_SETTINGS), replace=True)

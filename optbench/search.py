@@ -46,18 +46,19 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from optbench.compose import CONF, check_group_choices, compose_config, groups
 from optbench.errors import UserError
 from optbench.results import read_summary, write_bytes_atomic
 from optbench.storage import HEARTBEAT, WORKER_TIMEOUT_MIN, Shared, is_journal, masked, open_storage, submit_workers
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).parent / "conf"
 SAMPLERS = ("random", "tpe", "cmaes", "grid")
 SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed",
              "budgets", "schedules")
 DEFAULTS = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [], "final_seeds": 0,
             "sampler_seed": 0, "budgets": None, "schedules": None, "storage": None}
+TRIALS = 20  # finished trials wanted when neither --trials nor a grid says how many
 # keys a resumed search may change: a larger budget does not change what the finished trials mean
 GROWABLE = ("trials", "budgets")
 # search.yaml's record of --storage (password hidden) is not compared: workers may name one server differently
@@ -175,8 +176,7 @@ def suggest(trial, key: str, d):
 
 def trial_overrides(params: dict) -> list[str]:
     """Hydra overrides for a trial: `group=option` for config groups, `++key=value` (set or add) for keys."""
-    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
-    return [f"{'' if k in groups else '++'}{k}={_override_text(v)}" for k, v in params.items()]
+    return [f"{'' if k in groups() else '++'}{k}={_override_text(v)}" for k, v in params.items()]
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared:
     target = done + todo
     objective = _objective(search_dir, space, spec, None if shared is None else target)
     try:
-        with _composing(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if todo > 0:
                 log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, done, todo, spec["sampler"])
@@ -281,7 +281,7 @@ def _budget(study, space: dict, spec: dict) -> tuple[int, int]:
 
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
-    todo = (spec["trials"] or len(points) or 20) - done
+    todo = (spec["trials"] or len(points) or TRIALS) - done
     if points:
         todo = min(todo, _enqueue_grid(study, points))
     return done, todo
@@ -456,22 +456,6 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@contextmanager
-def _composing():
-    """Hydra's compose API on optbench's config tree, as `run_one` needs it."""
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from optbench import schema
-
-    if GlobalHydra.instance().is_initialized():  # nested: the valley's one-shot runs inside its searches
-        yield
-        return
-    schema.register()
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        yield
-
-
 def _settle_spec(search_dir: Path, spec: dict) -> dict:
     """Fill defaults; a directory that already holds a search keeps its settings (only GROWABLE ones may grow)."""
     saved_path = search_dir / "search.yaml"
@@ -565,16 +549,13 @@ def _dirname(params: dict, seed: int) -> str:
 
 def run_one(overrides: list[str], run_dir: Path) -> dict:
     """One ordinary run directory: compose the config as `optbench train` would, then trainer.fit."""
-    from hydra import compose
     from omegaconf import OmegaConf, open_dict
 
+    from optbench import jobs
     from optbench.trainer import fit
 
-    try:
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    except Exception as e:  # a bad key or value in the space or the overrides
-        raise UserError(f"cannot compose {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    cfg = compose_config(overrides, hydra=True)  # a bad key or value in the space or the overrides: one line
+    choices = jobs.choices(cfg.hydra)
     with open_dict(cfg):
         del cfg["hydra"]
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
@@ -720,9 +701,8 @@ def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
         log.info("crowded valley: schedule %s", name)
         study = run_search(search_dir / name, sub, threads)
         one_shot_dirs = [search_dir / name / "one_shot" / f"seed={seed}" for seed in spec["seeds"]]
-        with _composing():
-            one_shot = [_run_unless_done([*sub["overrides"], f"seed={seed}"], d)
-                        for seed, d in zip(spec["seeds"], one_shot_dirs)]
+        one_shot = [_run_unless_done([*sub["overrides"], f"seed={seed}"], d)
+                    for seed, d in zip(spec["seeds"], one_shot_dirs)]
         config = OmegaConf.load(one_shot_dirs[0] / "config.yaml")
         defaults = {key: OmegaConf.select(config, key) for key in parse_space(spec["space"])}  # the one-shot point
         rows += valley_rows(name, one_shot, defaults, study, spec["budgets"])
@@ -803,12 +783,12 @@ def main(args: list[str]) -> int:
         "Overrides (e.g. optimizer=sgd trainer.epochs=1) are fixed for every trial.",
     )
     parser.add_argument("--space", help="a preset in optbench/conf/search (see `optbench list`) or a YAML file")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="default tpe")
-    parser.add_argument("--trials", type=int, help="finished trials wanted in the study (default 20; grid: its size)")
-    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help="seeds per trial, e.g. 0,1,2 (default 0)")
-    parser.add_argument("--grid-points", type=int, dest="grid_points", help="points per float range for --sampler grid (default 5)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help=f"default {DEFAULTS['sampler']}")
+    parser.add_argument("--trials", type=int, help=f"finished trials wanted in the study (default {TRIALS}; grid: its size)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help=f"seeds per trial, e.g. 0,1,2 (default {','.join(map(str, DEFAULTS['seeds']))})")
+    parser.add_argument("--grid-points", type=int, dest="grid_points", help=f"points per float range for --sampler grid (default {DEFAULTS['grid_points']})")
     parser.add_argument("--final-seeds", type=int, dest="final_seeds", help="rerun the best trial with this many new seeds")
-    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help="seed of the sampler (default 0)")
+    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help=f"seed of the sampler (default {DEFAULTS['sampler_seed']})")
     parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")],
                         help="crowded_valley: trial budgets compared with one-shot, e.g. 25,50,75")
     parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")
@@ -849,9 +829,7 @@ def main(args: list[str]) -> int:
         raise UserError("no search space: pass --space NAME (a preset: see `optbench list`) or --space FILE.yaml")
     if opts.trials is not None and opts.trials < 1:
         raise UserError(f"--trials={opts.trials} must be >= 1")
-    from optbench import cli as optbench_cli
-
-    optbench_cli.check_group_choices(spec.get("overrides", []))
+    check_group_choices(spec.get("overrides", []))
     shared = _shared(opts, search_dir)
     if shared is not None:
         spec["storage"] = masked(shared.url)
@@ -860,7 +838,7 @@ def main(args: list[str]) -> int:
         if shared is not None or opts.workers:
             raise UserError("the crowded valley protocol runs on one machine (its one-shot runs are not shared "
                             "work): drop --storage and --workers")
-        optbench_cli.check_group_choices([f"schedule={name}" for name in spec["schedules"]])
+        check_group_choices([f"schedule={name}" for name in spec["schedules"]])
         run_valley(search_dir, spec, opts.threads)
         print(f"search directory: {search_dir} (one search per schedule; comparison in valley.csv)")
         return 0

@@ -173,8 +173,8 @@ def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: 
     steps: optimisation steps, or epochs for interval=epoch.
     """
     args = OmegaConf.to_container(schedule_cfg, resolve=True)
-    interval = args.pop("interval", "step")
-    warmup_steps = args.pop("warmup_steps", 0) or 0
+    interval = args.pop("interval")
+    warmup_steps = args.pop("warmup_steps")
     if interval not in INTERVALS:
         raise UserError(f"schedule.interval={interval!r} is not one of {', '.join(INTERVALS)}")
     if warmup_steps < 0:
@@ -221,18 +221,27 @@ TRAINER_RULES = (
     ("patience", lambda v: v >= 1, ">= 1 (or null for no early stopping)"),
     ("min_delta", lambda v: v >= 0, ">= 0"),
     ("compile", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)} (or null: eager)"),
+    ("vectorize", lambda v: v in vectorized.MODES, f"one of {', '.join(vectorized.MODES)}"),
 )
 
 
-def check_trainer(t: DictConfig, n_train: int) -> None:
+def check_trainer(cfg: DictConfig, n_train: int) -> None:
+    """The rules that need the training split's size."""
+    t = cfg.trainer
     if t.batch_size is not None and not 1 <= t.batch_size <= n_train:
         raise UserError(f"trainer.batch_size={t.batch_size} must be between 1 and the training split's {n_train} "
                         "(or null for all of it)")
+    batch_size = t.batch_size or n_train
+    if cfg.model.batchnorm != "none" and (batch_size < 2 or n_train % batch_size == 1):
+        # batch norm's statistics of one image are undefined: torch refuses such a batch mid-run
+        raise UserError(f"model.batchnorm={cfg.model.batchnorm} needs every training batch to hold >= 2 images: "
+                        f"trainer.batch_size={t.batch_size} leaves a batch of 1 of the {n_train} training images")
 
 
-def run_lengths(t: DictConfig, n_train: int) -> tuple[int, int, int, int]:
+def run_lengths(cfg: DictConfig, n_train: int) -> tuple[int, int, int, int]:
     """(batch size, steps per epoch, total steps, steps between evaluations) of a run on n_train images."""
-    check_trainer(t, n_train)
+    check_trainer(cfg, n_train)
+    t = cfg.trainer
     batch_size = t.batch_size or n_train  # null: the whole split (full-batch gradient descent)
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = t.epochs * steps_per_epoch
@@ -317,7 +326,7 @@ def prepare(cfg: DictConfig) -> Setup:
     check(cfg)
     device = select_device(cfg.device)
     split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
-    lengths = run_lengths(cfg.trainer, len(split["train"][0]))
+    lengths = run_lengths(cfg, len(split["train"][0]))
     model = build_model(cfg, device)
     forward = torch.compile(model, mode=cfg.trainer.compile) if cfg.trainer.compile else model
     group = build_training(cfg, model.parameters(), lengths)
@@ -495,7 +504,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
     train_x, train_y = split["train"]
     n_train = len(train_x)
     eval_sets = eval_splits(split, cfg.data.train_eval_size)
-    lengths = batch_size, steps_per_epoch, total_steps, eval_every = run_lengths(cfg.trainer, n_train)
+    lengths = batch_size, steps_per_epoch, total_steps, eval_every = run_lengths(cfg, n_train)
     t, diag = cfg.trainer, cfg.diagnostics
     loss_fn = instantiate(cfg.loss)
     runs = _build_runs(runs, device, lengths)

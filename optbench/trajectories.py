@@ -88,21 +88,14 @@ def compose(optimizer: str, surface: str, overrides: list[str]) -> DictConfig:
     Unless the command line sets optimizer.lr, the surface's lr for this optimizer replaces the
     YAML's own (rates tuned for MNIST mini-batches make nothing move on Rosenbrock in 500 steps).
     """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.errors import HydraException
+    from optbench.compose import compose_config
 
-    try:
-        with initialize_config_module("optbench.conf", version_base="1.3"):
-            cfg = hydra_compose("trajectories", overrides=[f"optimizer={optimizer}", f"surface={surface}", *overrides])
-    except HydraException as e:
-        raise UserError(" ".join(str(e).split())) from None
+    cfg = compose_config([f"optimizer={optimizer}", f"surface={surface}", *overrides], config_name="trajectories")
     lr_given = any(o.split("=", 1)[0].lstrip("+~") == "optimizer.lr" for o in overrides)
-    surface_lr = cfg.surface.get("lr") or {}
     OmegaConf.set_struct(cfg, False)
     cfg.name = optimizer
-    if not lr_given and optimizer in surface_lr and "lr" in cfg.optimizer:
-        cfg.optimizer.lr = surface_lr[optimizer]
+    if not lr_given and optimizer in cfg.surface.lr:
+        cfg.optimizer.lr = cfg.surface.lr[optimizer]
     check(cfg)
     return cfg
 
@@ -165,7 +158,7 @@ def run(cfg: DictConfig) -> dict:
     path = torch.stack(path)
     with torch.no_grad():
         values = f(path)
-    return {"name": cfg.name, "lr": cfg.optimizer.get("lr"), "optimizer": type(optimizer).__name__,
+    return {"name": cfg.name, "lr": cfg.optimizer.lr, "optimizer": type(optimizer).__name__,
             "path": path.numpy(), "f": values.numpy(), "stopped": stopped}
 
 

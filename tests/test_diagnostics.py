@@ -150,7 +150,8 @@ def test_diagnostics_figures_show_each_layer_for_each_group(mnist_root, tmp_path
 
     for init in ("normal", "xavier_uniform"):
         cfg = compose(f"data.root={mnist_root}", "device=cpu", "model.activation=sigmoid", "model.hidden=[32,32,32]",
-                      f"init={init}", "trainer.max_steps=20", "trainer.eval_every=10")
+                      f"init={init}", "trainer.max_steps=20", "trainer.eval_every=10",
+                      "data.train_eval_size=1000", "data.val_size=1000")  # figures under test, not the evaluation
         fit(cfg, tmp_path / init, {"init": init})
     runs = results.load_runs(tmp_path)
     metrics = results.load_metrics(runs)

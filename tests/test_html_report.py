@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import optbench
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -18,14 +18,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture(scope="module")
-def report(mnist_root, tmp_path_factory):
-    sweep = tmp_path_factory.mktemp("html") / "sweep"
-    out = run_cli("train", "-m", f"data.root={mnist_root}", "optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20",
-                  "trainer.eval_every=10", f"hydra.sweep.dir={sweep}")
+def report(shared_sweep, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("html")
+    out = optbench("report", str(shared_sweep), "--html", "--target", "0.5", "--out", str(out_dir))
     assert out.returncode == 0, out.stderr
-    out = run_cli("report", str(sweep), "--html", "--target", "0.5")
-    assert out.returncode == 0, out.stderr
-    return sweep / "report.html"
+    return out_dir / "report.html"
 
 
 def test_page_is_self_contained_with_table_figures_config_and_command(report):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import compose, run_cli
+from conftest import compose, optbench
 from optbench import landscape as ls
 from optbench.trainer import fit
 
@@ -74,11 +74,11 @@ def test_batched_slice_equals_one_model_at_a_time(run_dir):
 
 
 def test_cli_compares_two_runs_and_writes_figures(run_dir, tmp_path):
-    out = run_cli("landscape", str(run_dir), str(run_dir), "--points", "5", "--samples", "500", "--out", str(tmp_path))
+    out = optbench("landscape", str(run_dir), str(run_dir), "--points", "5", "--samples", "500", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     for name in ("landscape_1d.png", "landscape_2d.png", "landscape.npz"):
         assert (tmp_path / name).stat().st_size > 1000
-    default = run_cli("landscape", str(run_dir), "--points", "3", "--samples", "200", "--init")
+    default = optbench("landscape", str(run_dir), "--points", "3", "--samples", "200", "--init")
     assert default.returncode == 0, default.stderr
     assert (run_dir / "plots" / "landscape_init_2d.png").is_file()
 
@@ -94,5 +94,5 @@ def test_two_panels_share_one_colour_scale(run_dir):
 
 
 def test_not_a_run_directory_is_a_one_line_error(tmp_path):
-    out = run_cli("landscape", str(tmp_path))
+    out = optbench("landscape", str(tmp_path))
     assert out.returncode == 2 and "checkpoint.pt" in out.stderr and out.stderr.strip().count("\n") == 0

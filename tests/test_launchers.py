@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from optbench.cli import job_device, job_threads
-from conftest import run_cli
+from conftest import optbench
+from optbench.jobs import job_device, job_threads
 
 RUN_FILES = {"config.yaml", "metrics.csv", "summary.json", "train.log", ".hydra"}
 
@@ -42,11 +42,13 @@ def test_two_job_sweep_through_launcher_writes_ordinary_run_dirs(launcher, mnist
     pytest.importorskip({"joblib": "hydra_plugins.hydra_joblib_launcher",
                          "submitit_local": "hydra_plugins.hydra_submitit_launcher"}[launcher])
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    out = run_cli("train", "-m", f"hydra/launcher={launcher}", *extra, "seed=0,1", "trainer.max_steps=10",
-                  f"data.root={mnist_root}", f"hydra.sweep.dir={tmp_path}")
+    out = optbench("train", "-m", f"hydra/launcher={launcher}", *extra, "seed=0,1", "trainer.max_steps=10",
+                   f"data.root={mnist_root}", "data.train_eval_size=1000", "data.val_size=1000",
+                   f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
     runs = sorted(p.parent for p in tmp_path.glob("*/summary.json"))
-    assert [r.name for r in runs] == ["0_seed=0,trainer.max_steps=10", "1_seed=1,trainer.max_steps=10"]
+    assert [r.name for r in runs] == [f"{n}_data.train_eval_size=1000,data.val_size=1000,seed={n},trainer.max_steps=10"
+                                      for n in (0, 1)]
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     for run, summary in zip(runs, summaries):
         assert RUN_FILES <= {p.name for p in run.iterdir()}

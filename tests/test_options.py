@@ -31,8 +31,10 @@ OPTION_FILES = sorted(p for group in train_groups() for p in (CONF / group).glob
 
 
 def run(root, tmp_path, *overrides, name="run"):
-    """fit() on real MNIST with a tiny model, on the CPU; returns (summary, metrics DataFrame, run dir)."""
-    cfg = compose(f"data.root={root}", "device=cpu", "model.hidden=[16]", *overrides)
+    """fit() on real MNIST with a tiny model, on the CPU; returns (summary, metrics DataFrame, run dir).
+
+    Training-set evaluations cover the first 1000 images: no test here is about them."""
+    cfg = compose(f"data.root={root}", "device=cpu", "model.hidden=[16]", "data.train_eval_size=1000", *overrides)
     run_dir = tmp_path / name
     summary = fit(cfg, run_dir)
     return summary, pd.read_csv(run_dir / "metrics.csv"), run_dir
@@ -59,9 +61,31 @@ def lrs(schedule_overrides, steps, *, interval_steps=1, total_steps=100, steps_p
 
 # ------------------------------------------------------------------ every option trains
 
+def test_the_schema_holds_types_and_the_yaml_files_every_default():
+    from dataclasses import MISSING as NO_DEFAULT
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import MISSING
+
+    from optbench import schema
+
+    def leaves(cls, prefix=""):
+        for f in fields(cls):
+            if f.default_factory is not NO_DEFAULT and is_dataclass(f.default_factory):
+                yield from leaves(f.default_factory, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", f.default
+
+    defaults = {key: value for key, value in leaves(schema.Config) if value != MISSING}
+    assert defaults == {}, "defaults belong in conf/*.yaml, once"
+
+
 @pytest.mark.parametrize("path", OPTION_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_option_composes_and_trains_three_steps(path, mnist_root, tmp_path):
+    from omegaconf import OmegaConf
+
     group, option = path.parent.name, path.stem
+    assert not OmegaConf.missing_keys(compose(f"{group}={option}"))  # its YAML (or what it extends) sets every key
     root = mnist_root
     if group == "data" and option != "mnist":
         if option == "fashion_mnist" and not FASHION_SYSTEM_DIR.is_dir():
@@ -188,24 +212,49 @@ def test_batch_size_one_takes_50000_steps_per_epoch(mnist_root, tmp_path):
 
 # ------------------------------------------------------------------ optimizers
 
-def test_momentum_ema_follows_the_lecture_formula():
-    """z = beta*z - (1-beta)*g, w = w + alpha*z on 0.5*||A w - b||^2, against optimizer=momentum_ema."""
+def lecture_ema_momentum(gradient, w, alpha, beta, steps):
+    """The lecture's rule, written out: z = beta*z + (1-beta)*g from z = 0, w = w - alpha*z; the weights after each step."""
+    z, out = torch.zeros_like(w), []
+    for _ in range(steps):
+        z = beta * z + (1 - beta) * gradient(w)
+        w = w - alpha * z
+        out.append(w)
+    return out
+
+
+def momentum_ema_steps(loss, w0, steps, *overrides):
+    """The weights after each step of optimizer=momentum_ema (built as a run builds it) on loss(w)."""
+    cfg = compose("optimizer=momentum_ema", "optimizer.fused=false", *overrides)
+    w = torch.nn.Parameter(w0.clone())
+    optimizer = build_optimizer(cfg.optimizer, [w])
+    out = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss(w).backward()
+        optimizer.step()
+        out.append(w.detach().clone())
+    return out
+
+
+def test_momentum_ema_is_the_lecture_rule_from_z_zero():
+    # the audit's case: constant gradient 1, alpha 0.1, beta 0.9: after 10 steps w = -0.1 * sum(1 - 0.9^t) = -0.414
+    ours = momentum_ema_steps(lambda w: w.sum(), torch.zeros(1, dtype=torch.float64), 10)
+    assert ours[-1].item() == pytest.approx(-0.1 * sum(1 - 0.9**t for t in range(1, 11)), abs=1e-12)
+    assert ours[-1].item() == pytest.approx(-0.4138, abs=1e-4)  # torch's dampening=0.9 gave -1.000
+    # a real quadratic 0.5*||A w - b||^2, another alpha and beta: the lecture's rule to 1e-12 at every step
     torch.manual_seed(0)
     a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
-    cfg = compose("optimizer=momentum_ema", "optimizer.lr=0.05", "optimizer.fused=false")
-    w = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
-    optimizer = build_optimizer(cfg.optimizer, [w])
-    alpha, beta = 0.05, cfg.optimizer.momentum
-    w_ref, z = torch.zeros(3, dtype=torch.float64), None
-    for _ in range(20):
-        optimizer.zero_grad()
-        (0.5 * (a @ w - b).pow(2).sum()).backward()
-        optimizer.step()
-        g = a.T @ (a @ w_ref - b)
-        # torch starts the average at the first gradient (z_1 = -g_1) where the lecture starts at z_0 = 0
-        z = -g if z is None else beta * z - (1 - beta) * g
-        w_ref = w_ref + alpha * z
-        torch.testing.assert_close(w.detach(), w_ref, rtol=1e-12, atol=1e-12)
+    w0 = torch.zeros(3, dtype=torch.float64)
+    ours = momentum_ema_steps(lambda w: 0.5 * (a @ w - b).pow(2).sum(), w0, 20,
+                              "optimizer.momentum=0.8", "optimizer.lr='${optbench.ema_lr:0.05,${.momentum}}'")
+    lecture = lecture_ema_momentum(lambda w: a.T @ (a @ w - b), w0, alpha=0.05, beta=0.8, steps=20)
+    for step, (w, w_ref) in enumerate(zip(ours, lecture)):
+        torch.testing.assert_close(w, w_ref, rtol=1e-12, atol=1e-12, msg=f"step {step + 1}")
+
+
+def test_momentum_ema_keeps_alpha_when_only_beta_changes():
+    assert compose("optimizer=momentum_ema").optimizer.lr == pytest.approx(0.1 * (1 - 0.9))
+    assert compose("optimizer=momentum_ema", "optimizer.momentum=0.5").optimizer.lr == pytest.approx(0.1 * 0.5)
 
 
 def test_rmsprop_uses_the_lectures_rho():
@@ -304,8 +353,8 @@ def test_mse_loss_is_squared_error_of_softmax_against_one_hot():
     assert isinstance(instantiate(compose("loss=mse").loss), SoftmaxMSELoss)
 
 
-def test_random_shift_moves_each_image_within_the_range(mnist_root):
-    images = torch.from_numpy(data.load_arrays("mnist", mnist_root)["train_images"][:64])
+def test_random_shift_moves_each_image_within_the_range():
+    images = torch.randint(1, 256, (64, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     shifted = random_shift(images[None], 2, [torch.Generator().manual_seed(0)])[0]
     assert shifted.dtype == torch.uint8 and shifted.shape == images.shape
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
@@ -347,16 +396,11 @@ def test_bad_option_values_raise_a_user_error(overrides, words, mnist_root, tmp_
 
 @pytest.mark.parametrize("path", sorted((CONF / "experiment").glob("*.yaml")), ids=lambda p: p.stem)
 def test_each_experiment_preset_sweeps_valid_options_and_the_runs_it_states(path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from optbench import schema
-    from optbench.cli import check_group_choices
+    from optbench.compose import check_group_choices, compose_config
 
-    schema.register()
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[f"+experiment={path.stem}"], return_hydra_config=True)
+    cfg = compose_config([f"+experiment={path.stem}"], hydra=True)
     sweep = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
     check_group_choices(sweep)  # a misspelt option is a UserError here
     jobs = math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1

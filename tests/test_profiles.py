@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import optbench
 from optbench import profiles, results
 from test_results import write_run
 
@@ -70,7 +70,7 @@ def test_an_unfinished_run_counts_as_never_reaching_the_target(profiled):
 
 
 def test_report_profile_writes_the_table_and_the_figure(profiled):
-    out = run_cli("report", str(profiled), "--profile", "--target", str(TARGET))
+    out = optbench("report", str(profiled), "--profile", "--target", str(TARGET))
     assert out.returncode == 0, out.stderr[-3000:]
     table = pd.read_csv(profiled / "profile.csv")
     assert table.set_index("optimizer.name")["score_steps"].to_dict() == pytest.approx(SCORES)
@@ -80,6 +80,6 @@ def test_report_profile_writes_the_table_and_the_figure(profiled):
 
 
 def test_report_profile_needs_two_groups(profiled):
-    out = run_cli("report", str(profiled / "a_0"), "--profile")
+    out = optbench("report", str(profiled / "a_0"), "--profile")
     assert out.returncode == 2
     assert "optbench: error: --profile compares groups" in out.stderr

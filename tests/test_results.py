@@ -2,29 +2,22 @@
 
 import json
 import os
+import shutil
 
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import run_cli
+from conftest import SWEEP, compose, optbench
+from optbench.compose import compose_config
 from optbench import results
 from optbench.errors import UserError
 
-SWEEP = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20", "trainer.eval_every=10")
-
 
 def sweep(mnist_root, sweep_dir, *extra):
-    out = run_cli("train", "-m", f"data.root={mnist_root}", *SWEEP, *extra, f"hydra.sweep.dir={sweep_dir}")
+    out = optbench("train", "-m", f"data.root={mnist_root}", *SWEEP, *extra, f"hydra.sweep.dir={sweep_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
     return out
-
-
-@pytest.fixture(scope="module")
-def real_sweep(mnist_root, tmp_path_factory):
-    sweep_dir = tmp_path_factory.mktemp("sweep")
-    sweep(mnist_root, sweep_dir)
-    return sweep_dir
 
 
 def write_run(run_dir, optimizer, lr, seed, val, test, status="completed", steps=30, evals=(0, 10, 20, 30)):
@@ -66,8 +59,8 @@ def constructed(tmp_path):
     return tmp_path
 
 
-def test_table_has_one_row_per_run_with_config_columns(real_sweep):
-    runs = results.load_runs(real_sweep)
+def test_table_has_one_row_per_run_with_config_columns(shared_sweep):
+    runs = results.load_runs(shared_sweep)
     assert len(runs) == 4 and set(runs.status) == {"completed"}
     assert sorted(zip(runs["optimizer.name"], runs["seed"])) == [("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
     assert dict(zip(runs["optimizer.name"], runs["optimizer.lr"])) == {"sgd": 0.1, "adam": 0.001}
@@ -85,34 +78,48 @@ def test_table_has_one_row_per_run_with_config_columns(real_sweep):
     assert len(metrics[(metrics.split == "step") & (metrics.metric == "loss")]) == 4 * 20
 
 
-def test_report_writes_tables_pandas_reads_in_one_line(real_sweep):
-    out = run_cli("report", str(real_sweep), "--target", "0.5")
+def test_report_writes_tables_pandas_reads_in_one_line(shared_sweep):
+    out = optbench("report", str(shared_sweep), "--target", "0.5")
     assert out.returncode == 0, out.stderr
     assert "grouped by optimizer.name" in out.stdout and "adam" in out.stdout and "sgd" in out.stdout
-    assert len(pd.read_csv(real_sweep / "runs.csv")) == 4
-    metrics = pd.read_csv(real_sweep / "metrics.csv.gz")
+    assert len(pd.read_csv(shared_sweep / "runs.csv")) == 4
+    metrics = pd.read_csv(shared_sweep / "metrics.csv.gz")
     assert {"run", "step", "split", "metric", "value"} <= set(metrics.columns)
-    ranking = pd.read_csv(real_sweep / "ranking.csv")
+    ranking = pd.read_csv(shared_sweep / "ranking.csv")
     assert sorted(ranking["optimizer.name"]) == ["adam", "sgd"] and (ranking.runs == 2).all()
     assert ranking.best_val_acc.is_monotonic_decreasing
-    md = (real_sweep / "ranking.md").read_text().splitlines()
+    md = (shared_sweep / "ranking.md").read_text().splitlines()
     assert md[0].startswith("| optimizer.name |") and len(md) == 4
 
 
-def test_rerun_skips_completed_and_false_forces(mnist_root, real_sweep):
-    runs = sorted(real_sweep.glob("*/metrics.csv"))
+def test_rerun_skips_completed_and_false_forces(mnist_root, shared_sweep, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(shared_sweep, sweep_dir)  # this test retrains a run: its own copy, the others read the original
+    runs = sorted(sweep_dir.glob("*/metrics.csv"))
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs}
-    out = sweep(mnist_root, real_sweep)
+    out = sweep(mnist_root, sweep_dir)
     assert (out.stdout + out.stderr).count("skipped:") == 4
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs} == before
 
-    # forcing one configuration retrains that one, in its folder, and leaves the others alone
-    out = run_cli("train", "-m", f"data.root={mnist_root}", "optimizer=sgd", "seed=0", *SWEEP[2:],
-                  "trainer.skip_completed=false", f"hydra.sweep.dir={real_sweep}")
+    # the data in another folder, another device setting, a forced resume setting: still the same runs, still skipped
+    moved = tmp_path / "elsewhere" / "mnist"
+    moved.parent.mkdir()
+    moved.symlink_to(mnist_root, target_is_directory=True)
+    out = optbench("train", "-m", f"data.root={moved}", *SWEEP, "device=cpu", "trainer.resume=false",
+                   f"hydra.sweep.dir={sweep_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert sorted(real_sweep.glob("*/metrics.csv")) == runs
+    assert (out.stdout + out.stderr).count("skipped:") == 4, out.stdout[-3000:]
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs} == before
+    assert sorted(sweep_dir.glob("*/metrics.csv")) == runs  # and in the same folders
+
+    # forcing one configuration retrains that one, in its folder, and leaves the others alone
+    out = optbench("train", "-m", f"data.root={mnist_root}", "optimizer=sgd", "seed=0", *SWEEP[2:],
+                   "trainer.skip_completed=false", f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(sweep_dir.glob("*/metrics.csv")) == runs
     changed = [p for p in runs if p.stat().st_mtime_ns != before[p][0]]
-    assert [p.parent.name for p in changed] == ["0_optimizer=sgd,seed=0,trainer.eval_every=10,trainer.max_steps=20"]
+    assert [p.parent.name for p in changed] == [
+        "0_data.train_eval_size=2000,data.val_size=2000,optimizer=sgd,seed=0,trainer.eval_every=10,trainer.max_steps=20"]
     steps = pd.read_csv(changed[0]).query("split == 'step' and metric == 'lr'").step
     assert steps.is_unique and steps.max() == 20  # started over, not appended
     assert json.loads((changed[0].parent / "summary.json").read_text())["status"] == "completed"
@@ -123,6 +130,19 @@ def test_same_config_notices_a_changed_default(tmp_path):
     OmegaConf.save(cfg, tmp_path / "config.yaml")
     assert results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": False}}))
     assert not results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.2}, "trainer": {}}))
+
+
+def test_where_and_how_a_run_ran_is_not_what_it_computed(tmp_path):
+    ran = compose("data.root=/data/here", "device=auto")
+    OmegaConf.save(ran, tmp_path / "config.yaml", resolve=True)
+    elsewhere = compose("data.root=/mnt/other", "device=cpu", "trainer.resume=false", "trainer.vectorize=off",
+                        "trainer.skip_completed=false")
+    assert results.config_differences(tmp_path, elsewhere) == []
+    assert results.config_differences(tmp_path, compose("data.root=/data/here", "seed=1")) == ["seed"]
+    # the one list: run folders leave out exactly these keys, and reports do not group by them
+    hydra = compose_config([], hydra=True).hydra
+    assert list(hydra.job.config.override_dirname.exclude_keys) == list(results.RUN_SETTINGS)
+    assert set(results.NOT_FACTORS) == {"seed", *results.RUN_SETTINGS}
 
 
 def test_ranking_chooses_on_validation_even_when_test_disagrees(constructed):
@@ -153,14 +173,14 @@ def test_ranking_counts_diverged_and_unfinished_and_time_to_target(constructed):
 
 def test_report_on_empty_or_missing_dir_is_one_line(tmp_path):
     for target in (tmp_path, tmp_path / "nope"):
-        out = run_cli("report", str(target))
+        out = optbench("report", str(target))
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("optbench: error:")
     with pytest.raises(UserError, match="no runs"):
         results.load_runs(tmp_path)
 
 
 def test_unknown_by_key_names_the_keys_that_varied(constructed):
-    out = run_cli("report", str(constructed), "--by", "optimiser")
+    out = optbench("report", str(constructed), "--by", "optimiser")
     assert out.returncode == 2 and "optimizer.name" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -173,18 +193,18 @@ def test_live_running_run_is_running_and_killed_one_incomplete(tmp_path):
     assert dict(zip(runs.run, runs.status)) == {"a": "running", "b": "incomplete"}
 
 
-def test_export_tensorboard_reads_back(real_sweep, tmp_path):
+def test_export_tensorboard_reads_back(shared_sweep, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = run_cli("export", "tensorboard", str(real_sweep), "--out", str(tmp_path))
+    out = optbench("export", "tensorboard", str(shared_sweep), "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     runs = sorted(p.parent for p in tmp_path.glob("*/*/events.out.tfevents.*"))
     assert [p.relative_to(tmp_path).as_posix() for p in runs] == [
         "optimizer.name=adam/seed=0", "optimizer.name=adam/seed=1", "optimizer.name=sgd/seed=0", "optimizer.name=sgd/seed=1"]
     events = EventAccumulator(str(runs[0]))
     events.Reload()
-    metrics = pd.read_csv(next(real_sweep.glob("*optimizer=adam,seed=0*/metrics.csv")))
+    metrics = pd.read_csv(next(shared_sweep.glob("*optimizer=adam,seed=0*/metrics.csv")))
     val = metrics.query("split == 'val' and metric == 'acc'")
     scalars = events.Scalars("val/acc")
     assert [e.step for e in scalars] == list(val.step) and [e.value for e in scalars] == pytest.approx(list(val.value))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import optbench
 from optbench import trajectories as tr
 
 matplotlib.use("Agg")
@@ -78,13 +78,13 @@ def test_figures_have_one_line_per_optimizer():
 
 
 def test_cli_writes_pngs_and_gif(tmp_path):
-    out = run_cli("trajectories", "optimizer=sgd,adam", "surface=saddle,quadratic", "steps=10", "--gif",
+    out = optbench("trajectories", "optimizer=sgd,adam", "surface=saddle,quadratic", "steps=10", "--gif",
                   "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     for stem in ("saddle", "quadratic"):
         for suffix in ("_paths.png", "_values.png", "_paths.gif"):
             assert (tmp_path / f"{stem}{suffix}").stat().st_size > 1000
-    noisy = run_cli("trajectories", "optimizer=sgd", "surface=beale", "surface.noise=1", "steps=5", "--out", str(tmp_path))
+    noisy = optbench("trajectories", "optimizer=sgd", "surface=beale", "surface.noise=1", "steps=5", "--out", str(tmp_path))
     assert noisy.returncode == 0 and (tmp_path / "beale_noisy_paths.png").is_file()
 
 
@@ -95,6 +95,6 @@ def test_cli_writes_pngs_and_gif(tmp_path):
     (["steps=0"], ["steps=0"]),
 ])
 def test_user_mistakes_are_one_line_errors(tmp_path, args, words):
-    out = run_cli("trajectories", *args, "--out", str(tmp_path))
+    out = optbench("trajectories", *args, "--out", str(tmp_path))
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert all(w in out.stderr for w in words), out.stderr

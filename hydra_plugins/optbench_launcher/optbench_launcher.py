@@ -33,9 +33,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="optbench", node=Optbe
 
 class OptbenchLauncher(BasicLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from optbench import cli, vectorized
+        from optbench import jobs, vectorized
 
-        if self.task_function is not cli._train_task:
+        if self.task_function is not jobs.train_task:
             return super().launch(job_overrides, initial_job_idx)
         configs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
@@ -71,7 +71,7 @@ class OptbenchLauncher(BasicLauncher):
 
     def _run_pass(self, configs) -> List[JobReturn]:
         """Set up each job's directory with Hydra's run_job, then train them all in one vectorized pass."""
-        from optbench import cli, results, trainer
+        from optbench import jobs, results, trainer
         from optbench.errors import UserError
 
         prepared = {}  # job's position in `configs` -> (task config, output dir, choices)
@@ -79,12 +79,11 @@ class OptbenchLauncher(BasicLauncher):
         def prepare(cfg):
             """What optbench's train task does before fit, without fit."""
             hydra_cfg = HydraConfig.get()
-            choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
-            previous = cli._finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
+            previous = jobs.finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
             if previous is not None:  # trainer.skip_completed: this run is already done
                 return previous.get("best_val_acc")
             results.write_process(hydra_cfg.runtime.output_dir)
-            prepared[len(rets)] = (cfg, hydra_cfg.runtime.output_dir, choices)
+            prepared[len(rets)] = (cfg, hydra_cfg.runtime.output_dir, jobs.choices(hydra_cfg))
 
         rets = []
         for c in configs:
