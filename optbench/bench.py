@@ -359,7 +359,7 @@ def main(args: list[str]) -> int:
               f"{_s(ready)}, -> first step done {_s(first)} (includes the step-0 evaluation)")
 
         if opts.pass_size > 1:
-            per_step(base, opts.pass_size, tmp, device)
+            per_step(base, opts.pass_size, tmp, device, *((1, 1 + opts.max_steps) if opts.max_steps else (20, 120)))
         if opts.sweep > 1:
             sweep(base, opts, tmp, split, dims, bs, device)
     return 0

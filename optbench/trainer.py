@@ -95,8 +95,6 @@ def make_splits(arrays: dict, val_size: int, device: torch.device) -> dict:
 
 def eval_splits(split: dict, train_eval_size: int | None) -> dict:
     """The (x, y) each evaluation runs over: train (its first train_eval_size images, or all), val, test."""
-    if train_eval_size is not None and train_eval_size < 1:
-        raise UserError(f"data.train_eval_size={train_eval_size} must be >= 1 or null (the whole training split)")
     x, y = split["train"]
     return {"train": (x[:train_eval_size], y[:train_eval_size]), "val": split["val"], "test": split["test"]}
 
@@ -264,6 +262,8 @@ def check(cfg: DictConfig) -> None:
     check_diagnostics(cfg.diagnostics)
     if cfg.data.augment_shift < 0:
         raise UserError(f"data.augment_shift={cfg.data.augment_shift} must be >= 0")
+    if cfg.data.train_eval_size is not None and cfg.data.train_eval_size < 1:
+        raise UserError(f"data.train_eval_size={cfg.data.train_eval_size} must be >= 1 or null (the whole training split)")
     t = cfg.trainer
     for key, allowed, rule in TRAINER_RULES:
         if t[key] is not None and not allowed(t[key]):
@@ -824,7 +824,7 @@ def guard_and_clip(grads: list, norms: torch.Tensor, clip_norm, clip_value, coun
     counters[:, 1] += bad
     hit = []
     if clip_norm:
-        hit.append(total > clip_norm)
+        hit.append((total > clip_norm) & ~bad)  # a zeroed gradient was not clipped
         factor = (clip_norm / (total.nan_to_num(0.0) + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, [factor.view(shape) for shape in per_row])
     if clip_value:
