@@ -98,7 +98,8 @@ def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
     """
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
-        shareable = cfg.optimizer.get("_target_") in ROW_WISE and cfg.schedule.get("interval", "step") != "eval"
+        shareable = (cfg.optimizer.get("_target_") in ROW_WISE and "fallback" not in cfg.optimizer  # groups: per model
+                     and cfg.schedule.get("interval", "step") != "eval")
         key = json.dumps([OmegaConf.to_container(cfg.optimizer, resolve=True),
                           OmegaConf.to_container(cfg.schedule, resolve=True)], sort_keys=True) if shareable else i
         groups.setdefault(key, []).append(i)
