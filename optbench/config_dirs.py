@@ -33,6 +33,22 @@ def extra_option_dirs(args: list[str]) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
+def compose_overrides(args: list[str]) -> list[str]:
+    """The overrides for hydra.compose (which takes no --config-dir) that find the same options as `args`:
+    the command line's overrides, its hydra.searchpath ones replaced by one naming every extra folder."""
+    try:
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed, _ = get_args_parser().parse_known_args(args)
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+    except BaseException:
+        return list(args)
+    kept = [o.input_line for o in overrides if o.key_or_group != "hydra.searchpath"]
+    dirs = extra_option_dirs(args)
+    return kept + ([f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"] if dirs else [])
+
+
 def _folder(entry: str) -> Path | None:
     scheme, _, rest = entry.rpartition("://")
     if scheme == "pkg":  # pkg://my_package.conf: the package's folder, without importing it

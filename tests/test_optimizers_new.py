@@ -257,19 +257,24 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(mnist_root, tmp
 # ------------------------------------------------------------------ the user's config folders
 
 def test_extra_option_dirs_from_config_dir_and_searchpath(tmp_path, monkeypatch):
-    from optbench.config_dirs import extra_option_dirs, options
+    from optbench.config_dirs import compose_overrides, extra_option_dirs, options
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a" / "optimizer").mkdir(parents=True)
     (tmp_path / "a" / "optimizer" / "signsgd.yaml").write_text("_target_: my_optim.SignSGD\n_partial_: true\n")
     (tmp_path / "a" / "optimizer" / "adam.yaml").write_text("_target_: torch.optim.SGD\n")
     b = tmp_path / "b"
+    b.mkdir()
     assert extra_option_dirs(["optimizer=signsgd"]) == []
     assert extra_option_dirs(["--config-dir", "a", "optimizer=signsgd"]) == [tmp_path / "a"]
     assert extra_option_dirs(["-cd", "a", "-m", f"hydra.searchpath=[file://{b},pkg://optbench.conf]",
                               "optimizer=signsgd,adam"]) == [tmp_path / "a", b, Path(optimizers.__file__).parent / "conf"]
     assert extra_option_dirs(["+hydra.searchpath=[file://a]"]) == [tmp_path / "a"]
     conf = Path(optimizers.__file__).parent / "conf"
+    # hydra.compose takes no --config-dir: the same folders as one searchpath override find the user's option
+    lines = compose_overrides(["-cd", "a", f"hydra.searchpath=[file://{b}]", "optimizer=signsgd", "seed=3"])
+    assert lines == ["optimizer=signsgd", "seed=3", f"hydra.searchpath=[file://{tmp_path / 'a'},file://{b}]"]
+    assert compose(*lines).optimizer._target_ == "my_optim.SignSGD"
     found = options("optimizer", conf, [tmp_path / "a"])
     assert found["signsgd"] == tmp_path / "a" / "optimizer" / "signsgd.yaml"
     assert found["adam"] == conf / "optimizer" / "adam.yaml"  # the package's file wins, as in Hydra
