@@ -9,10 +9,12 @@ this module.
 """
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from optbench import config_dirs
 from optbench.compose import CONF, check_group_choices, compose_config, group_options, groups, suggest, validate_overrides
 from optbench.errors import UserError
 
@@ -24,11 +26,11 @@ commands:
                         --dry-run: build and check everything, train nothing)
   list                  every config group and its options, with what each is for
   data download|check   obtain MNIST and verify it, or verify what is on disk
-  report DIR... [--by KEY] [--target 0.97] [--html] [--profile]
+  report DIR... [--by KEY] [--target 0.97] [--level 0.95] [--baseline GROUP] [--all-pairs] [--html] [--profile]
                         one table of every run below DIR (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv);
                         --html: also report.html, ranking + figures + configs + command in one offline page;
                         --profile: AlgoPerf performance profiles and scores (time/steps to --target)
-  plot DIR [--by KEY] [--x step|epoch|time] [--format png|svg|pdf]
+  plot DIR [--by KEY] [--x step|epoch|time] [--format png|svg|pdf] [--level 0.95] [--baseline GROUP]
                         learning curves, gradient norms, learning rates, lr sensitivity, final metrics into DIR/plots/
   export tensorboard DIR [--out DIR/tensorboard]
                         every run's metrics as TensorBoard event files (needs `pip install optbench[tensorboard]`)
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("optbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `optbench list | head`: the reader has gone, nothing went wrong
+        sys.stdout = open(os.devnull, "w")  # so the interpreter's own flush at exit stays quiet
+        return 0
     except SystemExit as e:  # Hydra's and argparse's exits: a return code for callers in process too
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
@@ -141,10 +146,11 @@ def search_command(args: list[str]) -> int:
 
 def list_options(args: list[str]) -> int:
     """Print each group's options with the first comment line of its YAML file."""
+    extra = config_dirs.extra_option_dirs(args)  # `optbench list --config-dir DIR`: the user's own options too
     for group in groups():
         print(f"{group}:")
-        for option in group_options(group):
-            print(f"  {option:<16} {_describe(CONF / group / f'{option}.yaml')}")
+        for option, path in config_dirs.options(group, CONF, extra).items():
+            print(f"  {option:<20} {_describe(path)}{'' if path.is_relative_to(CONF) else f'  ({path})'}")
     return 0
 
 

@@ -9,6 +9,7 @@ use `groups` and `group_options` and answer at once.
 import difflib
 from pathlib import Path
 
+from optbench import config_dirs
 from optbench.errors import UserError
 
 CONF = Path(__file__).parent / "conf"
@@ -36,13 +37,13 @@ def check_group_choices(args: list[str]) -> None:
         overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(args).overrides)
     except BaseException:
         return  # malformed command line: Hydra's own message explains it better
-    known = groups()
+    known, extra = groups(), config_dirs.extra_option_dirs(args)  # the user's own folders' options count too
     for override in overrides:
         group = override.key_or_group
         if group not in known or override.is_delete():
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        options = group_options(group)
+        options = list(config_dirs.options(group, CONF, extra))
         for value in values:
             if isinstance(value, str) and value not in options:
                 raise UserError(
@@ -71,11 +72,14 @@ def validate_overrides(args: list[str]) -> None:
     def line(o, value: str) -> str:
         return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
 
-    base = [line(o, values[0]) for o, values in zip(overrides, variants)]
-    compose_config(base)
-    for i, (o, values) in enumerate(zip(overrides, variants)):
+    # hydra.compose takes no --config-dir: the user's folders travel as one hydra.searchpath override
+    search = config_dirs.searchpath_override(config_dirs.extra_option_dirs(args))
+    kept = [(o, values) for o, values in zip(overrides, variants) if o.key_or_group != "hydra.searchpath"]
+    base = [line(o, values[0]) for o, values in kept]
+    compose_config(base + search)
+    for i, (o, values) in enumerate(kept):
         for value in values[1:]:
-            compose_config(base[:i] + [line(o, value)] + base[i + 1 :])
+            compose_config(base[:i] + [line(o, value)] + base[i + 1 :] + search)
 
 
 def compose_config(overrides: list[str], config_name: str = "config", hydra: bool = False):

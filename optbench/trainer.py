@@ -26,11 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from optbench import data, diagnostics, results, vectorized
+from optbench import data, diagnostics, optimizers, results, vectorized
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
 from optbench.schedules import warmup_factor
@@ -135,8 +136,24 @@ def evaluate(model, loss_fn, x, y, mean, std) -> torch.Tensor:
     return total / max(len(x), 1)
 
 
-def build_optimizer(optimizer_cfg, params):
-    factory = instantiate(optimizer_cfg, _convert_="all")  # plain lists: torch indexes betas itself
+def build_optimizer(optimizer_cfg, params, model=None):
+    """The optimizer over `params`; with optimizer.fallback, over `model`'s tensors split in two (optimizers.split)."""
+    if "fallback" in optimizer_cfg or "fallback_for" in optimizer_cfg:
+        optimizers.check_groups(optimizer_cfg)
+        if model is None:
+            raise UserError("optimizer.fallback splits a model's tensors; here there is no model")
+        main, rest = optimizers.split(model, optimizer_cfg.get("fallback_for", []))
+        own = OmegaConf.masked_copy(optimizer_cfg, [k for k in optimizer_cfg if k not in ("fallback", "fallback_for")])
+        return optimizers.Combined([build_optimizer(cfg, part) for cfg, part in
+                                    ((own, main), (optimizer_cfg.fallback, rest)) if part])
+    target = optimizer_cfg.get("_target_")  # None when left ??? (optimizer=custom)
+    if target is None:
+        raise UserError(f"optimizer={optimizers.CUSTOM} needs optimizer._target_=module.Class "
+                        "(and +optimizer.KEY=VALUE for its arguments)")
+    try:
+        factory = instantiate(optimizer_cfg, _convert_="all")  # plain lists: torch indexes betas itself
+    except InstantiationException as e:
+        raise optimizers.missing_target(str(target), e.__cause__ or e) from None
     params = list(params)
     if optimizer_cfg.get("fused") and not fused_works(factory, params[0]):
         log.warning("fused %s kernel unavailable on %s; using torch's default implementation",
@@ -329,7 +346,7 @@ def prepare(cfg: DictConfig) -> Setup:
     lengths = run_lengths(cfg, len(split["train"][0]))
     model = build_model(cfg, device)
     forward = torch.compile(model, mode=cfg.trainer.compile) if cfg.trainer.compile else model
-    group = build_training(cfg, model.parameters(), lengths)
+    group = build_training(cfg, model.parameters(), lengths, model)
     return Setup(device, model, group.optimizer, group.interval, forward, *lengths[:3])
 
 
@@ -385,7 +402,8 @@ def _open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         run_log.addHandler(handler)
         run_log.setLevel(logging.INFO)
-    summary = {**(resume["summary"] if resume else {}), "status": "running", "choices": dict(choices or {}),
+    summary = {**(resume["summary"] if resume else {}), "status": "running",
+               "choices": optimizers.named_choices(cfg, choices),  # optimizer=custom: named by its class
                "started_at": _now(), **results.provenance()}
     results.write_json_atomic(run_dir / results.SUMMARY, summary)
     return Run(cfg, run_dir, summary, run_log, resume)
@@ -419,10 +437,10 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def build_training(cfg: DictConfig, params, lengths) -> "Group":
-    """The run's optimizer over `params` and its schedule (no views: a group of this run alone)."""
+def build_training(cfg: DictConfig, params, lengths, model=None) -> "Group":
+    """The run's optimizer over `params` (`model`'s, for parameter groups) and its schedule (no views yet)."""
     _, steps_per_epoch, total_steps, _ = lengths
-    optimizer = build_optimizer(cfg.optimizer, params)
+    optimizer = build_optimizer(cfg.optimizer, params, model)
     return Group(optimizer, *build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch), views=[])
 
 
@@ -441,7 +459,7 @@ def _build_runs(runs: list[Run], device: torch.device, lengths) -> list[Run]:
             r.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(r.model)]
             r.generator = torch.Generator(device=device).manual_seed(r.cfg.seed)
             set_dropout_generator(r.model, r.generator)
-            r.group = build_training(r.cfg, r.model.parameters(), lengths)
+            r.group = build_training(r.cfg, r.model.parameters(), lengths, r.model)
             built.append(r)
         except UserError as e:
             if len(runs) == 1:
@@ -630,6 +648,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
         sync(device)
         times = {k: train_time(k) for k in alive}
         t0 = time.perf_counter()
+        to_eval_point()
         out = torch.stack([torch.stack([evaluate(runs[k].model, loss_fn, *xy, split["mean"], split["std"])
                                         for xy in eval_sets.values()]) for k in alive]).tolist()
         counts = counters.tolist()
@@ -672,11 +691,25 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                 r.log.info("stopped early at epoch %d step %d", epoch, step)
                 end(k, "completed", f"early stopping: validation loss did not improve by > {t.min_delta} "
                                     f"in {t.patience} evaluations", stopped_early=True)
+        optimizers.set_mode([g.optimizer for g in groups], "train")
         eval_time += time.perf_counter() - t0
+
+    def to_eval_point() -> None:
+        """Optimizers with train()/eval() (schedule-free) move the weights to the point they evaluate at;
+        batch norm's running statistics are then re-estimated there (on the train-evaluation images)."""
+        for g in groups:
+            if optimizers.set_mode([g.optimizer], "eval"):
+                x_bn = eval_sets["train"][0]
+                for k in alive:
+                    if runs[k].group is g and optimizers.has_batchnorm(runs[k].model):
+                        optimizers.recompute_batchnorm(runs[k].model, (
+                            normalise(x_bn[i : i + batch_size], split["mean"], split["std"])
+                            for i in range(0, len(x_bn), batch_size)))
 
     def checkpoint(order: torch.Tensor, epoch_step: int) -> None:
         """Each run's checkpoint after `epoch_step` steps of this epoch (its data order kept when mid-epoch)."""
         flush_steps()
+        optimizers.set_mode([g.optimizer for g in groups], "eval")  # schedule-free: save the evaluated weights
         for k in alive:
             r = runs[k]
             r.writer.flush()
@@ -695,6 +728,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                 "metrics_bytes": r.writer.tell(), "histogram_bytes": r.histogram_file.tell(),
                 "summary": {key: r.summary.get(key) for key in ("clipped_steps", "nonfinite_steps_skipped")},
             }, r.dir / CHECKPOINT)
+        optimizers.set_mode([g.optimizer for g in groups], "train")
 
     def forward_backward():
         """Every run's loss and gradient at the current weights: [K] losses, [n_params, K] gradient norms.
@@ -724,6 +758,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
     status, reason = "completed", None
     try:
         with _stop_on_signals() as stop:
+            optimizers.set_mode([g.optimizer for g in groups], "train")  # schedule-free steps only in train mode
             if not runs[0].resume:
                 run_eval()
             while alive and step < total_steps and stop.signal is None:

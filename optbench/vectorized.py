@@ -98,7 +98,9 @@ def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
     """
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
-        shareable = cfg.optimizer._target_ in ROW_WISE and cfg.schedule.interval != "eval"
+        # a fallback optimizer (Muon's parameter groups) makes a run's optimizer its own
+        shareable = (cfg.optimizer._target_ in ROW_WISE and "fallback" not in cfg.optimizer
+                     and cfg.schedule.interval != "eval")
         key = json.dumps([OmegaConf.to_container(cfg.optimizer, resolve=True),
                           OmegaConf.to_container(cfg.schedule, resolve=True)], sort_keys=True) if shareable else i
         groups.setdefault(key, []).append(i)

@@ -91,7 +91,10 @@ def test_every_option_composes_and_trains_three_steps(path, mnist_root, tmp_path
         if option == "fashion_mnist" and not FASHION_SYSTEM_DIR.is_dir():
             pytest.skip(f"{FASHION_SYSTEM_DIR} absent (apt-get install dataset-fashion-mnist)")
         root = "null"  # the dataset's own lookup: cache, then system folder, then mirrors
-    summary, metrics, _ = run(root, tmp_path, f"{group}={option}", "trainer.max_steps=3", "trainer.checkpoint_every=0")
+    # optimizer=custom names no class of its own: any class by its dotted path
+    own = ["optimizer._target_=torch.optim.SGD", "+optimizer.lr=0.1"] if (group, option) == ("optimizer", "custom") else []
+    summary, metrics, _ = run(root, tmp_path, f"{group}={option}", *own, "trainer.max_steps=3",
+                              "trainer.checkpoint_every=0")
     assert summary["status"] == "completed", summary.get("reason")
     assert summary["step"] == 3
     assert np.isfinite(step_series(metrics, "loss")).all() and len(step_series(metrics, "loss")) == 3

@@ -1,0 +1,124 @@
+"""optbench from Python (a notebook): `optbench.train(...)` one configuration, `optbench.sweep(...)` several.
+
+The configs are composed exactly as `optbench train` composes them (the
+same conf/ tree, overrides and checks), and train in this process: a
+sweep's runs that may share a pass train in one (trainer.fit_pass), as
+the Hydra launcher does. An optimizer may be an option name ("adam") or a
+class object; a class goes in as optimizer=custom with its dotted name as
+_target_ (a class defined in the notebook is `__main__.Name`, which Hydra
+finds in this process), and the run is named by the class.
+
+Nothing here imports torch until a function is called: `import optbench`
+stays light for `optbench --help`.
+"""
+
+import itertools
+from datetime import datetime
+from pathlib import Path
+
+from optbench.errors import UserError
+
+
+def train(optimizer="adam", overrides=(), run_dir=None, **optimizer_args) -> dict:
+    """Train one configuration into `run_dir` (default outputs/<time>); its summary (summary.json as a dict).
+
+    optimizer: an option name ("adam", "muon") or an optimizer class (a
+    torch.optim.Optimizer subclass); optimizer_args: its keyword arguments
+    (lr=0.01, betas=(0.9, 0.99)); overrides: any other `optbench train`
+    overrides ("trainer.max_steps=100", "model.hidden=[64]").
+    """
+    from optbench import trainer
+
+    lines = [*optimizer_overrides(optimizer, optimizer_args), *overrides]
+    cfg, choices = _compose(lines)
+    run_dir = Path(run_dir or Path("outputs") / _stamp())
+    return trainer.fit(cfg, run_dir, choices)
+
+
+def sweep(grid: dict, overrides=(), sweep_dir=None):
+    """Train every combination of `grid` below `sweep_dir` (default multirun/<time>); the runs table (DataFrame).
+
+    grid: config key -> values, e.g. {"optimizer": [MyOpt, "adam"],
+    "optimizer.lr": [0.01, 0.001], "seed": [0, 1]}; "optimizer" takes option
+    names and classes, optimizer.KEY is that optimizer's keyword argument.
+    Runs that differ only in seed, optimizer, schedule or init train in one
+    vectorized pass (trainer.vectorize=auto), each into its own folder.
+    """
+    from optbench import results, trainer, vectorized
+
+    keys = list(grid)
+    sweep_dir = Path(sweep_dir or Path("multirun") / _stamp())
+    cfgs, choices, dirs = [], [], []
+    for i, values in enumerate(itertools.product(*(list(grid[k]) for k in keys))):
+        point = dict(zip(keys, values))
+        optimizer = point.pop("optimizer", "adam")
+        args = {k.removeprefix("optimizer."): v for k, v in point.items() if k.startswith("optimizer.")}
+        rest = [f"{k}={hydra_value(v)}" for k, v in point.items() if not k.startswith("optimizer.")]
+        cfg, chosen = _compose([*optimizer_overrides(optimizer, args), *rest, *overrides])
+        cfgs.append(cfg)
+        choices.append(chosen)
+        name = ",".join(f"{k}={_name(v)}" for k, v in zip(keys, values) if len(grid[k]) > 1)
+        dirs.append(sweep_dir / f"{i}_{name}".replace("/", "_").rstrip("_"))
+    for members in vectorized.plan(cfgs):
+        trainer.fit_pass([cfgs[i] for i in members], [dirs[i] for i in members], [choices[i] for i in members])
+    return results.load_runs(sweep_dir)
+
+
+def optimizer_overrides(optimizer, args: dict) -> list[str]:
+    """The overrides that choose `optimizer` (a name or a class) with keyword arguments `args`."""
+    if isinstance(optimizer, str):
+        lines = [f"optimizer={optimizer}"]
+    elif isinstance(optimizer, type):
+        lines = ["optimizer=custom", f"optimizer._target_={dotted_name(optimizer)}"]
+    else:
+        raise UserError(f"optimizer={optimizer!r}: give an option name (\"adam\") or an optimizer class")
+    # ++: set the key whether or not the option's YAML has it (a class's arguments are all new)
+    return lines + [f"++optimizer.{k}={hydra_value(v)}" for k, v in args.items()]
+
+
+def dotted_name(cls: type) -> str:
+    """module.QualName of `cls`, checked to find this very class again (what instantiate will look up)."""
+    from hydra.utils import get_class
+
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        found = get_class(name)
+    except Exception:
+        found = None
+    if found is not cls:
+        raise UserError(f"optimizer class {cls.__qualname__}: {name} does not find it; define it at the top level "
+                        "of a module or of the notebook")
+    return name
+
+
+def hydra_value(v) -> str:
+    """A Python value as Hydra override text: true, null, [0.9,0.99], 'text', 0.001."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(hydra_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return repr(v)
+
+
+def _name(v) -> str:
+    return v.__name__ if isinstance(v, type) else str(v)
+
+
+def _compose(overrides: list[str]):
+    """(config, the group choices Hydra made) for `overrides`, composed as `optbench train` composes them."""
+    from hydra import compose, initialize_config_module
+
+    from optbench.compose import compose_config
+
+    cfg = compose_config(overrides)  # the checks and one-line errors of the command line
+    with initialize_config_module("optbench.conf", version_base="1.3"):
+        runtime = compose("config", overrides=list(overrides), return_hydra_config=True).hydra.runtime
+    return cfg, {k: v for k, v in runtime.choices.items() if not k.startswith("hydra")}
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -1,0 +1,73 @@
+"""The user's own config folders: where options beyond the package's conf/ come from.
+
+Hydra adds a folder to its search path for `--config-dir DIR` (`-cd DIR`)
+and for every entry of `hydra.searchpath=[file://DIR, pkg://module]`. An
+option file there (DIR/optimizer/signsgd.yaml) is then as good as one in
+conf/ (the package's own file wins a name both have, as in Hydra, whose
+primary config folder comes first). The option check and `optbench list`
+read these folders too. No torch here: `optbench list` must answer at once.
+"""
+
+import importlib.util
+from pathlib import Path
+
+
+def extra_option_dirs(args: list[str]) -> list[Path]:
+    """The config folders a command line adds, in Hydra's search order (--config-dir first, then searchpath)."""
+    try:
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed, _ = get_args_parser().parse_known_args(args)
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+    except BaseException:
+        return []  # a malformed command line: Hydra's own message explains it
+    dirs = [Path(parsed.config_dir).expanduser().resolve()] if parsed.config_dir else []
+    for o in overrides:
+        if o.key_or_group == "hydra.searchpath" and not o.is_delete():
+            value = o.value()
+            for entry in value if isinstance(value, list) else [value]:
+                folder = _folder(str(entry))
+                if folder is not None:
+                    dirs.append(folder)
+    return list(dict.fromkeys(dirs))
+
+
+def compose_overrides(args: list[str]) -> list[str]:
+    """The overrides for hydra.compose (which takes no --config-dir) that find the same options as `args`:
+    the command line's overrides, its hydra.searchpath ones replaced by one naming every extra folder."""
+    try:
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed, _ = get_args_parser().parse_known_args(args)
+        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+    except BaseException:
+        return list(args)
+    kept = [o.input_line for o in overrides if o.key_or_group != "hydra.searchpath"]
+    return kept + searchpath_override(extra_option_dirs(args))
+
+
+def searchpath_override(dirs: list[Path]) -> list[str]:
+    """[hydra.searchpath=[file://DIR,...]] naming every folder, or [] for none."""
+    return [f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]"] if dirs else []
+
+
+def _folder(entry: str) -> Path | None:
+    scheme, _, rest = entry.rpartition("://")
+    if scheme == "pkg":  # pkg://my_package.conf: the package's folder, without importing it
+        spec = importlib.util.find_spec(rest.replace("/", "."))
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        return Path(locations[0]) if locations else None
+    if scheme in ("file", ""):
+        return Path(rest).expanduser().resolve()
+    return None  # another provider (structured://): not a folder of YAML files
+
+
+def options(group: str, package_conf: Path, extra_dirs: list[Path]) -> dict[str, Path]:
+    """Option name -> its YAML file, for one group: the package's conf/ first, then each extra folder."""
+    found: dict[str, Path] = {}
+    for folder in [package_conf, *extra_dirs]:
+        for path in sorted((folder / group).glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
