@@ -102,6 +102,9 @@ def compose_config(overrides: list[str], config_name: str = "config", hydra: boo
         with initialize_config_module("optbench.conf", version_base="1.3"):
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
         if "optimizer" in cfg:
+            from optbench.optimizers import check_target
+
+            check_target(cfg.optimizer)
             check_arguments("optimizer", cfg.optimizer)
         if "schedule" in cfg:
             check_interval(cfg.schedule)
@@ -119,19 +122,21 @@ def check_arguments(name: str, node) -> None:
     """
     import inspect
 
-    from hydra.utils import get_object
+    from hydra._internal.utils import _locate  # hydra.utils.get_object would also log the failure
     from omegaconf import OmegaConf
+
+    from optbench.optimizers import OWN_KEYS
 
     args = OmegaConf.to_container(node, resolve=True)
     try:
-        target = get_object(args["_target_"])
+        target = _locate(args["_target_"])
         parameters = inspect.signature(target).parameters
-    except Exception:  # noqa: BLE001 - no such target, or no signature: instantiate says so in its own words
+    except Exception:  # noqa: BLE001 - no such target, or no signature: the run's build says so in one line
         return
     open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     where = args["_target_"]
     for key, value in args.items():
-        if key.startswith("_"):
+        if key.startswith("_") or key in OWN_KEYS:  # optbench's own keys (parameter groups), not the target's
             continue
         if key not in parameters:
             if open_ended:

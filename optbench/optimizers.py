@@ -41,6 +41,17 @@ def tensor_kind(model: torch.nn.Module, param: torch.Tensor) -> str:
     return "hidden"
 
 
+# keys of an optimizer config that are optbench's, not the optimizer class's
+OWN_KEYS = ("fallback", "fallback_for")
+
+
+def check_target(optimizer_cfg) -> None:
+    """optimizer=custom leaves its class to the user: say how to give it, in one line."""
+    if optimizer_cfg.get("_target_") is None:  # None when left ??? (get() reads a missing value as None)
+        raise UserError(f"optimizer={CUSTOM} needs optimizer._target_=module.Class "
+                        "(and +optimizer.KEY=VALUE for its arguments)")
+
+
 def split(model: torch.nn.Module, fallback_for) -> tuple[list, list]:
     """The model's parameters as (main optimizer's, fallback optimizer's), each in model order."""
     unknown = set(fallback_for) - set(KINDS)

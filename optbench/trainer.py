@@ -146,10 +146,8 @@ def build_optimizer(optimizer_cfg, params, model=None):
         own = OmegaConf.masked_copy(optimizer_cfg, [k for k in optimizer_cfg if k not in ("fallback", "fallback_for")])
         return optimizers.Combined([build_optimizer(cfg, part) for cfg, part in
                                     ((own, main), (optimizer_cfg.fallback, rest)) if part])
-    target = optimizer_cfg.get("_target_")  # None when left ??? (optimizer=custom)
-    if target is None:
-        raise UserError(f"optimizer={optimizers.CUSTOM} needs optimizer._target_=module.Class "
-                        "(and +optimizer.KEY=VALUE for its arguments)")
+    optimizers.check_target(optimizer_cfg)
+    target = optimizer_cfg._target_
     try:
         factory = instantiate(optimizer_cfg, _convert_="all")  # plain lists: torch indexes betas itself
     except InstantiationException as e:

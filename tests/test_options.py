@@ -85,14 +85,14 @@ def test_every_option_composes_and_trains_three_steps(path, mnist_root, tmp_path
     from omegaconf import OmegaConf
 
     group, option = path.parent.name, path.stem
-    assert not OmegaConf.missing_keys(compose(f"{group}={option}"))  # its YAML (or what it extends) sets every key
+    # optimizer=custom names no class of its own: any class by its dotted path
+    own = ["optimizer._target_=torch.optim.SGD", "+optimizer.lr=0.1"] if (group, option) == ("optimizer", "custom") else []
+    assert not OmegaConf.missing_keys(compose(f"{group}={option}", *own))  # its YAML (or what it extends) sets every key
     root = mnist_root
     if group == "data" and option != "mnist":
         if option == "fashion_mnist" and not FASHION_SYSTEM_DIR.is_dir():
             pytest.skip(f"{FASHION_SYSTEM_DIR} absent (apt-get install dataset-fashion-mnist)")
         root = "null"  # the dataset's own lookup: cache, then system folder, then mirrors
-    # optimizer=custom names no class of its own: any class by its dotted path
-    own = ["optimizer._target_=torch.optim.SGD", "+optimizer.lr=0.1"] if (group, option) == ("optimizer", "custom") else []
     summary, metrics, _ = run(root, tmp_path, f"{group}={option}", *own, "trainer.max_steps=3",
                               "trainer.checkpoint_every=0")
     assert summary["status"] == "completed", summary.get("reason")
