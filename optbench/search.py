@@ -384,7 +384,7 @@ def _next_trial(study, spec: dict, target: int, lock: Path):
     from optuna.trial import TrialState
 
     with _locked(lock):
-        _fail_orphans(study)
+        _fail_orphans(study, unclaimed=True)
         if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))) >= target:
             return None
         # seeded by trial number: any process, and a resumed search, draws trial n's point alike and never replays one
@@ -398,20 +398,24 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _fail_orphans(study) -> None:
-    """Trials left RUNNING by a killed process of this machine become FAIL, so they do not count and are rerun."""
+def _fail_orphans(study, unclaimed: bool = False) -> None:
+    """Trials left RUNNING by a killed process of this machine become FAIL, so they do not count and are rerun.
+
+    unclaimed: also a trial with no worker yet. Under the study's lock a trial is asked for and claimed in one
+    step, so one left unclaimed belongs to a process stopped inside that step (Ctrl-C right after ask()).
+    """
     import optuna
     from optuna.trial import TrialState
 
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         name, _, pid = t.user_attrs.get("worker", "").rpartition(":")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        if (name == host and pid.isdigit() and not _alive(int(pid))) or (unclaimed and "worker" not in t.user_attrs):
             try:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:  # a shared study: another worker was first
                 continue
-            log.warning("trial %d: its process %s is gone; marked FAIL", t.number, pid)
+            log.warning("trial %d: its process %s is gone; marked FAIL", t.number, pid or "(stopped before claiming it)")
 
 
 def _alive(pid: int) -> bool:
