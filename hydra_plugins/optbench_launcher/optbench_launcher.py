@@ -4,7 +4,7 @@ Jobs that `optbench.vectorized.plan` groups (same config but for seed,
 optimizer, schedule, init; trainer.vectorize auto or on) train in one pass:
 each job still gets its own output directory, .hydra/ files and train.log
 through Hydra's own `run_job`, whose task only records where the run goes;
-then `fit_many` trains the group and writes every run directory. A sweep with
+then `trainer.fit_pass` trains the group and writes every run directory. A sweep with
 nothing to group is handed to the basic launcher untouched.
 """
 
