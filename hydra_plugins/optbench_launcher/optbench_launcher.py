@@ -94,16 +94,17 @@ class OptbenchLauncher(BasicLauncher):
         cfgs, dirs, choices = zip(*prepared.values())
         try:
             summaries = trainer.fit_pass(list(cfgs), list(dirs), list(choices))
-        except UserError as e:  # a setting all runs share is wrong: each summary says failed, the sweep goes on
-            log.error("vectorized pass failed: %s", e)
-            summaries = [{"status": "failed", "reason": str(e)}] * len(prepared)
+        except Exception as e:  # noqa: BLE001 - each run's summary says failed and why; the other passes go on
+            log.error("vectorized pass failed: %s", e if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+            if not isinstance(e, UserError):
+                for d in dirs:
+                    jobs.record_traceback(d)
+            summaries = [results.read_summary(Path(d)) or {"status": "failed"} for d in dirs]
         for i, summary in zip(prepared, summaries):
-            if summary["status"] == "failed":
-                rets[i].status = JobStatus.FAILED
-                rets[i].return_value = UserError(f"{dirs[list(prepared).index(i)]}: {summary.get('reason')}")
-            else:
-                rets[i].status = JobStatus.COMPLETED
-                rets[i].return_value = summary.get("best_val_acc")  # as optbench's train task returns
+            # as optbench's train task returns: a failed run is None, told at the sweep's end (jobs.SweepSummary);
+            # a FAILED job would make Hydra's sweeper end the sweep with a traceback
+            rets[i].status = JobStatus.COMPLETED
+            rets[i].return_value = summary.get("best_val_acc")
         if any(s["status"] == "interrupted" for s in summaries):
             raise KeyboardInterrupt  # ends the multirun, as the train task does
         return rets
