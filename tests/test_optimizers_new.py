@@ -280,6 +280,31 @@ def test_extra_option_dirs_from_config_dir_and_searchpath(tmp_path, monkeypatch)
     assert found["adam"] == conf / "optimizer" / "adam.yaml"  # the package's file wins, as in Hydra
 
 
+def test_an_option_file_in_the_users_folder_sweeps_against_the_roster_and_is_named_by_its_file(
+        mnist_root, tmp_path, user_module):
+    conf = tmp_path / "myconf"
+    (conf / "optimizer").mkdir(parents=True)
+    (conf / "optimizer" / "signsgd.yaml").write_text(
+        "# sign of the momentum buffer, my_optim.py\n_target_: my_optim.SignSGD\n_partial_: true\n"
+        "lr: 0.003\nmomentum: 0.9\n")
+    for where in (["--config-dir", str(conf)], [f"hydra.searchpath=[file://{conf}]"]):  # both list it
+        listed = run_cli("list", *where)
+        assert listed.returncode == 0 and "signsgd" in listed.stdout and str(conf) in listed.stdout
+    sweep = tmp_path / "m"
+    out = run_cli("train", "-m", "--config-dir", str(conf), f"data.root={mnist_root}", *TINY, "optimizer=signsgd,lion", "seed=0",
+                  "trainer.max_steps=5", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr
+    runs = results.load_runs(sweep)
+    assert sorted(zip(runs["optimizer.name"], runs["optimizer._target_"], runs["status"])) == [
+        ("lion", "pytorch_optimizer.Lion", "completed"), ("signsgd", "my_optim.SignSGD", "completed")]
+    from optbench import plots
+
+    fig = plots.learning_curves(runs, results.load_metrics(runs), by=["optimizer.name"])
+    legend = {t.get_text() for leg in fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]
+              for t in leg.get_texts()}
+    assert {"signsgd", "lion"} <= legend
+
+
 # ------------------------------------------------------------------ from Python (a notebook)
 
 NOTEBOOK = '''
