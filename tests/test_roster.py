@@ -38,6 +38,7 @@ BY_HAND = {
     "adopt": (pytorch_optimizer.ADOPT, dict(lr=0.001, betas=(0.9, 0.9999), weight_decay=0.0, eps=1e-6)),
     "schedulefree_adamw": (schedulefree.AdamWScheduleFree, dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8,
                                                                 weight_decay=0.0, warmup_steps=0)),
+    "schedulefree_sgd": (schedulefree.SGDScheduleFree, dict(lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0)),
 }
 # where a YAML leaves its package's default on purpose (its comment says why)
 NOT_THE_PACKAGES_DEFAULT = {"nadamw": {"weight_decay", "decoupled_weight_decay"}, "muon": {"adjust_lr_fn"}}
