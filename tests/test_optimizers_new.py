@@ -345,6 +345,13 @@ def test_the_python_api_trains_a_notebook_class_alone_and_in_a_sweep(mnist_root,
                                                 ("sgd", 0, "completed", "torch.optim.SGD"),
                                                 ("sgd", 1, "completed", "torch.optim.SGD")]
     assert got["models"] == [4, 4, 4, 4]  # one pass of the four runs
+    from optbench import plots
+
+    runs = results.load_runs(tmp_path / "sweep")
+    fig = plots.learning_curves(runs, results.load_metrics(runs), by=["optimizer.name"])
+    legend = {t.get_text() for leg in fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]
+              for t in leg.get_texts()}
+    assert {"SignSGD", "sgd"} <= legend  # the notebook's class by its name
 
 
 def test_importing_optbench_does_not_import_torch():
