@@ -121,12 +121,29 @@ def merge_overrides(*lists) -> list[str]:
 # --- training -----------------------------------------------------------------------------------------------------
 
 
+def multiruns(groups: dict) -> list[tuple[str, list[str]]]:
+    """(folder below runs/, overrides) of each `optbench train -m` the groups need.
+
+    Groups that differ in one key only train as one multirun sweeping it
+    (`optimizer=sgd,momentum`): one process, and the launcher vectorizes
+    across groups as well as seeds where it can. Otherwise one per group.
+    """
+    lists = list(groups.values())
+    shared = [line for line in lists[0] if all(line in other for other in lists[1:])]
+    rest = [[line for line in lines if line not in shared] for lines in lists]
+    keys = {override_key(r[0]) for r in rest if len(r) == 1}
+    values = [r[0].split("=", 1)[1] for r in rest if len(r) == 1]
+    if all(len(r) == 1 for r in rest) and len(keys) == 1 and not any("," in v or "[" in v for v in values):
+        return [("all", [*shared, f"{keys.pop()}={','.join(values)}"])]
+    return list(groups.items())
+
+
 def train(claim: dict, out: Path, scale: str = "default", extra=(), log=print) -> bool:
-    """Train every group of `claim` below out/<claim>/runs/<group>/; False when a multirun failed."""
+    """Train every group of `claim` below out/<claim>/runs/; False when a multirun failed."""
     groups, seeds = experiment(claim, scale)
     ok = True
-    for group, overrides in groups.items():
-        sweep_dir = out / claim["name"] / "runs" / group
+    for folder, overrides in multiruns(groups):
+        sweep_dir = out / claim["name"] / "runs" / folder
         command = [sys.executable, "-m", "optbench", "train", "-m", *merge_overrides(overrides, list(extra)),
                    f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={sweep_dir}"]
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -135,10 +152,24 @@ def train(claim: dict, out: Path, scale: str = "default", extra=(), log=print) -
             stream.write(" ".join(command) + "\n")
             stream.flush()
             code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
-        log(f"  {claim['name']}/{group}: {len(seeds)} seeds in {time.perf_counter() - started:.1f} s"
+        log(f"  {claim['name']}/{folder}: {len(seeds)} seeds in {time.perf_counter() - started:.1f} s"
             + ("" if code == 0 else f", FAILED (exit {code}; see {sweep_dir / 'lectures.log'})"))
         ok &= code == 0
     return ok
+
+
+def group_of(run_overrides: list[str], groups: dict) -> str | None:
+    """The group whose every override the run was trained with (compared as Hydra parses them: 1e-3 is 0.001)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+
+    def parsed(lines):
+        return {(o.key_or_group, str(o.value())) for o in parser.parse_overrides(list(lines))}
+
+    have = parsed(run_overrides)
+    found = [g for g, lines in groups.items() if parsed(lines) <= have]
+    return found[0] if len(found) == 1 else None
 
 
 # --- the quantities ---------------------------------------------------------------------------------------------
@@ -252,25 +283,28 @@ QUANTITIES = {
 }
 
 
-def load_claim_runs(claim: dict, out: Path) -> list[dict]:
-    """Every run of the claim: group, seed, status, summary, config and metrics."""
+def load_claim_runs(claim: dict, out: Path, scale: str = "default") -> list[dict]:
+    """Every run below out/<claim>/runs/ that belongs to one of the claim's groups at `scale`: group, seed,
+    status, summary, config and metrics."""
     import pandas as pd
     import yaml
 
     from optbench import results
 
+    groups, _ = experiment(claim, scale)
+    found = sorted(p.parent for p in (out / claim["name"] / "runs").rglob(results.SUMMARY))
     runs = []
-    for group in claim["groups"]:
-        sweep_dir = out / claim["name"] / "runs" / group
-        if not sweep_dir.is_dir():
+    for run_dir in found:
+        overrides = run_dir / ".hydra" / "overrides.yaml"
+        group = group_of(yaml.safe_load(overrides.read_text()) or [], groups) if overrides.exists() else None
+        if group is None:
             continue
-        for run_dir in results.find_runs([sweep_dir]):
-            summary = results.read_summary(run_dir) or {}
-            config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-            metrics = results.read_metrics(run_dir) if (run_dir / results.METRICS).exists() else pd.DataFrame(
-                columns=results.COLUMNS)
-            runs.append({"group": group, "seed": config.get("seed"), "dir": str(run_dir), "summary": summary,
-                         "config": config, "metrics": metrics, "status": results.run_status(run_dir, summary)})
+        summary = results.read_summary(run_dir) or {}
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+        metrics = results.read_metrics(run_dir) if (run_dir / results.METRICS).exists() else pd.DataFrame(
+            columns=results.COLUMNS)
+        runs.append({"group": group, "seed": config.get("seed"), "dir": str(run_dir), "summary": summary,
+                     "config": config, "metrics": metrics, "status": results.run_status(run_dir, summary)})
     return runs
 
 
@@ -504,7 +538,7 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
 
     started = time.perf_counter()
     trained = train(claim, out, scale, extra, log)
-    runs = load_claim_runs(claim, out)
+    runs = load_claim_runs(claim, out, scale)
     values = measure(claim, runs)
     empty = [g for g, v in values.items() if not v.notna().any()]
     if empty or not trained:
@@ -547,19 +581,24 @@ def main(args: list[str]) -> int:
                         help="default: minutes on a laptop CPU; full: more seeds and longer runs, for a GPU")
     parser.add_argument("--out", default=OUT, help=f"folder for the runs, figures and the page (default: ./{OUT})")
     parser.add_argument("--level", type=float, default=LEVEL, help=f"confidence level (default: {LEVEL:g})")
+    parser.add_argument("--catalogue", default=str(CATALOGUE),
+                        help="folder of claim files (default: optbench's own conf/lectures/)")
     opts = parser.parse_intermixed_args(args)
+    catalogue = Path(opts.catalogue)
+    if not catalogue.is_dir():
+        raise UserError(f"--catalogue {catalogue}: no such folder")
     if opts.action == "list":
-        for name in names():
-            claim = load(name)
+        for name in names(catalogue):
+            claim = load(name, catalogue)
             print(f"{name:<28} {claim['lecture'][:3]}  {claim['description']}")
         return 0
     if not 0.5 <= opts.level < 1:
         raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")
     extra = [c for c in opts.claims if "=" in c]
-    wanted = names() if opts.all else [c for c in opts.claims if "=" not in c]
+    wanted = names(catalogue) if opts.all else [c for c in opts.claims if "=" not in c]
     if not wanted:
         raise UserError("lectures run: name the claims (`optbench lectures list`) or give --all")
-    claims = [load(n) for n in wanted]  # every name checked before anything trains
+    claims = [load(n, catalogue) for n in wanted]  # every name checked before anything trains
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     done, failed, started = [], [], time.perf_counter()
@@ -573,7 +612,7 @@ def main(args: list[str]) -> int:
         print(f"{claim['name']}: {verdict_text(result)} ({result['seconds']:.0f} s)")
         for row in result["comparisons"]:
             print("  " + comparison_text(row, QUANTITIES[claim["quantity"]][1]))
-    page = collect(out)
+    page = collect(out, catalogue)
     if page:
         for path in write_page(*page, out, title="The lectures, tested: optbench on MNIST"):
             print(f"wrote {path}")
