@@ -428,10 +428,16 @@ def figure(claim: dict, result: dict, runs: list[dict]):
                        marker="o" if x == "layer" else None, ms=3, label=group if j == 0 else None)
     if log_y:
         right.set_yscale("log")
+    if metric == "acc":  # from the first evaluation after the start: the differences are at the top
+        later = [y for line in right.get_lines() for x_, y in zip(*line.get_data()) if x_ > 0 and np.isfinite(y)]
+        if later:
+            low = min(later)
+            right.set_ylim(max(low - 0.05 * (1 - low), 0), min(1, max(later) + 0.1 * (1 - low)))
     right.set_xlabel({"step": "optimisation step", "examples": "training examples seen",
                       "layer": "hidden layer (at initialisation)"}[x])
     right.set_ylabel(f"{ {'val': 'validation', 'step': 'mini-batch', 'diag': ''}.get(split, split)} {metric}".strip())
-    right.set_title("each line one seed", fontsize=10)
+    right.set_title("each line one seed" + (", zoomed to the evaluations after step 0" if metric == "acc" else ""),
+                    fontsize=10)
     right.legend(title="group")
     right.grid(alpha=0.3)
     verdict = verdict_text(result)
@@ -463,7 +469,7 @@ def markdown_section(claim: dict, result: dict) -> str:
              f"> {' '.join(claim['quote'].split())}", "", f"Lecture file `{claim['lecture']}`. "
              + (f"Condition: {claim['condition']}. " if claim.get("condition") else "")
              + f"Quantity: {label}" + (f" (target {claim['target']:g})" if claim.get("target") else "") + ".", "",
-             f"Command: `{result['command']}` ({result['seconds']:.0f} s)", "",
+             f"Command: `{result['command']}` ({_took(result)})", "",
              "| group | seeds | mean | interval |", "|---|---|---|---|"]
     lines += [f"| {g['group']} | {g['n']} | {_num(g['mean'])} | [{_num(g['low'])}, {_num(g['high'])}] |"
               for g in result["groups"]]
@@ -471,6 +477,11 @@ def markdown_section(claim: dict, result: dict) -> str:
     if result.get("figure"):
         lines += ["", f"![{claim['name']}]({result['figure']})"]
     return "\n".join(lines) + "\n"
+
+
+def _took(result: dict) -> str:
+    load = result.get("load")
+    return f"{result['seconds']:.0f} s" + (f", 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after" if load else "")
 
 
 def summary_rows(claims: list[dict], results: list[dict]) -> list[dict]:
@@ -506,7 +517,7 @@ def write_page(claims: list[dict], results: list[dict], out: Path, title: str) -
                   f"<p>Lecture file <code>{html.escape(claim['lecture'])}</code>. "
                   + (f"Condition: {html.escape(claim['condition'])}. " if claim.get("condition") else "")
                   + f"Quantity: {html.escape(label)}.</p>",
-                  f"<pre>{html.escape(result['command'])}</pre>",
+                  f"<pre>{html.escape(result['command'])}</pre><p>{html.escape(_took(result))}</p>",
                   html_report._table(pd.DataFrame(result["groups"]).drop(columns="values").round(5)),
                   "<ul>" + "".join(f"<li>{html.escape(comparison_text(r, label))}</li>"
                                    for r in result["comparisons"]) + "</ul>"]
@@ -531,13 +542,17 @@ def _markdown_table(table) -> str:
 # --- the command ------------------------------------------------------------------------------------------------
 
 
-def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, log=print) -> dict | None:
-    """Train (what is missing), measure, judge, draw; the result saved as out/<claim>/verdict.json. None when
-    a group has no finished run to measure."""
+def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, log=print,
+              train_first: bool = True) -> dict | None:
+    """Train (what is missing; nothing with train_first=False), measure, judge, draw; the result saved as
+    out/<claim>/verdict.json. None when a multirun failed or a group has no finished run to measure."""
+    import os
     import shlex
 
-    started = time.perf_counter()
-    trained = train(claim, out, scale, extra, log)
+    started, load = time.perf_counter(), os.getloadavg()[0]
+    previous = out / claim["name"] / "verdict.json"
+    previous = json.loads(previous.read_text()) if previous.is_file() else {}
+    trained = train(claim, out, scale, extra, log) if train_first else True
     runs = load_claim_runs(claim, out, scale)
     values = measure(claim, runs)
     empty = [g for g, v in values.items() if not v.notna().any()]
@@ -553,9 +568,13 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    result.update(seconds=time.perf_counter() - started, scale=scale,
-                  command=shlex.join(["optbench", "lectures", "run", claim["name"], *(["--scale", scale] * (scale != "default")),
-                                      *extra]))
+    command = shlex.join(["optbench", "lectures", "run", claim["name"], *(["--scale", scale] * (scale != "default")),
+                          *extra])
+    if train_first or not previous:  # what the training took, and the 1-minute load average before and after it
+        result.update(seconds=time.perf_counter() - started, load=[load, os.getloadavg()[0]], command=command)
+    else:  # a report of runs trained before: their time and command stay
+        result.update({k: previous[k] for k in ("seconds", "load", "command") if k in previous})
+    result["scale"] = scale
     (out / claim["name"] / "verdict.json").write_text(json.dumps(result, indent=1, default=_json))
     return result
 
@@ -574,7 +593,9 @@ def main(args: list[str]) -> int:
         description="The lecture notes' claims (conf/lectures/), each tested by an experiment on MNIST: "
                     "`list` shows them, `run NAME... | --all` trains what they need and writes verdicts, "
                     "figures and one page (index.md, index.html) into --out.")
-    parser.add_argument("action", nargs="?", default="list", choices=["list", "run"])
+    parser.add_argument("action", nargs="?", default="list", choices=["list", "run", "report"],
+                        help="list the claims; run: train and judge them; report: judge and draw the runs already "
+                             "in --out again, training nothing")
     parser.add_argument("claims", nargs="*", metavar="NAME", help="claims to run (then any train overrides: key=value)")
     parser.add_argument("--all", action="store_true", help="run every claim in the catalogue")
     parser.add_argument("--scale", choices=SCALES, default="default",
@@ -597,14 +618,14 @@ def main(args: list[str]) -> int:
     extra = [c for c in opts.claims if "=" in c]
     wanted = names(catalogue) if opts.all else [c for c in opts.claims if "=" not in c]
     if not wanted:
-        raise UserError("lectures run: name the claims (`optbench lectures list`) or give --all")
+        raise UserError(f"lectures {opts.action}: name the claims (`optbench lectures list`) or give --all")
     claims = [load(n, catalogue) for n in wanted]  # every name checked before anything trains
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     done, failed, started = [], [], time.perf_counter()
     for claim in claims:
         print(f"{claim['name']}: {claim['description']}")
-        result = run_claim(claim, out, opts.scale, extra, opts.level)
+        result = run_claim(claim, out, opts.scale, extra, opts.level, train_first=opts.action == "run")
         if result is None:
             failed.append(claim["name"])
             continue

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -124,6 +125,12 @@ def test_list_names_every_claim():
     out = optbench("lectures", "list")
     assert out.returncode == 0
     assert [line.split()[0] for line in out.stdout.splitlines()] == CLAIMS
+
+
+def test_list_does_not_import_torch():
+    code = "import sys; from optbench.cli import main; main(['lectures', 'list']); assert 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 # --- a tiny claim trained for real ---------------------------------------------------------------------------
