@@ -422,14 +422,19 @@ def figure(claim: dict, result: dict, runs: list[dict]):
     left.grid(alpha=0.3)
     for i, group in enumerate(claim["groups"]):
         mine = [r for r in runs if r["group"] == group and r["status"] != "failed"]
+        diverged = sum(r["status"] == "diverged" for r in mine)
+        legend = f"{group} ({diverged} of {len(mine)} diverged)" if diverged else group
         for j, r in enumerate(mine):
             xs, ys = _curve(r, split, metric, x)
             right.plot(xs, ys, color=colours[i % len(colours)], alpha=0.6, lw=1.2,
-                       marker="o" if x == "layer" else None, ms=3, label=group if j == 0 else None)
+                       marker="o" if x == "layer" or len(xs) == 1 else None, ms=3, label=legend if j == 0 else None)
     if log_y:
         right.set_yscale("log")
     if metric == "acc":  # from the first evaluation after the start: the differences are at the top
-        later = [y for line in right.get_lines() for x_, y in zip(*line.get_data()) if x_ > 0 and np.isfinite(y)]
+        later = []  # a run that diverged before its second evaluation keeps its one point in view
+        for line in right.get_lines():
+            xs, ys = (np.asarray(v, float) for v in line.get_data())
+            later += [y for y in (ys[xs > 0] if (xs > 0).any() else ys) if np.isfinite(y)]
         if later:
             low = min(later)
             right.set_ylim(max(low - 0.05 * (1 - low), 0), min(1, max(later) + 0.1 * (1 - low)))
