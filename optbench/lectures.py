@@ -417,6 +417,8 @@ def figure(claim: dict, result: dict, runs: list[dict]):
             left.errorbar([i + 0.3], [g["mean"]], yerr=err, fmt="o", color="black", capsize=5, zorder=3)
     left.set_xticks(range(len(result["groups"])), [g["group"] for g in result["groups"]])
     left.set_xlim(-0.5, len(result["groups"]) - 0.3)
+    if claim.get("target"):
+        label += f" {claim['target']:g}"
     left.set_ylabel("\n".join(textwrap.wrap(label, 38)))
     left.set_title(f"per seed (dots), mean and {100 * result['level']:g}% interval (black)", fontsize=10)
     left.grid(alpha=0.3)
