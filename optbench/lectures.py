@@ -442,7 +442,14 @@ def figure(claim: dict, result: dict, runs: list[dict]):
             right.set_ylim(max(low - 0.05 * (1 - low), 0), min(1, max(later) + 0.1 * (1 - low)))
     right.set_xlabel({"step": "optimisation step", "examples": "training examples seen",
                       "layer": "hidden layer (at initialisation)"}[x])
-    right.set_ylabel(f"{ {'val': 'validation', 'step': 'mini-batch', 'diag': ''}.get(split, split)} {metric}".strip())
+    names = {"act_std": "activation std", "saturated": "saturated fraction", "update_size": "update size (all layers)",
+             "acc": "accuracy"}
+    right.set_ylabel(f"{ {'val': 'validation', 'train': 'training', 'diag': ''}.get(split, split)} "
+                     f"{names.get(metric, metric)}".strip())
+    if x == "layer":
+        from matplotlib.ticker import MaxNLocator
+
+        right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_title("each line one seed" + (", zoomed to the evaluations after step 0" if metric == "acc" else ""),
                     fontsize=10)
     right.legend(title="group")
