@@ -37,7 +37,8 @@ CATALOGUE = CONF / "lectures"
 SCALES = ("default", "full")
 OUT = "lectures"
 KEYS = {"quote", "lecture", "condition", "overrides", "groups", "seeds", "quantity", "predict", "combine", "target",
-        "full"}
+        "x", "full"}
+X_AXES = ("step", "epoch", "examples", "layer")
 REQUIRED = ("quote", "lecture", "groups", "seeds", "quantity", "predict")
 COMBINE = ("all", "any")
 # outcome of one prediction, and what the claim's verdict reads
@@ -72,6 +73,8 @@ def load(name: str, catalogue: Path = CATALOGUE) -> dict:
             ([f"unknown keys {sorted(unknown)}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])))
     if claim["quantity"] not in QUANTITIES:
         raise UserError(f"{path}: quantity {claim['quantity']!r} is not one of {', '.join(QUANTITIES)}")
+    if claim.get("x", "step") not in X_AXES:
+        raise UserError(f"{path}: x {claim['x']!r} must be one of {', '.join(X_AXES)}")
     claim.setdefault("combine", "all")
     if claim["combine"] not in COMBINE:
         raise UserError(f"{path}: combine {claim['combine']!r} must be one of {', '.join(COMBINE)}")
@@ -404,6 +407,7 @@ def figure(claim: dict, result: dict, runs: list[dict]):
     import matplotlib.pyplot as plt
 
     _, label, (split, metric, x, log_y) = QUANTITIES[claim["quantity"]]
+    x = claim.get("x", x)  # a claim compared at equal epochs draws its curves per epoch
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.4]})
     for i, g in enumerate(result["groups"]):
@@ -440,7 +444,7 @@ def figure(claim: dict, result: dict, runs: list[dict]):
         if later:
             low = min(later)
             right.set_ylim(max(low - 0.05 * (1 - low), 0), min(1, max(later) + 0.1 * (1 - low)))
-    right.set_xlabel({"step": "optimisation step", "examples": "training examples seen",
+    right.set_xlabel({"step": "optimisation step", "examples": "training examples seen", "epoch": "epoch",
                       "layer": "hidden layer (at initialisation)"}[x])
     names = {"act_std": "activation std", "saturated": "saturated fraction", "update_size": "update size (all layers)",
              "acc": "accuracy"}
@@ -474,6 +478,8 @@ def _curve(run, split: str, metric: str, x: str):
         if split == "step":
             series = series.rolling(SMOOTH).mean()
     steps = series.index.to_numpy(float)
+    if x == "epoch":
+        steps = steps / run["summary"]["steps_per_epoch"]
     return (steps * batch_size(run) if x == "examples" else steps), series.to_numpy(float)
 
 
