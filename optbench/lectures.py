@@ -608,6 +608,18 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     return result
 
 
+def check(claim: dict, scale: str, extra) -> None:
+    """Compose every group's config as its multirun will: a bad override in a claim file (or on the command
+    line) is one line before anything trains."""
+    from optbench.compose import compose_config
+
+    for group, overrides in experiment(claim, scale)[0].items():
+        try:
+            compose_config(merge_overrides(overrides, list(extra)))
+        except UserError as e:
+            raise UserError(f"claim {claim['name']}, group {group}: {e}") from None
+
+
 def _json(x):
     return float(x) if isinstance(x, (np.floating, np.integer)) else bool(x) if isinstance(x, np.bool_) else str(x)
 
@@ -649,6 +661,8 @@ def main(args: list[str]) -> int:
     if not wanted:
         raise UserError(f"lectures {opts.action}: name the claims (`optbench lectures list`) or give --all")
     claims = [load(n, catalogue) for n in wanted]  # every name checked before anything trains
+    for claim in claims:
+        check(claim, opts.scale, extra)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     done, failed, started = [], [], time.perf_counter()

@@ -188,7 +188,7 @@ def test_the_wrong_direction_gets_the_opposite_verdict_from_the_same_runs(tiny):
     assert result["comparisons"][0]["high"] < 0
     # one multirun sweeping the learning rate, and nothing trained again: skip_completed found every run
     log = (out / "tiny_wrong" / "runs" / "all" / "lectures.log").read_text()
-    assert "optimizer.lr=0.1,0.001" in log and log.count("skipped:") == 12 and "vectorized pass" not in log
+    assert "optimizer.lr=0.1,0.001" in log and log.count("skipped:") == 12 and "vectorized pass of" not in log
 
 
 def test_a_claim_that_cannot_run_exits_nonzero(mnist_root, tmp_path):
@@ -198,6 +198,15 @@ def test_a_claim_that_cannot_run_exits_nonzero(mnist_root, tmp_path):
                    "--out", str(tmp_path / "out"))
     assert out.returncode == 1 and "could not be run: broken" in out.stdout
     assert not (tmp_path / "out" / "broken" / "verdict.json").exists()
+
+
+def test_a_bad_override_in_a_claim_is_one_line_before_anything_trains(tmp_path):
+    (tmp_path / "typo.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                        .replace("optimizer=sgd,", "optimizer=sgdd,"))
+    out = optbench("lectures", "run", "typo", "--catalogue", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "claim typo, group good: optimizer=sgdd is not an option (did you mean sgd?)" in out.stderr
+    assert not (tmp_path / "out" / "typo").exists()
 
 
 def test_page_has_every_claim_and_figure(tiny):
