@@ -211,9 +211,6 @@ def examples_to_target(run, claim) -> float:
     return float(reached.index[0] * batch_size(run)) if len(reached) else np.nan
 
 
-SMOOTH = 10  # steps in the moving average of the mini-batch loss
-
-
 def loss_rise(run, claim) -> float:
     """How far the learning curve climbs: the sum of the rises of log(training loss) from one evaluation to
     the next (the whole-split loss, free of mini-batch noise), up to a non-finite loss. A curve that only
@@ -484,8 +481,6 @@ def _curve(run, split: str, metric: str, x: str):
         series = rows.groupby("step")["value"].sum()
     else:
         series = _evaluations(metrics, split, metric)
-        if split == "step":
-            series = series.rolling(SMOOTH).mean()
     steps = series.index.to_numpy(float)
     if x == "epoch":
         steps = steps / run["summary"]["steps_per_epoch"]
