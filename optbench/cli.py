@@ -43,6 +43,10 @@ commands:
                         optimizers from conf/optimizer/ stepping on a 2-D surface (surface=quadratic|...)
   landscape RUN_DIR [RUN_DIR2] [--points 41] [--span 1] [--samples 10000] [--init]
                         training-loss slices around a run's weights (random directions, init->final)
+  lectures [list] | run NAME...|--all [--scale default|full] [--out lectures] [overrides] | report NAME...|--all
+                        the lecture notes' claims (conf/lectures/), each trained and judged: verdicts with
+                        intervals, one figure per claim, one page (index.md, index.html) for them all;
+                        report: judge and draw what is already trained
   bench [overrides] [--epochs 2] [--rounds 2] [--sweep 8]
                         seconds per epoch: optbench vs a DataLoader loop vs the GEMM floor; vectorized sweep speedup
 
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": train, "list": list_options, "data": data_command, "gradcheck": gradcheck_command,
                 "trajectories": trajectories_command, "landscape": landscape_command, "search": search_command,
                 "report": report_command, "plot": plot_command, "export": export_command,
-                "bench": bench_command}
+                "bench": bench_command, "lectures": lectures_command}
     if command in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
@@ -142,6 +146,12 @@ def bench_command(args: list[str]) -> int:
     from optbench import bench
 
     return bench.main(args)
+
+
+def lectures_command(args: list[str]) -> int:
+    from optbench import lectures
+
+    return lectures.main(args)
 
 
 def search_command(args: list[str]) -> int:

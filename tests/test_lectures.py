@@ -1,0 +1,237 @@
+"""`optbench lectures`: the catalogue against the lecture notes, verdicts from real multiruns, the page in Chromium."""
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, compose, optbench
+from optbench import lectures
+from test_html_report import CHROMIUM, FLAGS
+
+# the raw lecture notes sit beside the checkout on the development machines; a fresh clone has none
+SEEDS = REPO.parent / "shared" / "seeds"
+CLAIMS = lectures.names()
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_catalogue_covers_the_lectures():
+    assert len(CLAIMS) >= 10
+    assert {lectures.load(n)["lecture"][:3] for n in CLAIMS} >= {"000", "001", "003", "004"}
+
+
+@pytest.mark.parametrize("name", CLAIMS)
+def test_claim_loads_and_its_groups_compose(name):
+    claim = lectures.load(name)
+    assert claim["quote"].strip() and re.fullmatch(r"\d{3}_[0-9a-f]{16}\.txt", claim["lecture"])
+    assert claim["description"], "the first comment line is what `lectures list` shows"
+    groups, seeds = lectures.experiment(claim)
+    assert len(seeds) >= 6  # below 6 paired seeds the sign-flip test can never resolve at 5%
+    assert set(groups) == set(claim["groups"]) and len(groups) >= 2
+    configs = [_plain(compose(*overrides)) for overrides in groups.values()]
+    # the groups differ in what the claim is about, not in nothing
+    assert len({yaml.safe_dump(c) for c in configs}) == len(configs)
+    full, full_seeds = lectures.experiment(claim, "full")
+    assert len(full_seeds) >= len(seeds)
+    compose(*next(iter(full.values())))  # the full scale's overrides compose too (one group: they are shared)
+
+
+def _plain(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason=f"no lecture notes at {SEEDS} (a fresh clone): quotations unchecked")
+@pytest.mark.parametrize("name", CLAIMS)
+def test_quotation_occurs_in_its_lecture_file(name):
+    claim = lectures.load(name)
+    source = SEEDS / claim["lecture"]
+    assert source.is_file(), f"{name} names {claim['lecture']}, not in {SEEDS}"
+    assert normalised(claim["quote"]) in normalised(source.read_text(errors="replace"))
+
+
+def test_a_misquotation_is_caught(tmp_path):
+    """The check above can fail: a quotation with one word changed is not found."""
+    if not SEEDS.is_dir():
+        pytest.skip(f"no lecture notes at {SEEDS}")
+    claim = lectures.load("momentum_speeds_up")
+    text = normalised((SEEDS / claim["lecture"]).read_text())
+    assert normalised(claim["quote"]) in text and normalised(claim["quote"]).replace("usually", "always") not in text
+
+
+# --- the verdict logic on values with known answers ----------------------------------------------------------
+
+
+def _claim(predict, combine="all", groups=("a", "b", "c")):
+    return {"groups": {g: [] for g in groups}, "predict": [lectures.parse_prediction(p, dict.fromkeys(groups), "x")
+                                                         for p in predict], "combine": combine}
+
+
+def _values(*means, spread=0.01, seeds=6):
+    rng = np.random.default_rng(0)
+    return {g: pd.Series(m + spread * rng.standard_normal(seeds), index=range(seeds)) for g, m in zip("abc", means)}
+
+
+def test_verdicts_follow_the_paired_test():
+    values = _values(0.9, 0.8, 0.9)
+    assert lectures.judge(_claim(["a > b"]), values)["verdict"] == lectures.SUPPORTED
+    assert lectures.judge(_claim(["a < b"]), values)["verdict"] == lectures.OPPOSITE
+    values["c"] = values["a"] + np.resize([0.01, -0.006], 6)  # c a little above a on average, not in every seed
+    unresolved = lectures.judge(_claim(["c > a"]), values)
+    assert unresolved["verdict"] == lectures.UNRESOLVED and 6 < unresolved["seeds_needed"] < 1000
+    assert lectures.verdict_text(unresolved) == f"not resolved at 6 seeds (~{unresolved['seeds_needed']:.0f} would resolve it)"
+    # 5 seeds: the smallest sign-flip p is 2/2^5 = 0.0625, so even a large difference stays unresolved
+    few = lectures.judge(_claim(["a > b"]), _values(0.9, 0.8, 0.9, seeds=5))
+    assert few["verdict"] == lectures.UNRESOLVED and few["seeds_needed"] == 6
+
+
+def test_all_and_any_combine_predictions():
+    values = _values(0.9, 0.8, 0.95)
+    assert lectures.judge(_claim(["a > b", "c > a"]), values)["verdict"] == lectures.SUPPORTED
+    assert lectures.judge(_claim(["a > b", "a > c"]), values)["verdict"] == lectures.OPPOSITE
+    # any: one prediction resolved as predicted is enough, but only after Holm over both (7 seeds: 2/128 < 0.025)
+    seven = _values(0.9, 0.8, 0.95, seeds=7)
+    assert lectures.judge(_claim(["a > b", "a > c"], "any"), seven)["verdict"] == lectures.SUPPORTED
+    assert lectures.judge(_claim(["b > a", "a > c"], "any"), seven)["verdict"] == lectures.OPPOSITE
+    six = lectures.judge(_claim(["a > b", "a > c"], "any"), values)
+    assert six["verdict"] == lectures.UNRESOLVED  # 2/64 = 0.031 is above 0.05 / 2
+
+
+def test_bad_catalogue_entries_are_one_line_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text("quote: x\nlecture: 000_x.txt\ngroups: {a: [], b: []}\nseeds: 6\n"
+                                       "quantity: best_val_acc\npredict: ['a > z']\n")
+    with pytest.raises(lectures.UserError, match="prediction 'a > z'"):
+        lectures.load("bad", tmp_path)
+    out = optbench("lectures", "run", "momentum_speed_up")
+    assert out.returncode == 2 and "did you mean momentum_speeds_up" in out.stderr
+    assert out.stderr.strip().count("\n") == 0
+    assert optbench("lectures", "run").returncode == 2
+
+
+def test_list_names_every_claim():
+    out = optbench("lectures", "list")
+    assert out.returncode == 0
+    assert [line.split()[0] for line in out.stdout.splitlines()] == CLAIMS
+
+
+def test_list_does_not_import_torch():
+    code = "import sys; from optbench.cli import main; main(['lectures', 'list']); assert 'torch' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+# --- a tiny claim trained for real ---------------------------------------------------------------------------
+
+TINY = """\
+# SGD at lr 0.001 against 0.1 on a 16-unit net, 20 steps: training loss
+quote: "If the learning rate is too low, learning proceeds slowly."
+lecture: 000_8417a3012551713b.txt
+condition: a tiny net, 20 steps
+overrides: [diagnostics=off, optimizer=sgd, "model.hidden=[16]", trainer.max_steps=20, trainer.eval_every=10,
+            data.train_eval_size=500, data.val_size=1000, device=cpu]
+groups:
+  good: [optimizer.lr=0.1]
+  too_small: [optimizer.lr=0.001]
+seeds: 6
+quantity: final_train_loss
+predict: [PREDICTION]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(mnist_root, tmp_path_factory):
+    """Two claims on the same experiment, one predicting the right direction and one the wrong; the second
+    reuses the first's runs (copied), which the multirun then skips."""
+    catalogue, out = tmp_path_factory.mktemp("catalogue"), tmp_path_factory.mktemp("lectures")
+    (catalogue / "tiny.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'"))
+    (catalogue / "tiny_wrong.yaml").write_text(TINY.replace("PREDICTION", "'good > too_small'"))
+    first = optbench("lectures", "run", "tiny", f"data.root={mnist_root}", "--catalogue", str(catalogue),
+                     "--out", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(out / "tiny" / "runs", out / "tiny_wrong" / "runs")
+    second = optbench("lectures", "run", "tiny_wrong", f"data.root={mnist_root}", "--catalogue", str(catalogue),
+                      "--out", str(out))
+    assert second.returncode == 0, second.stderr[-3000:]
+    return out, first.stdout, second.stdout
+
+
+def test_tiny_claim_gives_a_verdict_row_with_an_interval(tiny):
+    out, stdout, _ = tiny
+    result = json.loads((out / "tiny" / "verdict.json").read_text())
+    assert result["verdict"] == lectures.SUPPORTED and "tiny: supported" in stdout
+    row = result["comparisons"][0]
+    assert row["paired"] and row["seeds"] == 6 and row["test"] == "sign-flip"
+    assert 0 < row["low"] <= row["difference"] <= row["high"]  # too_small's loss is higher, the interval says so
+    for group in result["groups"]:
+        assert group["n"] == 6 and group["low"] <= group["mean"] <= group["high"]
+    with Image.open(out / result["figure"]) as image:
+        assert image.size[0] > 1000
+
+
+def test_the_wrong_direction_gets_the_opposite_verdict_from_the_same_runs(tiny):
+    out, _, stdout = tiny
+    result = json.loads((out / "tiny_wrong" / "verdict.json").read_text())
+    assert result["verdict"] == lectures.OPPOSITE and "tiny_wrong: not supported" in stdout
+    assert result["comparisons"][0]["high"] < 0
+    # one multirun sweeping the learning rate, and nothing trained again: skip_completed found every run
+    log = (out / "tiny_wrong" / "runs" / "all" / "lectures.log").read_text()
+    assert "optimizer.lr=0.1,0.001" in log and log.count("skipped:") == 12 and "vectorized pass of" not in log
+
+
+def test_a_claim_that_cannot_run_exits_nonzero(mnist_root, tmp_path):
+    (tmp_path / "broken.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                          .replace("optimizer.lr=0.001", "optimizer.lr=-1"))
+    out = optbench("lectures", "run", "broken", f"data.root={mnist_root}", "--catalogue", str(tmp_path),
+                   "--out", str(tmp_path / "out"))
+    assert out.returncode == 1 and "could not be run: broken" in out.stdout
+    assert not (tmp_path / "out" / "broken" / "verdict.json").exists()
+
+
+def test_a_bad_override_in_a_claim_is_one_line_before_anything_trains(tmp_path):
+    (tmp_path / "typo.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                        .replace("optimizer=sgd,", "optimizer=sgdd,"))
+    out = optbench("lectures", "run", "typo", "--catalogue", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "claim typo, group good: optimizer=sgdd is not an option (did you mean sgd?)" in out.stderr
+    assert not (tmp_path / "out" / "typo").exists()
+
+
+def test_page_has_every_claim_and_figure(tiny):
+    out, _, _ = tiny
+    page = (out / "index.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 2
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            image.verify()
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    md = (out / "index.md").read_text()
+    assert "| tiny | 000 |" in md and "| tiny_wrong | 000 |" in md and "not supported" in md
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (CI installs Debian's chromium)")
+def test_page_renders_in_headless_chromium(tiny, tmp_path):
+    out, _, _ = tiny
+    page = out / "index.html"
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'a'}", f"--screenshot={shot}",
+                    "--window-size=1280,2400", page.as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # text, tables and plots, not a blank page
+    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'b'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count("<img") == 2 and dom.count("<table") == 3 and "tiny_wrong: not supported" in dom
