@@ -170,11 +170,12 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(mnist_
     subprocess.run(_train_cmd(mnist_root, whole, *overrides), check=True, capture_output=True)
     proc = subprocess.Popen(_train_cmd(mnist_root, killed, *overrides), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not (killed / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
     proc.kill()
     proc.wait()
+    assert (killed / "checkpoint.pt").exists(), "killed before its first checkpoint"
     assert json.loads((killed / "summary.json").read_text())["status"] == "running", "killed too late to test"
     again = subprocess.run(_train_cmd(mnist_root, killed, *overrides), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
