@@ -66,22 +66,28 @@ def parameters(conf) -> dict:
     return {**{k: v for k, v in named.items() if v is not None}, **dict(conf.submitit or {})}
 
 
-def submit(calls: list[tuple], cluster: str, folder, conf) -> list:
-    """Each call (cfgs, dirs, choices) as one job of a submitit array; waits for them all; each result or its error."""
+def make_executor(cluster: str, folder, conf):
+    """submitit's executor for `cluster` (slurm, local) with the launcher's settings; a bad one is a UserError."""
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    except RuntimeError as e:  # executor=slurm where there is no sbatch/srun
+    except RuntimeError as e:  # executor=slurm where there is no srun
         raise UserError(f"hydra.launcher.executor={_executor_name(cluster)}: {_first_line(e)}") from None
     try:
         executor.update_parameters(**parameters(conf))
     except (ValueError, AssertionError, TypeError, NameError) as e:  # submitit's ways of naming a bad parameter
         raise UserError(f"hydra.launcher: {_first_line(e)}") from None
+    return executor
+
+
+def submit(executor, calls: list[tuple], threads: int | None) -> list:
+    """Each call (cfgs, dirs, choices) as one job of a submitit array; waits for them all; each result or its error."""
     try:
-        jobs = executor.map_array(PassJob(conf.cpus_per_job), *map(list, zip(*calls)))
+        jobs = executor.map_array(PassJob(threads), *map(list, zip(*calls)))
     except (submitit.core.utils.FailedSubmissionError, OSError) as e:  # sbatch refused the array, or is missing
         raise UserError(f"could not submit the passes: {_first_line(e)}") from None
     ids = sorted({job.job_id.split("_")[0] for job in jobs})  # one id for a SLURM array, one per local process
-    log.info("submitted %d job(s) to %s: %s; submitit's logs in %s", len(jobs), executor.cluster, ", ".join(ids), folder)
+    log.info("submitted %d job(s) to %s: %s; submitit's logs in %s", len(jobs), executor.cluster, ", ".join(ids),
+             executor.folder)
     outcomes = []
     for job in jobs:
         try:

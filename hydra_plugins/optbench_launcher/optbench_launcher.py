@@ -16,6 +16,7 @@ basic launcher untouched.
 import copy
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -57,13 +58,20 @@ class OptbenchLauncher(BasicLauncher):
     def __init__(self, **settings: Any) -> None:
         super().__init__()
         self.settings = OptbenchLauncherConf(**settings)
+        self.submitit = None  # executor=slurm|submitit_local: submitit's executor, made before any run is set up
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from optbench import jobs, vectorized
 
         if self.task_function is not jobs.train_task:
             return super().launch(job_overrides, initial_job_idx)
-        executor = self._check_settings()
+        from optbench.errors import UserError
+
+        try:
+            executor = self._check_settings()
+        except UserError as e:  # Hydra would print it with a traceback; nothing is set up yet
+            print(f"optbench: error: {e}", file=sys.stderr)
+            raise SystemExit(2)
         configs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -80,8 +88,7 @@ class OptbenchLauncher(BasicLauncher):
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         where = "locally" if executor == "in_process" else f"through executor {executor}"
         log.info(f"Launching {len(job_overrides)} jobs {where}, {sum(len(p) > 1 for p in passes)} vectorized pass(es)")
         runs: List[JobReturn] = [None] * len(configs)
@@ -104,7 +111,7 @@ class OptbenchLauncher(BasicLauncher):
             elif prepared:
                 handed.append((rets, prepared))
         if handed:
-            outcomes = self._execute(executor, [_call(prepared) for _, prepared in handed], sweep_dir)
+            outcomes = self._execute(executor, [_call(prepared) for _, prepared in handed])
             for (rets, prepared), outcome in zip(handed, outcomes):
                 interrupted |= _finish(rets, prepared, outcome)
         if interrupted:
@@ -121,15 +128,19 @@ class OptbenchLauncher(BasicLauncher):
         for key in ("workers", "max_runs_per_pass"):
             if getattr(s, key) is not None and getattr(s, key) < 1:
                 raise UserError(f"hydra.launcher.{key}={getattr(s, key)} must be >= 1 (or null)")
-        if s.executor in ("slurm", "submitit_local"):
+        if s.executor in ("slurm", "submitit_local"):  # checked before any run directory is set up
             try:
-                import submitit  # noqa: F401  (before any run directory is set up)
-            except ImportError:
+                from optbench import cluster
+            except ImportError as e:
+                if e.name != "submitit":
+                    raise
                 raise UserError(f"hydra.launcher.executor={s.executor} needs submitit: "
                                 "pip install 'optbench[slurm]'") from None
+            self.submitit = cluster.make_executor("slurm" if s.executor == "slurm" else "local",
+                                                  Path(str(self.config.hydra.sweep.dir)) / ".submitit", s)
         return s.executor
 
-    def _execute(self, executor: str, calls: list, sweep_dir: Path) -> list:
+    def _execute(self, executor: str, calls: list) -> list:
         from optbench import executors
 
         if executor == "workers":
@@ -138,7 +149,7 @@ class OptbenchLauncher(BasicLauncher):
             return executors.in_workers(calls, min(n, len(calls)))
         from optbench import cluster
 
-        return cluster.submit(calls, "slurm" if executor == "slurm" else "local", sweep_dir / ".submitit", self.settings)
+        return cluster.submit(self.submitit, calls, self.settings.cpus_per_job)
 
     def _run(self, config, task_function) -> JobReturn:
         return run_job(hydra_context=self.hydra_context, task_function=task_function, config=config,
