@@ -13,8 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 
 import optbench as optbench_package
-from conftest import optbench
+from conftest import compose, optbench
 from optbench.executors import default_workers, worker_setup
+from optbench.vectorized import plan
 
 # two passes (the hidden sizes differ) of two seeds each, a few steps on small subsets
 SWEEP = ("device=cpu", "diagnostics=off", "trainer.max_steps=3", "data.train_eval_size=500", "data.val_size=500",
@@ -84,6 +85,12 @@ def test_worker_k_gets_its_gpu_and_its_share_of_the_cores(k, n, gpus, cores, env
 def test_default_workers_one_per_gpu_else_one_per_core():
     assert default_workers(["0", "1", "2"], 16) == 3
     assert default_workers([], 4) == 4
+
+
+def test_max_runs_per_pass_caps_the_passes():
+    cfgs = [compose(f"optimizer={o}", f"seed={s}") for o in ("sgd", "adam") for s in range(5)]
+    assert plan(cfgs, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert plan(cfgs) == [list(range(10))]  # MAX_MODELS (32)
 
 
 def test_two_passes_through_submitit_local_are_two_processes_with_the_in_process_results(

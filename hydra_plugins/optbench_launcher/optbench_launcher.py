@@ -38,7 +38,7 @@ class OptbenchLauncherConf:
     executor: str = "in_process"
     # executor=workers: how many processes; null: one per GPU, else one per core (each gets its share of the cores)
     workers: Optional[int] = None
-    # the most runs in one pass (null: optbench.vectorized.MAX_MODELS); smaller passes make more, shorter jobs
+    # the most runs in one pass (null: optbench.vectorized.MAX_MODELS, 32); smaller passes make more, shorter jobs
     max_runs_per_pass: Optional[int] = None
     # slurm / submitit_local: each job's resources, as submitit names them in parentheses
     partition: Optional[str] = None  # (slurm_partition)
@@ -80,9 +80,7 @@ class OptbenchLauncher(BasicLauncher):
                 sweep_config.hydra.job.num = idx
             configs.append(sweep_config)
         task_configs = [_without_hydra(c) for c in configs]
-        size = self.settings.max_runs_per_pass
-        passes = [p[i:i + size] for p in vectorized.plan(task_configs) for i in range(0, len(p), size)] if size \
-            else vectorized.plan(task_configs)
+        passes = vectorized.plan(task_configs, self.settings.max_runs_per_pass or vectorized.MAX_MODELS)
         if executor == "in_process" and all(len(p) == 1 for p in passes):
             return super().launch(job_overrides, initial_job_idx)  # exactly Hydra's basic launcher
 
