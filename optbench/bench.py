@@ -3,7 +3,8 @@
 Rows: a DataLoader loop over a per-sample tensor Dataset; the torchvision-style
 loop most MNIST tutorials write (a PIL image per sample, ToTensor, Normalize;
 emulated without torchvision); optbench's trainer with diagnostics off, basic,
-and basic under bf16 autocast (where the device runs bf16); the GEMM floor in
+basic under bf16 autocast (where the device runs bf16) and basic with live
+TensorBoard files (where tensorboard is installed); the GEMM floor in
 fp32 and in bf16. All contenders run in one process on the same data, model and
 device, in alternating order (warm-up round first, then rounds that reverse the
 order), so machine drift hits them alike. A vectorized sweep follows, against
@@ -13,6 +14,7 @@ Figures are printed, never asserted.
 
 import argparse
 import contextlib
+import importlib.util
 import re
 import resource
 import statistics
@@ -37,6 +39,7 @@ from optbench.compose import compose_config as compose
 TENSOR_LOOP = "DataLoader loop (workers=0)"
 PIL_LOOP = "torchvision-style loop (PIL, workers=0)"
 AMP = "optbench diagnostics=basic trainer.amp=true"
+TENSORBOARD = "optbench diagnostics=basic trainer.tensorboard=true"  # live event files: the cost of watching
 FLOOR = "GEMM floor"
 BF16_FLOOR = "GEMM floor (bf16)"
 
@@ -278,6 +281,8 @@ def contenders(cfg, base: list[str], opts, split: dict, device: torch.device,
                     "optbench diagnostics=basic": [*base, "diagnostics=basic"]}
         if bf16:
             variants[AMP] = [*base, "diagnostics=basic", "trainer.amp=true"]
+        if importlib.util.find_spec("tensorboard") is not None:
+            variants[TENSORBOARD] = [*base, "diagnostics=basic", "trainer.tensorboard=true"]
     rows = {TENSOR_LOOP: loop(tensor_dataset(split)), PIL_LOOP: loop(pil_dataset(split))}
     rows.update({name: trainer(name, overrides) for name, overrides in variants.items()})
     rows[FLOOR] = floor(torch.float32)
@@ -317,6 +322,9 @@ def print_table(times: dict, memory: dict, n_train: int) -> None:
     if AMP in med and BF16_FLOOR in med:
         # "of floor" compares with fp32 matmuls; bf16 autocast is bounded by the bf16 ones instead
         print(f"(`{AMP}` is {med[BF16_FLOOR] / med[AMP]:.0%} of the bf16 GEMM floor)")
+    if TENSORBOARD in med:
+        basic = med["optbench diagnostics=basic"]
+        print(f"(live TensorBoard costs {med[TENSORBOARD] / basic - 1:+.1%} over diagnostics=basic, median against median)")
 
 
 def main(args: list[str]) -> int:

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from optbench import config_dirs
-from optbench.compose import CONF, check_group_choices, compose_config, group_options, groups, suggest, validate_overrides
+from optbench.compose import (CONF, check_group_choices, check_sweep, compose_config, group_options, groups, suggest,
+                              validate_overrides)
 from optbench.errors import UserError
 
 USAGE = """\
@@ -96,10 +97,15 @@ def train(args: list[str]) -> int:
     if "--dry-run" in args:
         return dry_run([a for a in args if a != "--dry-run"])
     schema.register()
-    validate_overrides(args)  # also every group option a sweep names
+    variants = validate_overrides(args)  # also every group option a sweep names
+    if len(variants) > 1:
+        check_sweep(variants)
+    jobs.failed_runs.clear()
     with _hydra_app(args):
         hydra.main(config_path="conf", config_name="config", version_base="1.3")(jobs.train_task)()
-    return 0
+    for line in jobs.failed_runs:
+        print(f"optbench: error: {line}", file=sys.stderr)
+    return 1 if jobs.failed_runs else 0
 
 
 @contextmanager

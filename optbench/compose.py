@@ -51,11 +51,13 @@ def check_group_choices(args: list[str]) -> None:
                 )
 
 
-def validate_overrides(args: list[str]) -> None:
+def validate_overrides(args: list[str]) -> list[tuple[str, object]]:
     """Compose the config for every value a sweep names, so a bad key or type fails now, in one line.
 
     Hydra would report it too, but over several lines, and in a sweep only
-    when it reaches that job.
+    when it reaches that job. Returns (the value's override, its config)
+    per value of a sweep (-m), the first value of every key standing in for
+    the others; [] for a single run.
     """
     try:
         from hydra._internal.utils import get_args_parser
@@ -65,9 +67,9 @@ def validate_overrides(args: list[str]) -> None:
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
         variants = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in overrides]
     except BaseException:
-        return  # malformed command line or a sweep kind we cannot expand: Hydra explains it
+        return []  # malformed command line or a sweep kind we cannot expand: Hydra explains it
     if parsed.help or parsed.hydra_help or parsed.shell_completion or parsed.info:
-        return
+        return []
 
     def line(o, value: str) -> str:
         return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
@@ -76,10 +78,27 @@ def validate_overrides(args: list[str]) -> None:
     search = config_dirs.searchpath_override(config_dirs.extra_option_dirs(args))
     kept = [(o, values) for o, values in zip(overrides, variants) if o.key_or_group != "hydra.searchpath"]
     base = [line(o, values[0]) for o, values in kept]
-    compose_config(base + search)
+    composed = [(" ".join(base), compose_config(base + search))]
     for i, (o, values) in enumerate(kept):
         for value in values[1:]:
-            compose_config(base[:i] + [line(o, value)] + base[i + 1 :] + search)
+            composed.append((line(o, value), compose_config(base[:i] + [line(o, value)] + base[i + 1 :] + search)))
+    return composed if parsed.multirun else []
+
+
+def check_sweep(variants: list[tuple[str, object]]) -> None:
+    """Build each value's run (model, optimizer, schedule, lengths) on the CPU before the first job starts,
+    so `optimizer.lr=0.1,-1` or `trainer.batch_size=64,0` fails in one line instead of as job 2 of 50."""
+    from optbench import data, trainer
+
+    sizes = {}  # (data.name, data.root) -> images in the training file: the data is read once per sweep
+    for override, cfg in variants:
+        where = (cfg.data.name, cfg.data.root)
+        try:
+            if where not in sizes:
+                sizes[where] = len(data.load_arrays(*where)["train_labels"])
+            trainer.check_setup(cfg, sizes[where])
+        except UserError as e:
+            raise UserError(f"{override}: {e}") from None
 
 
 def compose_config(overrides: list[str], config_name: str = "config", hydra: bool = False):

@@ -25,10 +25,11 @@ _worker = None  # this process's name as a worker of `in_workers` ("worker 0", .
 def train_pass(cfgs: list, dirs: list, choices: list, job: str | None = None) -> list[dict]:
     """trainer.fit_pass in whichever process executes the pass: one summary per run.
 
-    A setting the runs share that is wrong fails them all (each summary says
-    failed, with the reason) and the sweep goes on; any other error is raised.
+    A pass that raises (a setting its runs share is wrong, ...) leaves each
+    run's summary failed with the reason, its traceback in train.log, and the
+    sweep goes on, as in process.
     """
-    from optbench import results, schema, trainer
+    from optbench import jobs, results, schema, trainer
 
     schema.register()  # a worker process composed nothing, but resolves the configs with optbench's resolvers
     for d in dirs:
@@ -41,9 +42,12 @@ def train_pass(cfgs: list, dirs: list, choices: list, job: str | None = None) ->
         logging.getLogger("optbench").addHandler(handler)
     try:
         return trainer.fit_pass(list(cfgs), list(dirs), list(choices))
-    except UserError as e:
-        log.error("pass failed: %s", e)
-        return [{"status": "failed", "reason": str(e)}] * len(cfgs)
+    except Exception as e:  # noqa: BLE001 - each run's summary says failed and why; the other passes go on
+        log.error("vectorized pass failed: %s", e if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+        if not isinstance(e, UserError):
+            for d in dirs:
+                jobs.record_traceback(d)  # here, in the process that has the traceback
+        return [results.read_summary(Path(d)) or {"status": "failed", "reason": str(e)} for d in dirs]
     finally:
         if handler is not None:
             logging.getLogger("optbench").removeHandler(handler)

@@ -9,7 +9,10 @@ values on to `trainer.fit`, which never reads Hydra itself.
 import errno
 import logging
 import sys
+import traceback
 from pathlib import Path
+
+from hydra.experimental.callback import Callback
 
 from optbench.errors import UserError
 
@@ -41,20 +44,34 @@ def train_task(cfg) -> float | None:
         summary = fit(cfg, hydra_cfg.runtime.output_dir, choices(hydra_cfg))
     except UserError as e:
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            log.error("run failed: %s", e)  # the sweep goes on; the run's summary says failed
-            return None
+            return None  # the sweep goes on; the run's summary says failed, and the sweep's end says so again
         print(f"optbench: error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    except OSError as e:
-        if e.errno not in DISK_FULL:
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            disk_full(e, hydra_cfg.runtime.output_dir)
+        if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
-        # what was written before stays readable; the summary says failed. Later jobs would fail the same way.
-        print(f"optbench: error: the disk is full (or over quota) writing {e.filename or 'the run directory'}: "
-              f"{e.strerror}; the run in {hydra_cfg.runtime.output_dir} is marked failed", file=sys.stderr)
-        raise SystemExit(1)
+        # a job that raises would end the whole sweep with a traceback once its batch is done: the others
+        # go on, the traceback goes to this run's train.log, and the sweep exits non-zero at its end
+        record_traceback(hydra_cfg.runtime.output_dir)
+        return None
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt  # also ends a multirun instead of starting the next job
     return summary.get("best_val_acc")
+
+
+def record_traceback(run_dir) -> None:
+    """The exception being handled, in full, at the end of the run's train.log (the console gets one line)."""
+    with open(Path(run_dir) / "train.log", "a") as f:
+        traceback.print_exc(file=f)
+
+
+def disk_full(e: OSError, run_dir: str):
+    # what was written before stays readable; the summary says failed. Later jobs would fail the same way.
+    print(f"optbench: error: the disk is full (or over quota) writing {e.filename or 'the run directory'}: "
+          f"{e.strerror}; the run in {run_dir} is marked failed", file=sys.stderr)
+    raise SystemExit(1)
 
 
 def finished_run(cfg, run_dir: Path) -> dict | None:
@@ -110,3 +127,68 @@ def job_device(device: str, job_num: int, n_gpus: int) -> str:
     if device in ("auto", "cuda") and n_gpus > 1:
         return f"cuda:{job_num % n_gpus}"
     return device
+
+
+failed_runs: list[str] = []  # "<run>: <why>" per run of the last sweep that failed or never finished; train's exit
+
+
+class SweepSummary(Callback):
+    """Hydra calls this in the launching process around a sweep, whatever launcher runs the jobs (conf/config.yaml).
+
+    Each finished run's line and the summary at the end go to the console
+    and to sweep.log in the sweep's folder; runs that failed are remembered
+    for `optbench train`'s exit status.
+    """
+
+    def __init__(self):
+        self.handler = None
+
+    def __getstate__(self) -> dict:
+        return {"handler": None}  # joblib and submitit pickle Hydra's callbacks for their workers: not the open file
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from optbench import results
+        from optbench.trainer import LOG_FORMAT
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(sweep_dir / "sweep.log")
+        self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        results.sweep_log.addHandler(self.handler)
+        results.sweep_log.setLevel(logging.INFO)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from optbench import results
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            lines, failed = summarise_sweep(sweep_dir)
+            for line in lines:
+                results.sweep_log.info(line)
+            failed_runs.extend(failed)
+        finally:
+            results.sweep_log.removeHandler(self.handler)
+            self.handler.close()
+
+
+def summarise_sweep(sweep_dir: Path) -> tuple[list[str], list[str]]:
+    """(the lines that close a sweep: every run, the ranking, what to run next; "<run>: <why>" per failed run)."""
+    from optbench import results
+
+    runs = results.load_runs(sweep_dir)
+    summaries = {row.run: {**(results.read_summary(Path(row.run_dir)) or {}), "status": row.status}
+                 for row in runs.itertuples()}
+    counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items())
+    lines = [f"sweep of {len(runs)} runs in {sweep_dir}: {counts}"]
+    lines += ["  " + results.run_line(name, summary) for name, summary in summaries.items()]
+    if runs["status"].isin(results.FINISHED).any():
+        table = results.rank(runs, results.load_metrics(runs))
+        lines += ["ranking (as optbench report prints it):",
+                  *results.format_ranking(table).to_string(index=False).splitlines(), *results.verdict_lines(table)]
+    lines += [f"next: optbench report {sweep_dir} --html   # tables, ranking and one page with the figures",
+              f"      optbench plot {sweep_dir}"]
+    failed = [f"{name}: {summary.get('status')}: {summary.get('reason') or 'see its train.log'}"
+              for name, summary in summaries.items() if summary["status"] not in results.FINISHED]
+    if failed:
+        lines.append(f"{len(failed)} of {len(runs)} runs did not finish: rerun the same command to retry only those")
+    return lines, failed

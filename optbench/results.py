@@ -8,7 +8,9 @@ A run directory holds:
 """
 
 import csv
+import itertools
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -19,30 +21,58 @@ from optbench import stats
 
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
+TENSORBOARD = "tensorboard"  # event files of trainer.tensorboard=true
 COLUMNS = ("step", "epoch", "split", "metric", "value")
 
 
 class MetricsWriter:
-    """Appends rows to metrics.csv; `flush` makes them durable (called at every evaluation)."""
+    """Appends rows to metrics.csv; `flush` makes them durable (called at every evaluation).
 
-    def __init__(self, run_dir: Path):
+    With `tensorboard`, every row also goes to TensorBoard event files in
+    the run's tensorboard/ folder under the tags `optbench export
+    tensorboard` uses (`<split>/<metric>`), one event per step, flushed at
+    every read-back, so a sweep can be watched while it trains.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False, resumed_at: int | None = None):
         path = Path(run_dir) / METRICS
         new = not path.exists() or path.stat().st_size == 0
         self._file = open(path, "a", newline="")
         self._csv = csv.writer(self._file)
         if new:
             self._csv.writerow(COLUMNS)
+        self._events = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # a resumed run writes again the steps after its checkpoint: TensorBoard drops the old ones from there
+            self._events = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD), purge_step=resumed_at)
 
     def write(self, step: int, epoch: int, split: str, values: dict) -> None:
         for metric, value in values.items():
             self._csv.writerow((step, epoch, split, metric, value))
+        if self._events is not None:
+            self._event(step, [(f"{split}/{metric}", value) for metric, value in values.items()])
 
     def write_rows(self, rows) -> None:
         self._csv.writerows(rows)
+        if self._events is not None:
+            for step, same_step in itertools.groupby(rows, key=lambda row: row[0]):
+                self._event(step, [(f"{split}/{metric}", value) for _, _, split, metric, value in same_step])
+            self._events.flush()
+
+    def _event(self, step: int, tagged: list) -> None:
+        # one event of all the step's values: a tenth of add_scalar's cost per value (protobuf, event queue)
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in tagged]
+        self._events.file_writer.add_summary(Summary(value=values), global_step=int(step))
 
     def flush(self) -> None:
         self._file.flush()
         os.fsync(self._file.fileno())
+        if self._events is not None:
+            self._events.flush()
 
     def tell(self) -> int:
         """Bytes written so far: where a resumed run cuts the file back to."""
@@ -53,6 +83,8 @@ class MetricsWriter:
         if not self._file.closed:
             self.flush()
             self._file.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def truncate(path: Path, size: int) -> None:
@@ -128,7 +160,8 @@ FINISHED = ("completed", "diverged")  # outcomes a rerun would only repeat
 # config keys that say where or how a run is carried out, not what it computes: a run that differs from another
 # only in these is the same run. The one list of them: resume and skip decisions (config_differences) ignore them,
 # run folder names leave them out (config.yaml's exclude_keys reads them through a resolver, schema.register)
-RUN_SETTINGS = ("data.root", "device", "trainer.skip_completed", "trainer.resume", "trainer.vectorize")
+RUN_SETTINGS = ("data.root", "device", "trainer.skip_completed", "trainer.resume", "trainer.vectorize",
+                "trainer.progress_every", "trainer.tensorboard")
 # config keys that are not experimental factors: the run settings, and the seed, which repeats a configuration
 NOT_FACTORS = ("seed", *RUN_SETTINGS)
 # hyperparameters tuned per group: a group is represented by its best value, chosen on validation
@@ -136,6 +169,29 @@ TUNED = ("optimizer.lr",)
 # summary fields the report and plots read
 SUMMARY_COLUMNS = ("best_val_acc", "test_acc_at_best_val", "final.train_loss", "optimizer_impl",
                    "steps_per_epoch", "train_time", "wall_time")
+
+
+# the one line per finished run, and a sweep's summary at its end: the console, and sweep.log in a sweep's folder
+sweep_log = logging.getLogger("optbench.sweep")
+
+
+def raised_flags(summary: dict) -> list[str]:
+    """The health flags (diagnostics.FLAGS) a run raised, in the order they are defined."""
+    return [name for name, at in (summary.get("flags") or {}).items() if at is not None]
+
+
+def run_line(name: str, summary: dict) -> str:
+    """`<run> <status> | best val acc, test acc at it | flags | time | why`, for a run that ended."""
+    def fmt(x):
+        return "n/a" if x is None or x != x else f"{x:.4f}"
+
+    flags = raised_flags(summary)
+    line = (f"{name} {summary.get('status')} | best val acc {fmt(summary.get('best_val_acc'))}, test acc at it "
+            f"{fmt(summary.get('test_acc_at_best_val'))}" + (f" | flags: {', '.join(flags)}" if flags else "")
+            + f" | {summary.get('train_time') or 0.0:.1f} s")
+    if summary.get("status") != "completed" and summary.get("reason"):
+        line += f" | {summary['reason']}"
+    return line
 
 
 def write_process(run_dir: Path, job: str | None = None) -> None:
@@ -188,6 +244,16 @@ def config_differences(run_dir: Path, cfg) -> list[str]:
     old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (OmegaConf.load(path), cfg))
     return sorted(k for k in old.keys() | new.keys()
                   if k not in RUN_SETTINGS and old.get(k, _ABSENT) != new.get(k, _ABSENT))
+
+
+def differing_keys(cfgs) -> list[str]:
+    """What differs between configs, in words a user typed: `optimizer` when the class differs, else `optimizer.lr`."""
+    from omegaconf import OmegaConf
+
+    flat = [_flat(OmegaConf.to_container(c, resolve=True)) for c in cfgs]
+    keys = sorted(k for k in set().union(*flat) if len({str(f.get(k, _ABSENT)) for f in flat}) > 1)
+    whole = {k.rsplit(".", 1)[0] for k in keys if k.endswith("._target_")}
+    return sorted(whole | {k for k in keys if k.split(".")[0] not in whole})
 
 
 _ABSENT = object()

@@ -48,6 +48,8 @@ class TrainerConf:
     resume: bool = MISSING
     amp: bool = MISSING
     compile: Optional[str] = MISSING
+    progress_every: float = MISSING
+    tensorboard: bool = MISSING
 
 
 @dataclass

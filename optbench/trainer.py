@@ -14,6 +14,7 @@ accelerator inside a step.
 
 import csv
 import functools
+import importlib.util
 import io
 import logging
 import math
@@ -30,6 +31,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from optbench import data, diagnostics, optimizers, results, vectorized
 from optbench.errors import UserError
@@ -77,9 +79,7 @@ def make_splits(arrays: dict, val_size: int, device: torch.device) -> dict:
     turns a gathered batch into floats with the training statistics.
     """
     images, labels = arrays["train_images"], arrays["train_labels"]
-    n_train = len(images) - val_size
-    if not 0 <= val_size < len(images):
-        raise UserError(f"data.val_size={val_size} must be in [0, {len(images) - 1}]")
+    n_train = train_size(len(images), val_size)
 
     def to(x, dtype):
         return torch.from_numpy(x).to(device=device, dtype=dtype)
@@ -92,6 +92,13 @@ def make_splits(arrays: dict, val_size: int, device: torch.device) -> dict:
     train_x = split["train"][0].float()
     split["mean"], split["std"] = train_x.mean(), train_x.std()
     return split
+
+
+def train_size(n_images: int, val_size: int) -> int:
+    """Images left to train on once the last val_size images of the training file are held out."""
+    if not 0 <= val_size < n_images:
+        raise UserError(f"data.val_size={val_size} must be in [0, {n_images - 1}]")
+    return n_images - val_size
 
 
 def eval_splits(split: dict, train_eval_size: int | None) -> dict:
@@ -235,6 +242,7 @@ TRAINER_RULES = (
     ("min_delta", lambda v: v >= 0, ">= 0"),
     ("compile", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)} (or null: eager)"),
     ("vectorize", lambda v: v in vectorized.MODES, f"one of {', '.join(vectorized.MODES)}"),
+    ("progress_every", lambda v: v > 0, "> 0 seconds"),
 )
 
 
@@ -283,9 +291,20 @@ def check(cfg: DictConfig) -> None:
     for key, allowed, rule in TRAINER_RULES:
         if t[key] is not None and not allowed(t[key]):
             raise UserError(f"trainer.{key}={t[key]} must be {rule}")
+    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'optbench[tensorboard]'")
     if vectorized.needs_closure(cfg) and (t.clip_grad_norm or t.clip_grad_value):
         # its line search compares losses with the gradient it is given: a clipped one misleads it
         raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
+
+
+def check_setup(cfg: DictConfig, n_images: int) -> None:
+    """Everything a run checks before its first step, without its data: the rules, the lengths, and the model,
+    optimizer and schedule built on the CPU (torch's own checks, such as lr >= 0, happen there)."""
+    check(cfg)
+    lengths = run_lengths(cfg, train_size(n_images, cfg.data.val_size))
+    model = build_model(cfg, torch.device("cpu"))
+    build_training(cfg, model.parameters(), lengths, model)
 
 
 @dataclass
@@ -365,15 +384,15 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
     """
     if len({vectorized.group_key(c) for c in cfgs}) != 1:
         raise ValueError("fit_pass: the configs differ in more than seed/optimizer/schedule/init")
-    reasons = {vectorized.why_not(c) for c in cfgs} - {None} if len(cfgs) > 1 else set()
-    if reasons:
-        raise UserError(f"these runs cannot share a pass: {'; '.join(sorted(reasons))}")
     started = time.perf_counter()
     runs = [_open_run(c, Path(d), ch, len(cfgs)) for c, d, ch in zip(cfgs, run_dirs, choices or [None] * len(cfgs))]
     by_step = {}  # the runs that continue from a checkpoint at the same step train together; fresh ones too
     for r in runs:
         by_step.setdefault(r.resume["step"] if r.resume else None, []).append(r)
     try:
+        reasons = {vectorized.why_not(c) for c in cfgs} - {None} if len(cfgs) > 1 else set()
+        if reasons:  # each run's summary says failed, and why
+            raise UserError(f"these runs cannot share a pass: {'; '.join(sorted(reasons))}")
         for part in by_step.values():
             _fit(part[0].cfg, part, started)
     except BaseException as e:
@@ -386,7 +405,7 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
 
 def _open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = resumable(cfg, run_dir)
+    resume, started_over = resumable(cfg, run_dir)
     if resume is None:
         clear_run_files(run_dir)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -400,6 +419,10 @@ def _open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         run_log.addHandler(handler)
         run_log.setLevel(logging.INFO)
+    if started_over:
+        run_log.info("starting over: %s", started_over)
+        if n_runs > 1:
+            log.info("%s starts over: %s", run_dir.name, started_over)
     summary = {**(resume["summary"] if resume else {}), "status": "running",
                "choices": optimizers.named_choices(cfg, choices),  # optimizer=custom: named by its class
                "started_at": _now(), **results.provenance()}
@@ -416,15 +439,13 @@ def _close(r: Run, status: str, reason: str | None, started: float) -> None:
     r.summary.update(status=status, reason=reason, finished_at=_now())
     _update_summary(r.summary, r.history, time.perf_counter() - started)
     results.write_json_atomic(r.dir / results.SUMMARY, r.summary)
-    raised = [name for name, at in r.flags.items() if at is not None]
-    line = (f"{status}: best val acc {_fmt(r.summary.get('best_val_acc'))}, test acc at that epoch "
-            f"{_fmt(r.summary.get('test_acc_at_best_val'))}" + (f" | flags: {', '.join(raised)}" if raised else ""))
-    r.log.info(line)
-    if r.log is not log:
-        log.info("%s %s | %.1f s", r.dir.name, line, r.summary.get("train_time") or 0.0)  # one line per run of a pass
+    line = results.run_line(r.dir.name, r.summary)
+    if r.log is not log:  # a run of a pass: its own train.log gets the line too
+        r.log.info(line)
         for handler in list(r.log.handlers):
             r.log.removeHandler(handler)
             handler.close()
+    results.sweep_log.info(line)  # the console, a single run's train.log, and a sweep's sweep.log
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
@@ -582,7 +603,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
         if K > 1:
             # train_time and seconds_per_epoch are this run's share: the pass's training time / K
             r.summary["vectorized"] = {"models": K, "index": k, "optimizer_calls": len(groups)}
-        r.writer = results.MetricsWriter(r.dir)
+        r.writer = results.MetricsWriter(r.dir, t.tensorboard, resumed_at=step if r.resume else None)
         r.histogram_file = open(r.dir / HISTOGRAMS, "a", newline="")
         if r.histogram_file.tell() == 0:
             csv.writer(r.histogram_file).writerow(diagnostics.HISTOGRAM_COLUMNS)
@@ -598,6 +619,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
 
     def flush_steps() -> None:
         """Write the buffered step metrics (one host read); a run with a non-finite value has diverged."""
+        nonlocal last_loss
         if not pending:
             return
         values = torch.stack([v for *_, v in pending]).tolist()  # [steps, metrics, K]
@@ -616,7 +638,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                 r.summary["diverged_at_step"] = first_bad
                 end(k, "diverged", f"non-finite loss or gradient at step {first_bad}")
         pending.clear()
-        bar.set_postfix(loss=f"{min(values[-1][0]):.4f}", refresh=False)
+        last_loss = f"{min(values[-1][0]):.4f}" + (" (lowest of the pass)" if K > 1 else "")
+        bar.set_postfix(loss=last_loss, refresh=False)
 
     def record_counters(k: int, counts: list) -> None:
         if t.clip_grad_norm or t.clip_grad_value:
@@ -625,14 +648,18 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
 
     def end(k: int, status: str, reason: str | None, stopped_early: bool = False) -> None:
         r = runs[k]
-        if status == "diverged":
-            r.log.warning("run diverged: %s", reason)
-            if K > 1:
-                log.warning("%s diverged: %s", r.dir.name, reason)
+        if status == "diverged" and K > 1:
+            r.log.warning("run diverged: %s", reason)  # its train.log; the console gets _close's line
         r.summary["stopped_early"] = stopped_early
         record_counters(k, counters[k].tolist())
         alive.remove(k)
         _close(r, status, reason, started)
+
+    def fail_group(g: Group, e: Exception) -> None:
+        groups.remove(g)
+        for k in [k for k in alive if runs[k].group is g]:
+            runs[k].log.error("run failed", exc_info=True)  # the traceback in its own train.log
+            end(k, "failed", f"{type(e).__name__}: {e}")
 
     def train_time(k: int) -> float:
         # a pass computes all K models at every step: each run's share of its time compares with a run alone
@@ -749,16 +776,28 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                 param.grad = leaf.grad[rows]
         return objective, losses.detach(), norms
 
+    def progress() -> None:
+        """Where the runs are, for a log without a terminal (a job's output file) in place of the bar."""
+        rate = (step - first_step) / (time.perf_counter() - stepping_since)  # evaluations included: for the ETA
+        left = f" | ~{(total_steps - step) / rate:.0f} s left" if rate else ""
+        log.info("%sstep %d/%d (%.0f%%) | epoch %d/%d | loss %s | %.1f steps/s%s", label and f"{label}: ", step,
+                 total_steps, 100 * step / max(total_steps, 1), epoch, n_epochs, last_loss, rate, left)
+
     eval_time = 0.0
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None, leave=False)
-    train_started = time.perf_counter()
     n_epochs = math.ceil(total_steps / steps_per_epoch)
+    # a pass's bar says how many runs it trains and what differs between them
+    label = f"pass of {K} ({', '.join(results.differing_keys([r.cfg for r in runs])) or 'same config'})" if K > 1 else ""
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None, leave=False)
+    first_step, last_loss = step, "n/a"
+    train_started = time.perf_counter()
     status, reason = "completed", None
     try:
-        with _stop_on_signals() as stop:
+        with _stop_on_signals() as stop, logging_redirect_tqdm():  # log lines print above the bar, not onto it
             optimizers.set_mode([g.optimizer for g in groups], "train")  # schedule-free steps only in train mode
             if not runs[0].resume:
                 run_eval()
+            stepping_since = time.perf_counter()
+            next_progress = stepping_since + t.progress_every
             while alive and step < total_steps and stop.signal is None:
                 if resumed_order is None:  # a new epoch: each run's order drawn from its own generator
                     epoch += 1
@@ -766,7 +805,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                                                 for r in runs]), 0
                 else:  # the epoch a checkpoint was taken in, from the step after it
                     order, first, resumed_order = resumed_order, runs[0].resume["epoch_step"], None
-                bar.set_description(f"epoch {epoch}/{n_epochs}" + (f" x{len(alive)}" if K > 1 else ""))
+                bar.set_description(f"{label + ' | ' if label else ''}epoch {epoch}/{n_epochs}")
                 for i in range(first, steps_per_epoch):
                     idx = order[:, i * batch_size : (i + 1) * batch_size]
                     x_uint8 = train_x[idx]
@@ -796,8 +835,13 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                         _, losses, norms = evaluations[0]  # at the weights the step started from
                     else:
                         _, losses, norms = forward_backward()
-                        for g in groups:
-                            g.optimizer.step()
+                        for g in list(groups):
+                            try:
+                                g.optimizer.step()
+                            except Exception as e:  # a user's optimizer that raises fails its runs, not the pass
+                                if K == 1:
+                                    raise
+                                fail_group(g, e)
                     for g, g_lrs in zip(groups, scheduled):
                         for pg, lr in zip(g.optimizer.param_groups, g_lrs):
                             pg["lr"] = lr
@@ -805,6 +849,9 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                             g.scheduler.step()
                     step += 1
                     bar.update()
+                    if bar.disable and time.perf_counter() >= next_progress:
+                        progress()
+                        next_progress = time.perf_counter() + t.progress_every
                     if step % t.log_every == 0 or step == total_steps:
                         pending.append((step, epoch, list(lrs), grad_index.step_values(losses, norms, per_layer)))
                     if len(pending) >= SYNC_EVERY:
@@ -913,14 +960,23 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def resumable(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """The checkpoint to continue from: an unfinished run of this same config in run_dir."""
+def resumable(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
+    """(the checkpoint to continue from: an unfinished run of this same config in run_dir, or None;
+    why an earlier attempt found there is not continued, or None when there was none)."""
     summary = results.read_summary(run_dir)
-    if not (cfg.trainer.resume and summary and (run_dir / CHECKPOINT).exists()):
-        return None
-    if summary.get("status") in results.FINISHED or not results.same_config(run_dir, cfg):
-        return None
-    return torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    if summary is None:
+        return None, None
+    status = summary.get("status")
+    if status in results.FINISHED:
+        return None, f"the earlier run there {status} (trainer.skip_completed=false, or its config changed)"
+    changed = results.config_differences(run_dir, cfg)
+    if changed:
+        return None, f"the earlier, unfinished ({status}) run there had another config ({', '.join(changed[:5])})"
+    if not (run_dir / CHECKPOINT).exists():
+        return None, f"the earlier, unfinished ({status}) run there left no checkpoint"
+    if not cfg.trainer.resume:
+        return None, f"trainer.resume=false (the earlier run there is {status})"
+    return torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False), None
 
 
 def clear_run_files(run_dir: Path) -> None:
@@ -950,7 +1006,3 @@ def _update_summary(summary: dict, history: list, wall_time: float) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"

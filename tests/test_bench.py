@@ -14,6 +14,7 @@ def test_bench_prints_the_table_and_the_sweep_ratio(mnist_root, capsys):
     # torch's CPU autocast always takes bf16, so device=cpu gets the amp row and the bf16 floor
     assert "| optbench diagnostics=basic trainer.amp=true" in out and "| GEMM floor (bf16)" in out
     assert "of the bf16 GEMM floor" in out
+    assert "| optbench diagnostics=basic trainer.tensorboard=true" in out and "live TensorBoard costs" in out
     assert "`optbench --help`:" in out and "first step done" in out
     assert "sweep of 2 runs" in out and "x faster" in out
     assert "per model in a 2-seed pass" in out and "x the launches" in out

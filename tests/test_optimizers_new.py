@@ -48,7 +48,7 @@ def metrics(run_dir):
     return m[m.metric != "train_time"].reset_index(drop=True)
 
 
-def assert_pass_matches_separate(cfgs, tmp_path):
+def assert_pass_matches_separate(cfgs, tmp_path, rtol=1e-4):
     separate = [fit(c, tmp_path / f"alone{i}") for i, c in enumerate(cfgs)]
     together = fit_pass(cfgs, [tmp_path / f"pass{i}" for i in range(len(cfgs))])
     for i, (a, b) in enumerate(zip(separate, together)):
@@ -59,7 +59,7 @@ def assert_pass_matches_separate(cfgs, tmp_path):
         # the stacked forward rounds differently from the plain one; Muon's normalisation carries it on:
         # an accuracy may differ by an image (1e-4 of the test split, 2e-4 of validation's), never more
         acc = ma.metric == "acc"
-        pd.testing.assert_series_equal(ma.value[~acc], mb.value[~acc], rtol=1e-4, atol=1e-5)
+        pd.testing.assert_series_equal(ma.value[~acc], mb.value[~acc], rtol=rtol, atol=1e-5)
         pd.testing.assert_series_equal(ma.value[acc], mb.value[acc], rtol=0, atol=2.5e-4)
     return together
 
@@ -128,7 +128,9 @@ def test_the_output_layer_never_goes_to_muon():
 
 def test_muon_trains_on_mnist_alone_and_in_a_pass_as_alone(mnist_root, tmp_path):
     cfgs = [cfg_for(mnist_root, "optimizer=muon", "trainer.max_steps=10", f"seed={s}") for s in (0, 1)]
-    together = assert_pass_matches_separate(cfgs, tmp_path)
+    # Newton-Schulz's five matrix products carry the stacked forward's rounding on: with one torch thread
+    # (OMP_NUM_THREADS=1) the losses were 2.4e-4 apart after 10 steps, with two within 1e-4
+    together = assert_pass_matches_separate(cfgs, tmp_path, rtol=1e-3)
     for s in together:
         assert torch.isfinite(torch.tensor(s["final"]["train_loss"]))
         assert s["final"]["val_acc"] > 0.2  # chance is 0.1
@@ -280,6 +282,31 @@ def test_extra_option_dirs_from_config_dir_and_searchpath(tmp_path, monkeypatch)
     assert found["adam"] == conf / "optimizer" / "adam.yaml"  # the package's file wins, as in Hydra
 
 
+def test_an_option_file_in_the_users_folder_sweeps_against_the_roster_and_is_named_by_its_file(
+        mnist_root, tmp_path, user_module):
+    conf = tmp_path / "myconf"
+    (conf / "optimizer").mkdir(parents=True)
+    (conf / "optimizer" / "signsgd.yaml").write_text(
+        "# sign of the momentum buffer, my_optim.py\n_target_: my_optim.SignSGD\n_partial_: true\n"
+        "lr: 0.003\nmomentum: 0.9\n")
+    for where in (["--config-dir", str(conf)], [f"hydra.searchpath=[file://{conf}]"]):  # both list it
+        listed = run_cli("list", *where)
+        assert listed.returncode == 0 and "signsgd" in listed.stdout and str(conf) in listed.stdout
+    sweep = tmp_path / "m"
+    out = run_cli("train", "-m", "--config-dir", str(conf), f"data.root={mnist_root}", *TINY, "optimizer=signsgd,lion", "seed=0",
+                  "trainer.max_steps=5", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr
+    runs = results.load_runs(sweep)
+    assert sorted(zip(runs["optimizer.name"], runs["optimizer._target_"], runs["status"])) == [
+        ("lion", "pytorch_optimizer.Lion", "completed"), ("signsgd", "my_optim.SignSGD", "completed")]
+    from optbench import plots
+
+    fig = plots.learning_curves(runs, results.load_metrics(runs), by=["optimizer.name"])
+    legend = {t.get_text() for leg in fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]
+              for t in leg.get_texts()}
+    assert {"signsgd", "lion"} <= legend
+
+
 # ------------------------------------------------------------------ from Python (a notebook)
 
 NOTEBOOK = '''
@@ -320,6 +347,13 @@ def test_the_python_api_trains_a_notebook_class_alone_and_in_a_sweep(mnist_root,
                                                 ("sgd", 0, "completed", "torch.optim.SGD"),
                                                 ("sgd", 1, "completed", "torch.optim.SGD")]
     assert got["models"] == [4, 4, 4, 4]  # one pass of the four runs
+    from optbench import plots
+
+    runs = results.load_runs(tmp_path / "sweep")
+    fig = plots.learning_curves(runs, results.load_metrics(runs), by=["optimizer.name"])
+    legend = {t.get_text() for leg in fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]
+              for t in leg.get_texts()}
+    assert {"SignSGD", "sgd"} <= legend  # the notebook's class by its name
 
 
 def test_importing_optbench_does_not_import_torch():

@@ -164,7 +164,8 @@ def _train_cmd(mnist_root, run_dir, *overrides):
 
 
 def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(mnist_root, tmp_path):
-    overrides = ("trainer.epochs=4", "model.hidden=[128]", "model.dropout=0.2", "data.augment_shift=1", "seed=5")
+    overrides = ("trainer.epochs=4", "trainer.batch_size=500", "model.hidden=[32]", "model.dropout=0.2",
+                 "data.augment_shift=1", "data.train_eval_size=1000", "seed=5")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_train_cmd(mnist_root, whole, *overrides), check=True, capture_output=True)
     proc = subprocess.Popen(_train_cmd(mnist_root, killed, *overrides), stdout=subprocess.DEVNULL,

@@ -181,22 +181,31 @@ def _call(prepared: dict) -> tuple:
 
 
 def _finish(rets: list, prepared: dict, outcome) -> bool:
-    """Each trained job's JobReturn from its summary (or the executor's error); whether any was interrupted."""
-    from optbench.errors import UserError
+    """Each trained job's JobReturn from its summary; whether any run was interrupted.
 
-    dirs = [d for _, d, _ in prepared.values()]
-    if isinstance(outcome, Exception):  # the worker or job died: every run of its pass failed
-        reason = str(outcome) if isinstance(outcome, UserError) else f"{type(outcome).__name__}: {outcome}"
+    `outcome`: train_pass's summaries, or the error of the worker or job that
+    died; then each run's summary on disk tells what became of it (one still
+    `running`, or never started, is marked failed with that error here).
+    """
+    from optbench import results
+
+    dirs = [Path(d) for _, d, _ in prepared.values()]
+    if isinstance(outcome, Exception):
+        reason = f"{type(outcome).__name__}: {outcome}"
         log.error("pass failed: %s", reason)
-        outcome = [{"status": "failed", "reason": reason}] * len(prepared)
-    for i, d, summary in zip(prepared, dirs, outcome):
-        if summary["status"] == "failed":
-            rets[i].status = JobStatus.FAILED
-            rets[i].return_value = UserError(f"{d}: {summary.get('reason')}")
-        else:
-            rets[i].status = JobStatus.COMPLETED
-            rets[i].return_value = summary.get("best_val_acc")  # as optbench's train task returns
-    return any(s["status"] == "interrupted" for s in outcome)
+        outcome = []
+        for d in dirs:
+            summary = results.read_summary(d) or {}
+            if summary.get("status") in (None, "running"):
+                summary.update(status="failed", reason=reason)
+                results.write_json_atomic(d / results.SUMMARY, summary)
+            outcome.append(summary)
+    for i, summary in zip(prepared, outcome):
+        # as optbench's train task returns: a failed run is None, told at the sweep's end (jobs.SweepSummary);
+        # a FAILED job would make Hydra's sweeper end the sweep with a traceback
+        rets[i].status = JobStatus.COMPLETED
+        rets[i].return_value = summary.get("best_val_acc")
+    return any(s.get("status") == "interrupted" for s in outcome)
 
 
 def _without_hydra(config):
