@@ -194,9 +194,15 @@ def run_line(name: str, summary: dict) -> str:
     return line
 
 
-def write_process(run_dir: Path) -> None:
-    """Record which process trains the run, so a reader can tell a live run from a killed one."""
-    write_json_atomic(Path(run_dir) / PROCESS, {"host": platform.node(), "pid": os.getpid()})
+def write_process(run_dir: Path, job: str | None = None) -> None:
+    """Record which process trains the run, so a reader can tell a live run from a killed one.
+
+    `job` names the executor's job or worker that trains it (hydra/launcher=optbench's executors), and
+    the GPUs it saw are kept beside it: where each run of a spread-out sweep went."""
+    record = {"host": platform.node(), "pid": os.getpid()}
+    if job is not None:
+        record.update(job=job, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    write_json_atomic(Path(run_dir) / PROCESS, record)
 
 
 def _process_alive(run_dir: Path) -> bool:

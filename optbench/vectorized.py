@@ -67,8 +67,9 @@ def group_key(cfg: DictConfig) -> str:
     return json.dumps(c, sort_keys=True, default=str)
 
 
-def plan(cfgs: list[DictConfig]) -> list[list[int]]:
-    """Indices of `cfgs` in passes: lists of more than one index train together, in order of first job."""
+def plan(cfgs: list[DictConfig], max_models: int = MAX_MODELS) -> list[list[int]]:
+    """Indices of `cfgs` in passes of at most `max_models`: lists of more than one index train together, in order
+    of first job."""
     groups: dict[str, list[int]] = {}
     passes: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
@@ -83,7 +84,7 @@ def plan(cfgs: list[DictConfig]) -> list[list[int]]:
             passes.append([i])
             continue
         key = group_key(cfg)
-        if key not in groups or len(groups[key]) >= MAX_MODELS:
+        if key not in groups or len(groups[key]) >= max_models:
             groups[key] = []
             passes.append(groups[key])
         groups[key].append(i)

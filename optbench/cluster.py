@@ -1,0 +1,108 @@
+"""Passes as submitit jobs: a SLURM job array, or submitit's local processes; requeued when preempted.
+
+Imported only for hydra.launcher.executor=slurm|submitit_local (it needs
+submitit: the `slurm` extra).
+
+SLURM warns a job before its time limit with the signal submitit asks for
+(SIGUSR2, 90 s ahead) and preempts with SIGTERM. Either one, while a pass
+trains, stops it after its current step with a checkpoint of every run
+(the trainer's own stop, as on Ctrl-C); then the job asks submitit to
+requeue it: `PassJob.checkpoint` resubmits the same call, and the requeued
+job's `fit_pass` resumes each run from its checkpoint, row for row.
+"""
+
+import logging
+import signal
+
+import submitit
+
+from optbench import executors
+from optbench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class PassJob(submitit.helpers.Checkpointable):
+    """One pass (or lone run) as a submitit job: `train_pass` with preemption turned into stop and requeue.
+
+    The inherited `checkpoint(*args)` returns DelayedSubmission(self, *args):
+    the requeued job makes the same call, and fit_pass continues from the
+    runs' checkpoints.
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def __call__(self, cfgs: list, dirs: list, choices: list) -> list[dict]:
+        executors.start_worker_process(self.threads)
+        env = submitit.JobEnvironment()
+        warning = getattr(signal, "SIG" + env.USR_SIG)  # SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another
+        requeue = signal.getsignal(warning)  # submitit's: call checkpoint(), requeue the job, exit
+        idle = signal.getsignal(signal.SIGTERM)  # submitit's while no pass trains: it logs the signal and goes on
+
+        def stop(signum, frame):
+            trainer_stop = signal.getsignal(signal.SIGTERM)
+            if trainer_stop is not idle and callable(trainer_stop):
+                trainer_stop(signum, frame)  # the training loop's stop request: it ends the step and checkpoints
+            elif callable(requeue):
+                requeue(signum, frame)  # not training yet (or any more): nothing to save, requeue at once
+
+        signal.signal(warning, stop)
+        try:
+            summaries = executors.train_pass(cfgs, dirs, choices, job=f"submitit {env.job_id}")
+        finally:
+            signal.signal(warning, requeue)
+        if any(s["status"] == "interrupted" for s in summaries) and callable(requeue):
+            log.warning("the pass was stopped and checkpointed: requeueing job %s", env.job_id)
+            requeue(warning, None)  # exits this process; the requeued job resumes the pass
+        return summaries
+
+
+def parameters(conf) -> dict:
+    """submitit's parameters from the launcher's config (OptbenchLauncherConf): each setting has one name there."""
+    named = {"name": "optbench-pass", "timeout_min": conf.timeout_min, "slurm_partition": conf.partition,
+             "gpus_per_node": conf.gpus_per_job, "cpus_per_task": conf.cpus_per_job, "mem_gb": conf.mem_gb,
+             "slurm_array_parallelism": conf.array_parallelism}
+    return {**{k: v for k, v in named.items() if v is not None}, **dict(conf.submitit or {})}
+
+
+def make_executor(cluster: str, folder, conf):
+    """submitit's executor for `cluster` (slurm, local) with the launcher's settings; a bad one is a UserError."""
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as e:  # executor=slurm where there is no srun
+        raise UserError(f"hydra.launcher.executor={_executor_name(cluster)}: {_first_line(e)}") from None
+    try:
+        executor.update_parameters(**parameters(conf))
+    except (ValueError, AssertionError, TypeError, NameError) as e:  # submitit's ways of naming a bad parameter
+        raise UserError(f"hydra.launcher: {_first_line(e)}") from None
+    return executor
+
+
+def submit(executor, calls: list[tuple], threads: int | None) -> list:
+    """Each call (cfgs, dirs, choices) as one job of a submitit array; waits for them all; each result or its error."""
+    try:
+        jobs = executor.map_array(PassJob(threads), *map(list, zip(*calls)))
+    except (submitit.core.utils.FailedSubmissionError, OSError) as e:  # sbatch refused the array, or is missing
+        raise UserError(f"could not submit the passes: {_first_line(e)}") from None
+    ids = sorted({job.job_id.split("_")[0] for job in jobs})  # one id for a SLURM array, one per local process
+    log.info("submitted %d job(s) to %s: %s; submitit's logs in %s", len(jobs), executor.cluster, ", ".join(ids),
+             executor.folder)
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(job.result())
+        except Exception as e:  # submitit re-raises the job's error with its traceback: its last line here
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            outcomes.append(UserError(f"job {job.job_id} failed: {lines[-1] if lines else type(e).__name__} "
+                                      f"(log: {job.paths.stderr})"))
+    return outcomes
+
+
+def _executor_name(cluster: str) -> str:
+    return "slurm" if cluster == "slurm" else "submitit_local"
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
