@@ -175,7 +175,7 @@ def test_diagnostics_figures_show_each_layer_for_each_group(mnist_root, tmp_path
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 4 * 2  # act mean, act std, grad std, saturated x two groups
     assert all(len(ax.get_lines()) == 3 for ax in axes)  # one line per hidden layer
-    assert {ax.get_title() for ax in axes} >= {"init.name = normal", "init.name = xavier_uniform"}
+    assert {ax.get_title() for ax in axes} >= {"initialisation = normal", "initialisation = xavier_uniform"}
     hist = plots.histograms(runs, results.load_histograms(runs), by, "act")
     cells = [ax for ax in hist.axes if ax.get_visible()]
     assert len(cells) == 3 * 3  # hidden layers x (start, middle, end)
