@@ -153,7 +153,7 @@ def _new_figure(width: float, height: float, title: str) -> Figure:
     return fig
 
 
-def _log_y(ax, values: pd.Series) -> None:
+def log_y(ax, values: pd.Series) -> None:
     """Log y axis labelled with plain numbers (0.3, 2), enough of them to read values off."""
     from matplotlib.ticker import FuncFormatter
 
@@ -202,7 +202,7 @@ def learning_curves(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if log and (rows["value"] > 0).any():
-            _log_y(ax, rows["value"])
+            log_y(ax, rows["value"])
         if not log:
             _accuracy_limits(ax, rows)
     for ax in axes[1]:
@@ -226,7 +226,7 @@ def gradient_norms(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
     ax = top.subplots()
     _draw_groups(ax, global_norm, labels, colours)
     ax.set(title="all parameters", ylabel="||g|| (log)", xlabel=X_LABELS[x])
-    _log_y(ax, global_norm["value"])
+    log_y(ax, global_norm["value"])
     ax.grid(alpha=0.3)
     if layers:
         small = np.atleast_1d(bottom.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
@@ -239,7 +239,7 @@ def gradient_norms(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
             ax.grid(alpha=0.3)
         for ax in small[len(layers):]:
             ax.set_visible(False)
-        _log_y(small[0], pd.concat(values) if values else pd.Series(dtype=float))
+        log_y(small[0], pd.concat(values) if values else pd.Series(dtype=float))
         bottom.supylabel("||g_layer|| (log)", fontsize="medium")
         bottom.supxlabel(X_LABELS[x], fontsize="medium")
     _legend(fig, colours, by)
@@ -262,7 +262,7 @@ def learning_rates(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
     _draw_groups(ax, lr, labels, colours)
     positive = lr["value"][lr["value"] > 0]
     if len(positive) and positive.max() / positive.min() > 20:
-        _log_y(ax, positive)
+        log_y(ax, positive)
     ax.set(xlabel=X_LABELS[x], ylabel="learning rate")
     ax.grid(alpha=0.3)
     _legend(fig, colours, by)
