@@ -153,11 +153,12 @@ def _new_figure(width: float, height: float, title: str) -> Figure:
     return fig
 
 
-def log_y(ax, values: pd.Series) -> None:
-    """Log y axis labelled with plain numbers (0.3, 2), enough of them to read values off."""
+def log_y(ax, values: pd.Series, which: str = "y") -> None:
+    """Log y (or x) axis labelled with plain numbers (0.3, 2), enough of them to read values off."""
     from matplotlib.ticker import FuncFormatter
 
-    ax.set_yscale("log")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     positive = values[values > 0]
     span = positive.max() / positive.min() if len(positive) else np.inf
     # within a factor of 3: label every in-between tick; under three decades: the 2s and 5s; wider: only the powers
@@ -167,8 +168,8 @@ def log_y(ax, values: pd.Series) -> None:
     def minor(v, _):
         return f"{v:g}" if round(v / 10 ** np.floor(np.log10(v) + 1e-9)) in leading else ""
 
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _window_text(rows: pd.DataFrame) -> str:
