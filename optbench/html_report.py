@@ -13,9 +13,9 @@ from pathlib import Path
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; max-width: 100%; }
-/* long run names and many columns wrap inside their cells instead of widening the page past the window */
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; max-width: 100%; }
+/* cells break between words (and after every comma, see _table) rather than widen the page past the window */
+th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
 pre { background: #f4f4f4; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
@@ -118,7 +118,8 @@ def run_table(runs):
 
 
 def _table(frame) -> str:
-    return frame.to_html(index=False, border=0, escape=True, na_rep="")
+    # a run's folder name (0_optimizer=adam,model.hidden=[256,256],seed=0) is one long word: let it break at commas
+    return frame.to_html(index=False, border=0, escape=True, na_rep="").replace(",", ",<wbr>")
 
 
 def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbench report",

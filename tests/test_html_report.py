@@ -71,7 +71,7 @@ def flagged_report(tmp_path_factory):
 
 
 def test_page_shows_health_flags_and_says_what_each_figure_shows(flagged_report):
-    page = flagged_report.read_text()
+    page = flagged_report.read_text().replace("<wbr>", "")  # break opportunities after commas
     assert "<th>health flags</th>" in page
     assert "vanishing gradients 2/2, saturated 2/2" in page  # the ranking's column
     assert "vanishing gradients at step 1, saturated at step 0" in page  # the runs table's, per run
