@@ -399,7 +399,7 @@ def histograms(runs: pd.DataFrame, tables: pd.DataFrame, by: list[str], kind: st
     layers = sorted(h.layer.unique(), key=lambda name: int(name[2:]))
     steps = sorted(h.step.unique())
     grad = kind == "grad"
-    what = "gradients dL/d(pre-activation) per hidden layer (each panel on its own x scale)" if grad else \
+    what = "gradients dL/d(pre-activation) per hidden layer\n(each panel on its own x scale)" if grad else \
         "activation values per hidden layer"
     fig = _new_figure(3.3 * len(steps) + 2.0, 1.3 * len(layers) + 1.2, f"Histograms of {what}")
     axes = np.atleast_2d(fig.subplots(len(layers), len(steps), sharex=False if grad else "col", sharey=True,
