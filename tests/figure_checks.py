@@ -60,7 +60,6 @@ def _drawn_tick_labels(axis) -> tuple[list[Text], set[int]]:
 
 def texts(fig) -> list[Text]:
     """The texts a drawn figure shows: tick labels at ticks in view, titles, axis labels, legends, annotations."""
-    drawn(fig)
     ticks, every = [], set()
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
@@ -87,8 +86,7 @@ def overlaps(fig, pad: float = 0.5) -> list[tuple[str, str]]:
 
 
 def labelled_ticks(axis) -> list[str]:
-    """The tick labels an axis shows (drawn, in view, visible, non-empty)."""
-    drawn(axis.get_figure(root=True))
+    """The tick labels an axis of a drawn figure shows (in view, visible, non-empty)."""
     return [t.get_text() for t in _drawn_tick_labels(axis)[0]]
 
 

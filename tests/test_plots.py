@@ -9,7 +9,7 @@ from matplotlib.collections import PathCollection, PolyCollection
 from PIL import Image
 
 from conftest import optbench
-from figure_checks import labelled_ticks, overlaps, pale_lines
+from figure_checks import drawn, labelled_ticks, overlaps, pale_lines
 from optbench import plots, results
 from test_results import write_run
 
@@ -204,11 +204,12 @@ def test_palette_is_distinct_and_visible(groups):
 
 def test_no_label_overlaps_another(lr_figures):
     for name, fig in lr_figures.items():
-        assert not overlaps(fig), (name, overlaps(fig)[:5])
+        found = overlaps(fig)
+        assert not found, (name, found[:5])
 
 
 def test_gradient_histograms_have_their_own_scales_and_a_fraction_axis(lr_figures):
-    fig = lr_figures["histograms_grad"]
+    fig = drawn(lr_figures["histograms_grad"])
     cells = [ax for ax in fig.axes if ax.get_visible()]
     assert len(cells) == LAYERS * 3
     first, last = cells[0], cells[-3]  # fc0 and fc5 at step 0: scales 1e5 apart, each filling its panel
@@ -216,7 +217,7 @@ def test_gradient_histograms_have_their_own_scales_and_a_fraction_axis(lr_figure
     assert all(len(labelled_ticks(ax.xaxis)) >= 2 for ax in cells)  # every panel says its own scale
     assert first.get_yscale() == "log" and len(labelled_ticks(first.yaxis)) >= 2
     assert all(len(ax.patches) == 2 for ax in cells)  # one outline per group
-    act = lr_figures["histograms_act"]
+    act = drawn(lr_figures["histograms_act"])
     assert len(labelled_ticks(act.axes[0].yaxis)) >= 2  # fractions readable off the axis
 
 
@@ -227,16 +228,14 @@ def test_plot_and_report_read_several_folders_and_say_where_they_wrote(lr_sweep,
     for folder, opt in ((first, "x"), (second, "y")):
         for run in lr_sweep.glob(f"{opt}_*"):
             shutil.copytree(run, folder / run.name)
-    out = optbench("plot", str(first), str(second))
-    assert out.returncode == 0, out.stderr
-    assert f"into {first / 'plots'} (the first DIR" in out.stdout and "8 runs" in out.stdout
-    legend = _legend_texts(plots.figures(*(lambda r: (r, results.load_metrics(r), ["optimizer.name"]))(
-        results.load_runs(first, second)))["learning_curves"])
-    assert legend == ["x, 0.1", "y, 0.01"]  # both folders on one figure
     chosen = tmp_path / "figures"
     out = optbench("plot", str(first), str(second), "--out", str(chosen))
-    assert out.returncode == 0 and f"into {chosen}:" in out.stdout
-    assert (chosen / "learning_curves.png").stat().st_size > 20_000 and not any(second.glob("plots"))
+    assert out.returncode == 0, out.stderr
+    assert f"8 runs from {first}, {second}; wrote 11 figures into {chosen}:" in out.stdout
+    assert (chosen / "learning_curves.png").stat().st_size > 20_000 and not any(tmp_path.glob("*/plots"))
+    runs = results.load_runs(first, second)
+    legend = _legend_texts(plots.learning_curves(runs, results.load_metrics(runs), ["optimizer.name"]))
+    assert legend == ["x", "y"]  # both folders on one figure
     out = optbench("report", str(first), str(second), "--out", str(tmp_path / "tables"))
     assert out.returncode == 0, out.stderr
     assert f"into {tmp_path / 'tables'}:" in out.stdout and (tmp_path / "tables" / "ranking.md").exists()
