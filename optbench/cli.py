@@ -27,12 +27,13 @@ commands:
                         --dry-run: build and check everything, train nothing)
   list                  every config group and its options, with what each is for
   data download|check   obtain MNIST and verify it, or verify what is on disk
-  report DIR... [--by KEY] [--target 0.97] [--level 0.95] [--baseline GROUP] [--all-pairs] [--html] [--profile]
-                        one table of every run below DIR (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv);
-                        --html: also report.html, ranking + figures + configs + command in one offline page;
-                        --profile: AlgoPerf performance profiles and scores (time/steps to --target)
-  plot DIR [--by KEY] [--x step|epoch|time] [--format png|svg|pdf] [--level 0.95] [--baseline GROUP]
-                        learning curves, gradient norms, learning rates, lr sensitivity, final metrics into DIR/plots/
+  report DIR... [--by KEY] [--target 0.97] [--level 0.95] [--baseline GROUP] [--all-pairs] [--html] [--profile] [--out DIR]
+                        one table of every run below the DIRs (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv),
+                        into the first DIR or --out; --html: also report.html, ranking + figures + configs + command
+                        in one offline page; --profile: AlgoPerf performance profiles and scores (time/steps to --target)
+  plot DIR... [--by KEY] [--x step|epoch|time] [--format png|svg|pdf] [--level 0.95] [--baseline GROUP] [--out DIR]
+                        learning curves, gradient norms, learning rates, lr sensitivity, final metrics of the runs
+                        below the DIRs, into the first DIR's plots/ or --out
   export tensorboard DIR [--out DIR/tensorboard]
                         every run's metrics as TensorBoard event files (needs `pip install optbench[tensorboard]`)
   search --space NAME [--sampler random|tpe|cmaes|grid] [--trials N] [--seeds 0,1] [--dir DIR] [overrides]
@@ -305,7 +306,7 @@ def report_command(args: list[str]) -> int:
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories (searched recursively)")
     parser.add_argument("--by", help="group by these config keys, comma-separated (default: what varied, seed excluded)")
     parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach (default: 0.97)")
-    parser.add_argument("--out", help="where the tables go (default: the first DIR)")
+    parser.add_argument("--out", help="folder for the tables (and report.html) (default: the first DIR)")
     parser.add_argument("--html", action="store_true",
                         help="also write report.html: ranking, figures, configs and command in one offline page")
     parser.add_argument("--profile", action="store_true",
@@ -358,58 +359,26 @@ def report_command(args: list[str]) -> int:
         print(f"\ntuning cost: expected best val acc after n trials drawn from each group's finished runs "
               f"(every {', '.join(tuned)} and seed; Dodge et al. 2019)")
         print(cost.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    print(f"wrote {', '.join(map(str, written))}")
+    print(f"wrote {len(written)} files into {out}{_where(opts)}: {', '.join(p.name for p in written)}")
     if opts.profile:
         from optbench import profiles
 
         profiles.write_profile(runs, metrics, _by(opts.by), opts.target, out)
     if opts.html:
-        from optbench import html_report
+        from optbench import html_report, plots
 
-        figures = _figures(runs, metrics, by, "step", opts.level, opts.baseline)
+        figures = plots.figures(runs, metrics, by, "step", opts.level, opts.baseline)
         page = html_report.build(runs, table, figures, html_report.sweep_commands(runs),
                                  title=f"optbench report: {', '.join(opts.dirs)}",
                                  notes=lines, tuning=cost if tuned else None)
         (out / "report.html").write_text(page, encoding="utf-8")
-        print(out / "report.html")
+        print(f"wrote {out / 'report.html'}: open it in a browser (offline, figures included)")
     return 0
 
 
-def _figures(runs, metrics, by: list[str], x: str, level: float | None = None, baseline: str | None = None) -> dict:
-    """name -> matplotlib figure: what `optbench plot` saves and `optbench report --html` embeds."""
-    from optbench import plots, results, stats
-
-    level = stats.LEVEL if level is None else level
-    chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
-    curves = metrics[metrics.run.isin(chosen.run)]
-    figures = {
-        "learning_curves": plots.learning_curves(chosen, curves, by, x),
-        "gradient_norms": plots.gradient_norms(chosen, curves, by, x),
-        "learning_rates": plots.learning_rates(chosen, curves, by, x),
-        "final_metrics": plots.final_metrics(chosen, by),
-    }
-    if (curves.split == "diag").any():
-        figures["activations"] = plots.activation_stats(chosen, curves, by, x)
-    # histograms: the first run (seed) of each group, so outlines of groups compare
-    first = chosen.groupby(by, sort=False).head(1) if by else chosen.head(1)
-    tables = results.load_histograms(first)
-    for kind in ("act", "grad"):
-        if len(tables) and (tables.kind == kind).any():
-            figures[f"histograms_{kind}"] = plots.histograms(first, tables, by, kind)
-    lr_key = "optimizer.lr"
-    if lr_key in results.varied_keys(runs) and runs[lr_key].nunique() > 1:
-        figures["lr_sensitivity"] = plots.lr_sensitivity(runs, by, lr_key)
-    # how sure the ranking is: differences with their intervals, ranks within seeds
-    values = results.group_values(runs, by)
-    _, vs = results.against_reference(values, level, baseline)
-    if (vs.test != "none").any():
-        figures["differences"] = plots.forest(vs, "baseline" if baseline else "best")
-    if len(plots.rank_table(values)) > 1:
-        figures["rank_over_seeds"] = plots.rank_over_seeds(values, by)
-    tuned = [k for k in results.varied_keys(runs) if k not in by]
-    if tuned:
-        figures["tuning_cost"] = plots.tuning_cost(results.tuning_trials(runs, by), by, f"runs over {', '.join(tuned)} and seeds")
-    return figures
+def _where(opts) -> str:
+    """Why the output went where it did, when several folders were read and --out did not say."""
+    return " (the first DIR; --out DIR to choose)" if len(opts.dirs) > 1 and not opts.out else ""
 
 
 def plot_command(args: list[str]) -> int:
@@ -418,12 +387,13 @@ def plot_command(args: list[str]) -> int:
     from optbench.stats import LEVEL
 
     parser = argparse.ArgumentParser(
-        prog="optbench plot", description="Draw the runs below DIR (a sweep or a single run) into DIR/plots/.")
-    parser.add_argument("dir", metavar="DIR")
+        prog="optbench plot",
+        description="Draw the runs below each DIR (sweeps or single runs, together) into DIR/plots/ of the first DIR.")
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories (searched recursively)")
     parser.add_argument("--by", help="colour by these config keys, comma-separated (default: what varied, seed excluded)")
     parser.add_argument("--x", choices=["step", "epoch", "time"], default="step", help="x axis of the curves")
     parser.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
-    parser.add_argument("--out", help="folder for the figures (default: DIR/plots)")
+    parser.add_argument("--out", help="folder for the figures (default: DIR/plots of the first DIR)")
     parser.add_argument("--level", type=float, default=LEVEL,
                         help=f"confidence level of the differences' intervals (default: {LEVEL:g})")
     parser.add_argument("--baseline", metavar="GROUP", help="differences against this group (e.g. adam), not the best")
@@ -432,14 +402,15 @@ def plot_command(args: list[str]) -> int:
         raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")
     from optbench import plots, results
 
-    runs = results.load_runs(opts.dir)
+    runs = results.load_runs(*opts.dirs)
     metrics = results.load_metrics(runs)
-    figures = _figures(runs, metrics, results.resolve_by(runs, _by(opts.by)), opts.x, opts.level, opts.baseline)
-    out = Path(opts.out or Path(opts.dir) / "plots")
+    figures = plots.figures(runs, metrics, results.resolve_by(runs, _by(opts.by)), opts.x, opts.level, opts.baseline)
+    out = Path(opts.out or Path(opts.dirs[0]) / "plots")
     out.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
         fig.savefig(out / f"{name}.{opts.format}", dpi=plots.DPI)
-        print(out / f"{name}.{opts.format}")
+    print(f"{len(runs)} runs from {', '.join(opts.dirs)}; wrote {len(figures)} figures into {out}{_where(opts)}: "
+          + ", ".join(f"{name}.{opts.format}" for name in figures))
     return 0
 
 

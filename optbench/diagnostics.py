@@ -79,9 +79,13 @@ def probe_metrics(layers: list[dict], activation: str, saturation: float) -> dic
 def histograms(layers: list[dict], bins: int) -> list[tuple[str, str, torch.Tensor, float, float]]:
     """(layer, kind, counts, lo, hi) for activations and gradients of each hidden layer.
 
-    One range per kind across all layers, so layers compare on the same axis
-    (the lectures' per-layer histogram figure). Values are clamped into the
-    range, so the counts of a histogram always sum to the number of values.
+    Activations share one range across all layers, so layers compare on the
+    same axis (the lectures' per-layer histogram figure). Gradients get a
+    range per layer, symmetric around 0: their scales differ by orders of
+    magnitude between layers (vanishing gradients are the story), and one
+    shared range would put the small layers' every value into the middle bin
+    or two. Values are clamped into the range, so the counts of a histogram
+    always sum to the number of values.
     """
     rows = []
     for kind in ("act", "grad"):
@@ -90,12 +94,11 @@ def histograms(layers: list[dict], bins: int) -> list[tuple[str, str, torch.Tens
             continue
         lo = min(v.min() for v in values).item()
         hi = max(v.max() for v in values).item()
-        if kind == "grad":  # symmetric around 0: the sign of a gradient carries no story here
-            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
-        if hi <= lo:
-            hi = lo + 1e-12
         for i, v in enumerate(values):
-            rows.append((f"fc{i}", kind, torch.histc(v.clamp(lo, hi), bins=bins, min=lo, max=hi), lo, hi))
+            if kind == "grad":  # the sign of a gradient carries no story here
+                lo, hi = -v.abs().max().item(), v.abs().max().item()
+            top = max(hi, lo + 1e-12)  # all values equal: one bin's width above them
+            rows.append((f"fc{i}", kind, torch.histc(v.clamp(lo, top), bins=bins, min=lo, max=top), lo, top))
     return rows
 
 

@@ -13,29 +13,45 @@ from pathlib import Path
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; max-width: 100%; }
+/* cells break between words (and after every comma, see _table) rather than widen the page past the window */
+th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: left; vertical-align: top; overflow-wrap: break-word; }
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
 pre { background: #f4f4f4; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
-figcaption { font-size: 0.9em; color: #555; }
+figcaption { font-size: 0.95em; color: #444; max-width: 60em; }
 """
 
-# figure name (as `optbench plot` writes it) -> heading in the page
-TITLES = {
-    "learning_curves": "Learning curves",
-    "gradient_norms": "Gradient norms",
-    "learning_rates": "Learning rates",
-    "final_metrics": "Final metrics",
-    "lr_sensitivity": "Learning-rate sensitivity",
-    "activations": "Activation statistics",
-    "histograms_act": "Activation histograms",
-    "histograms_grad": "Gradient histograms",
-    "differences": "Differences with their intervals",
-    "rank_over_seeds": "Rank within each seed",
-    "tuning_cost": "Tuning cost: expected best of n trials",
+# figure name (as `optbench plot` writes it) -> (heading in the page, what the figure shows)
+FIGURES = {
+    "learning_curves": ("Learning curves", "Training loss per step (smoothed), validation loss and accuracy, and test "
+                        "accuracy at each evaluation; a line per group is the mean over its seeds, the band their "
+                        "minimum to maximum."),
+    "gradient_norms": ("Gradient norms", "The global gradient norm per step (before clipping), then each layer's: "
+                       "vanishing or exploding gradients show as layers far below or above the others."),
+    "learning_rates": ("Learning rates", "The learning rate each step used, as recorded by the optimizer (schedules "
+                       "and warm-up included)."),
+    "final_metrics": ("Final metrics", "Best validation accuracy and the test accuracy at that evaluation, per run "
+                      "(dots) and per group (box: median and quartiles)."),
+    "lr_sensitivity": ("Learning-rate sensitivity", "Best validation accuracy against the learning rate, mean over "
+                       "seeds with bars from minimum to maximum: how narrow the good range is."),
+    "activations": ("Activation statistics", "Per hidden layer, on a fixed batch of validation images over training: "
+                    "activation mean and spread, the spread of the gradients, and saturated or dead units."),
+    "histograms_act": ("Activation histograms", "The distribution of each hidden layer's activations at the start, "
+                       "middle and end of training, an outline per group."),
+    "histograms_grad": ("Gradient histograms", "The distribution of each hidden layer's gradients dL/d(pre-activation) "
+                        "at the start, middle and end of training, each layer on its own scale, fractions on a log "
+                        "axis."),
+    "differences": ("Differences with their intervals", "Each group's difference in best validation accuracy from "
+                    "the reference, with its bootstrap interval; filled: resolved by the test, open: tied."),
+    "rank_over_seeds": ("Rank within each seed", "How often each group takes each rank when the groups are compared "
+                        "seed by seed: a stable ranking puts its weight on the diagonal."),
+    "tuning_cost": ("Tuning cost: expected best of n trials", "The expected best validation accuracy after n trials "
+                    "drawn from each group's runs (Dodge et al. 2019): which group looks best can depend on the "
+                    "tuning budget."),
 }
-RUN_COLUMNS = ("run", "status", "seed", "best_val_acc", "test_acc_at_best_val", "final.train_loss", "wall_time")
+RUN_COLUMNS = ("run", "status", "seed", "best_val_acc", "test_acc_at_best_val", "final.train_loss", "wall_time",
+               "health flags")
 
 
 def sweep_commands(runs) -> list[str]:
@@ -93,8 +109,17 @@ def config_tables(runs, by: list[str]):
     return pd.DataFrame(rows, columns=[*keys, "runs"]), shared
 
 
+def run_table(runs):
+    """The runs table of the page: name, status, seed, results and the health flags each run raised."""
+    from optbench.results import run_flags
+
+    table = runs.assign(**{"health flags": run_flags(runs)})
+    return table[[c for c in RUN_COLUMNS if c in table]].round(4)
+
+
 def _table(frame) -> str:
-    return frame.to_html(index=False, border=0, escape=True, na_rep="")
+    # a run's folder name (0_optimizer=adam,model.hidden=[256,256],seed=0) is one long word: let it break at commas
+    return frame.to_html(index=False, border=0, escape=True, na_rep="").replace(",", ",<wbr>")
 
 
 def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbench report",
@@ -129,13 +154,14 @@ def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbe
         parts += ["<h2>Tuning cost</h2>", "<p>Expected best validation accuracy after n trials drawn at random "
                   "from each group's finished runs (Dodge et al. 2019).</p>", _table(as_text(tuning.round(4)))]
     for name, fig in figures.items():
-        heading = TITLES.get(name, name.replace("_", " ").capitalize())
+        heading, caption = FIGURES.get(name, (name.replace("_", " ").capitalize(), ""))
         parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts.append(f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(heading)}">'
-                     f"<figcaption>{html.escape(name)}</figcaption></figure>")
+        parts.append(f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(heading + ". " + caption)}">'
+                     f"<figcaption>{html.escape(caption)} <small>({html.escape(name)}.png in optbench plot)</small>"
+                     "</figcaption></figure>")
     parts += ["<h2>Configuration of each group</h2>", _table(per_group),
               "<h2>Configuration shared by every run</h2>", _table(shared),
-              "<h2>Runs</h2>", _table(as_text(runs[[c for c in RUN_COLUMNS if c in runs]].round(4)))]
+              "<h2>Runs</h2>", _table(as_text(run_table(runs)))]
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")

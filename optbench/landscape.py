@@ -136,7 +136,7 @@ def landscape(run_dir, points: int = 41, span: float = 1.0, samples: int = 10000
                           t[:, None], chunk)
     seconds = time.perf_counter() - started
     return {
-        "name": Path(run_dir).resolve().name, "which": which, "samples": len(x),
+        "name": Path(run_dir).resolve().name, "run_dir": str(run_dir), "which": which, "samples": len(x),
         "alpha": a.numpy(), "surface": surface.cpu().numpy(), "curve": curve.cpu().numpy(),
         "t": t.numpy(), "interp": interp.cpu().numpy(), "seconds": seconds,
     }
@@ -144,27 +144,63 @@ def landscape(run_dir, points: int = 41, span: float = 1.0, samples: int = 10000
 
 # ---------------------------------------------------------------- figures
 
-def _label(r: dict) -> str:
-    return f"{r['name']} ({r['which']} weights)"
+# what a panel title says about a run when nothing else tells the runs apart
+SETTINGS = ("optimizer.name", "optimizer.lr", "trainer.batch_size", "trainer.epochs", "model.hidden", "model.activation")
+
+
+def titles(results: list[dict]) -> tuple[list[str], str]:
+    """(a title per run: the settings that differ between the runs, in words; what they share, for the figure title).
+
+    A folder's name is a time stamp more often than not (outputs/2026-12-01_17-59-38); its config says what it is."""
+    import pandas as pd
+
+    from optbench.results import RUN_SETTINGS, as_text, key_words, load_runs
+
+    rows = [load_runs(r["run_dir"]).iloc[0] for r in results] if all("run_dir" in r for r in results) else []
+    if not rows:
+        return [r["name"] for r in results], ""
+    table = as_text(pd.DataFrame(rows).reset_index(drop=True).drop(columns=["run", "run_dir", "status"], errors="ignore"))
+    config = [c for c in rows[0].index if c in table and c not in RUN_SETTINGS and "._target_" not in c
+              and (c.split(".")[0] in ("optimizer", "trainer", "model", "init", "schedule", "data", "loss")
+                   or c == "seed")]
+    varied = [c for c in config if table[c].nunique() > 1]
+    shared = [c for c in SETTINGS if c in table and c not in varied]
+
+    def words(keys, row):
+        return ", ".join(f"{table.loc[row, k]}" if k == "optimizer.name" else f"{key_words(k)} {table.loc[row, k]}"
+                         for k in keys)
+
+    panels = [words(varied, i) if varied else words(shared, i) for i in table.index]
+    if len(set(panels)) < len(panels):  # the same run twice, or runs alike in every setting
+        panels = [f"{p} ({r['name']})" for p, r in zip(panels, results)]
+    return panels, words(shared, table.index[0]) if varied else ""
 
 
 def plot_curves(results: list[dict]):
     """1-D slices: loss along the random direction, and along the init -> final segment."""
     import matplotlib.pyplot as plt
+    import pandas as pd
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    for r in results:
-        ax1.plot(r["alpha"], r["curve"], label=_label(r))
-        ax2.plot(r["t"], r["interp"], label=r["name"])
-    ax1.set(xlabel="step along a filter-normalised random direction, a", ylabel="training loss (cross-entropy)",
-            yscale="log", title="1-D slice: L(w + a d)")
-    ax2.set(xlabel="interpolation t (0: initial weights, 1: final weights)", ylabel="training loss (cross-entropy)",
-            yscale="log", title="Linear interpolation: L((1-t) w0 + t w)")
+    from optbench.plots import log_y, palette
+
+    names, shared = titles(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
+    for r, name, colour in zip(results, names, palette(len(results))):
+        ax1.plot(r["alpha"], r["curve"], color=colour, lw=2, label=f"{name} ({r['which']} weights)")
+        ax2.plot(r["t"], r["interp"], color=colour, lw=2, label=name)
+    ax1.set(xlabel="step along a filter-normalised random direction, a", ylabel="training loss (cross-entropy, log)",
+            title="1-D slice: L(w + a d)")
+    ax2.set(xlabel="interpolation t (0: initial weights, 1: final weights)",
+            ylabel="training loss (cross-entropy, log)", title="Linear interpolation: L((1-t) w0 + t w)")
+    for ax, key in ((ax1, "curve"), (ax2, "interp")):
+        values = np.concatenate([r[key] for r in results])
+        log_y(ax, pd.Series(values[np.isfinite(values)]))
+        ax.grid(alpha=0.3, which="both")
     for t in (0, 1):
-        ax2.axvline(t, color="grey", lw=0.6, ls=":")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
-    fig.suptitle(f"Training loss on {results[0]['samples']} training images")
+        ax2.axvline(t, color="0.4", lw=0.8, ls=":")
+    ax1.legend(fontsize=9)
+    ax2.legend(fontsize=9)
+    fig.suptitle(f"Training loss on {results[0]['samples']} training images" + (f"; {shared}" if shared else ""))
     return fig
 
 
@@ -172,22 +208,33 @@ def plot_surfaces(results: list[dict]):
     """2-D contours, one panel per run, on one shared logarithmic colour scale."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     lo = min(float(r["surface"][np.isfinite(r["surface"])].min()) for r in results)
     hi = max(float(r["surface"][np.isfinite(r["surface"])].max()) for r in results)
     levels = np.geomspace(lo, hi, 30)
     norm = LogNorm(lo, hi)
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1, 4.6), layout="constrained", squeeze=False)
-    for ax, r in zip(axes[0], results):
+    names, shared = titles(results)
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1.4, 4.9), layout="constrained",
+                             squeeze=False)
+    for ax, r, name in zip(axes[0], results, names):
         a = r["alpha"]
         # surface[i, j] is at (a[i], a[j]): transpose so that the first direction runs along x
         cs = ax.contourf(a, a, r["surface"].T, levels=levels, norm=norm, cmap="viridis")
         ax.contour(a, a, r["surface"].T, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
-        ax.plot(0, 0, "r+", ms=10)
-        ax.set(xlabel="direction 1, a", ylabel="direction 2, b", title=_label(r), aspect="equal")
+        ax.plot(0, 0, "+", color="red", ms=12, mew=2)
+        ax.set(xlabel="direction 1, a", ylabel="direction 2, b", title=name, aspect="equal")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
     bar = fig.colorbar(cs, ax=axes[0].tolist(), label="training loss (cross-entropy, log scale)")
-    bar.set_ticks(levels[::4], labels=[f"{v:.3g}" for v in levels[::4]])
-    fig.suptitle(f"2-D slice L(w + a d1 + b d2), filter-normalised directions, {results[0]['samples']} training images")
+    # ticks at 1, 2, 5 times a power of ten, as plain numbers: values one reads off, not the contour levels
+    decades = np.log10(hi / lo)
+    bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 3 else (1.0,)))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    bar.ax.yaxis.set_minor_locator(NullLocator())
+    fig.suptitle(f"2-D slice L(w + a d1 + b d2), filter-normalised directions, {results[0]['samples']} training images"
+                 + (f"\n{shared}; red +: the {results[0]['which']} weights" if shared
+                    else f"; red +: the {results[0]['which']} weights"))
     return fig
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from optbench import stats
-from optbench.results import group_label
+from optbench.results import group_label, key_words
 
 DPI = 150
 X_LABELS = {"step": "optimisation step", "epoch": "epoch", "time": "training time (s)"}
@@ -37,16 +37,51 @@ def _wrap(name: str, width: int = 40) -> str:
 
 
 def _legend_title(by: list[str]) -> str:
-    return ", ".join(by) if by else "run"
+    """What varied, in words (`optimizer, learning rate`), not as config keys."""
+    return ", ".join(map(key_words, by)) if by else "run"
+
+
+MIN_CONTRAST = 3.0  # WCAG's ratio for graphics against their background: what stays visible when projected
+
+
+def luminance(colour) -> float:
+    """WCAG 2 relative luminance of a matplotlib colour."""
+    from matplotlib.colors import to_rgb
+
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(colour)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(colour, background="white") -> float:
+    """WCAG 2 contrast ratio of two colours, 1 (same) to 21 (black on white)."""
+    a, b = sorted((luminance(colour), luminance(background)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+def visible(colour, ratio: float = MIN_CONTRAST) -> tuple:
+    """`colour` darkened (same hue) until it has `ratio` contrast against white: tab10's orange, olive and cyan,
+    viridis' yellow, are too pale on a projected white slide."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array(to_rgb(colour))
+    for scale in np.linspace(1.0, 0.0, 101):
+        if contrast(rgb * scale) >= ratio:
+            return tuple(rgb * scale)
+    return (0.0, 0.0, 0.0)
+
+
+def palette(n: int) -> list:
+    """n colours for lines on white: tab10 (tab20 beyond 10), each darkened where it is too pale."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [visible(cmap(i % cmap.N)) for i in range(n)]
 
 
 def _colours(labels: pd.Series) -> dict:
     """One colour per group, in the runs' order, stable across every figure of a report."""
-    from matplotlib import colormaps
-
     groups = list(dict.fromkeys(labels))
-    cmap = colormaps["tab10" if len(groups) <= 10 else "tab20"]
-    return {g: cmap(i % cmap.N) for i, g in enumerate(groups)}
+    return dict(zip(groups, palette(len(groups))))
 
 
 def with_x(metrics: pd.DataFrame, runs: pd.DataFrame, x: str) -> pd.DataFrame:
@@ -118,21 +153,23 @@ def _new_figure(width: float, height: float, title: str) -> Figure:
     return fig
 
 
-def _log_y(ax, values: pd.Series) -> None:
-    """Log y axis labelled with plain numbers (0.3, 2), enough of them to read values off."""
+def log_y(ax, values: pd.Series, which: str = "y") -> None:
+    """Log y (or x) axis labelled with plain numbers (0.3, 2), enough of them to read values off."""
     from matplotlib.ticker import FuncFormatter
 
-    ax.set_yscale("log")
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     positive = values[values > 0]
     span = positive.max() / positive.min() if len(positive) else np.inf
-    # under a decade: label every in-between tick; under three: the 2s and 5s; wider: only the powers of 10
-    leading = {2, 3, 4, 5, 6, 7, 8, 9} if span < 10 else {2, 5} if span < 1000 else set()
+    # within a factor of 3: label every in-between tick; under three decades: the 2s and 5s; wider: only the powers
+    # of 10 (a whole decade's 0.6, 0.7, 0.8, 0.9 crowd into each other near its top)
+    leading = {2, 3, 4, 5, 6, 7, 8, 9} if span < 3 else {2, 5} if span < 1000 else set()
 
     def minor(v, _):
         return f"{v:g}" if round(v / 10 ** np.floor(np.log10(v) + 1e-9)) in leading else ""
 
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _window_text(rows: pd.DataFrame) -> str:
@@ -166,7 +203,7 @@ def learning_curves(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if log and (rows["value"] > 0).any():
-            _log_y(ax, rows["value"])
+            log_y(ax, rows["value"])
         if not log:
             _accuracy_limits(ax, rows)
     for ax in axes[1]:
@@ -190,7 +227,7 @@ def gradient_norms(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
     ax = top.subplots()
     _draw_groups(ax, global_norm, labels, colours)
     ax.set(title="all parameters", ylabel="||g|| (log)", xlabel=X_LABELS[x])
-    _log_y(ax, global_norm["value"])
+    log_y(ax, global_norm["value"])
     ax.grid(alpha=0.3)
     if layers:
         small = np.atleast_1d(bottom.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
@@ -203,7 +240,7 @@ def gradient_norms(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
             ax.grid(alpha=0.3)
         for ax in small[len(layers):]:
             ax.set_visible(False)
-        _log_y(small[0], pd.concat(values) if values else pd.Series(dtype=float))
+        log_y(small[0], pd.concat(values) if values else pd.Series(dtype=float))
         bottom.supylabel("||g_layer|| (log)", fontsize="medium")
         bottom.supxlabel(X_LABELS[x], fontsize="medium")
     _legend(fig, colours, by)
@@ -226,7 +263,7 @@ def learning_rates(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
     _draw_groups(ax, lr, labels, colours)
     positive = lr["value"][lr["value"] > 0]
     if len(positive) and positive.max() / positive.min() > 20:
-        _log_y(ax, positive)
+        log_y(ax, positive)
     ax.set(xlabel=X_LABELS[x], ylabel="learning rate")
     ax.grid(alpha=0.3)
     _legend(fig, colours, by)
@@ -292,16 +329,18 @@ DIAG_PANELS = (
 
 
 def _layer_colours(n: int) -> list:
+    """Input layer dark blue to output layer orange (plasma, stopped before its pale yellow end), each visible on
+    white: the last layer's line must show on a projected slide too."""
     from matplotlib import colormaps
 
-    return [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)]
+    return [visible(colormaps["plasma"](0.8 * i / max(n - 1, 1))) for i in range(n)]
 
 
 def activation_stats(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: str = "step") -> Figure:
     """Per-layer statistics on the probe batch over training: a column per group, a row per statistic.
 
-    One line per hidden layer, coloured from the input (dark) to the output
-    (light): the lecture's "mean and standard deviation of activation
+    One line per hidden layer, coloured from the input (dark blue) to the
+    output (orange): the lecture's "mean and standard deviation of activation
     values" figure, side by side for the groups compared (mean over seeds).
     """
     labels = group_labels(runs, by)
@@ -337,31 +376,57 @@ def activation_stats(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x
     return fig
 
 
+def _short(value: float, _=None) -> str:
+    """A tick label in as few characters as it takes: 0, 0.5, 2e-05 -> 2e-5."""
+    text = f"{value:.2g}"
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else text
+
+
 def histograms(runs: pd.DataFrame, tables: pd.DataFrame, by: list[str], kind: str = "act") -> Figure:
     """Histograms of each hidden layer (rows) at the recorded points of training (columns), one outline per group.
 
     `tables` is histograms.csv of one run per group (with a `run` column);
-    counts are normalised to fractions so groups compare.
+    counts are normalised to fractions so groups compare. Activations share
+    one x range (as recorded); gradients have a range per layer and a log
+    fraction axis, so both a spike at 0 (saturated units pass no gradient)
+    and the tails show.
     """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     labels, colours = group_labels(runs, by), _colours(group_labels(runs, by))
     h = tables[tables.kind == kind].assign(group=lambda t: t.run.map(labels))
     layers = sorted(h.layer.unique(), key=lambda name: int(name[2:]))
     steps = sorted(h.step.unique())
-    what = "activation values" if kind == "act" else "gradients dL/d(pre-activation)"
-    fig = _new_figure(3.2 * len(steps) + 1.5, 1.25 * len(layers) + 1.0, f"Histograms of {what} per hidden layer")
-    axes = np.atleast_2d(fig.subplots(len(layers), len(steps), sharex="col", squeeze=False))
+    grad = kind == "grad"
+    what = "gradients dL/d(pre-activation) per hidden layer\n(each panel on its own x scale)" if grad else \
+        "activation values per hidden layer"
+    fig = _new_figure(3.3 * len(steps) + 2.0, 1.3 * len(layers) + 1.2, f"Histograms of {what}")
+    axes = np.atleast_2d(fig.subplots(len(layers), len(steps), sharex=False if grad else "col", sharey=True,
+                                      squeeze=False))
     for col, step in enumerate(steps):
         axes[0, col].set_title(f"step {step}", fontsize="medium")
         for row, layer in enumerate(layers):
             ax = axes[row, col]
             for group, g in h[(h.step == step) & (h.layer == layer)].groupby("group"):
                 edges = np.append(g["lo"].to_numpy(), g["hi"].to_numpy()[-1])
-                ax.stairs(g["count"] / g["count"].sum(), edges, color=colours[group], lw=1.2)
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(layer, rotation=0, ha="right", va="center", fontsize="small")
+                fraction = (g["count"] / g["count"].sum()).to_numpy()
+                ax.stairs(np.where(fraction > 0, fraction, np.nan) if grad else fraction, edges,
+                          color=colours[group], lw=1.4, baseline=None if grad else 0)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4 if not grad else 2, symmetric=grad))
+            ax.xaxis.set_major_formatter(FuncFormatter(_short))
+            ax.tick_params(labelsize="small")
+            ax.grid(alpha=0.3)
+            if col == len(steps) - 1:
+                ax.yaxis.set_label_position("right")
+                ax.set_ylabel(f"{layer}\n(hidden {row + 1})", rotation=0, ha="left", va="center", fontsize="small")
         axes[-1, col].set_xlabel("value")
-    fig.supylabel("fraction of values", fontsize="small")
+    if grad:
+        axes[0, 0].set_yscale("log")
+        axes[0, 0].yaxis.set_major_formatter(FuncFormatter(_short))
+    else:
+        axes[0, 0].yaxis.set_major_locator(MaxNLocator(nbins=3))
+    fig.supylabel("fraction of values" + (" (log)" if grad else ""), fontsize="medium")
     _legend(fig, colours, by)
     return fig
 
@@ -531,3 +596,44 @@ def tuning_cost(trials: dict, by: list[str], trial: str = "runs over the swept v
     fig.supxlabel(f"trials drawn at random from the {trial}", fontsize="medium")
     _legend(fig, colours, by)
     return fig
+
+
+# --- What `optbench plot` saves and `optbench report --html` embeds ---
+
+def figures(runs, metrics, by: list[str], x: str = "step", level: float | None = None,
+            baseline: str | None = None) -> dict:
+    """name -> matplotlib figure: what `optbench plot` saves and `optbench report --html` embeds."""
+    from optbench import results
+
+    level = stats.LEVEL if level is None else level
+    chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
+    curves = metrics[metrics.run.isin(chosen.run)]
+    tuned = [k for k in results.varied_keys(runs) if k not in by]
+    shown = by + tuned  # one tuned value per group: the legend says which (adam, 0.001)
+    out = {
+        "learning_curves": learning_curves(chosen, curves, shown, x),
+        "gradient_norms": gradient_norms(chosen, curves, shown, x),
+        "learning_rates": learning_rates(chosen, curves, shown, x),
+        "final_metrics": final_metrics(chosen, shown),
+    }
+    if (curves.split == "diag").any():
+        out["activations"] = activation_stats(chosen, curves, shown, x)
+    # histograms: the first run (seed) of each group, so outlines of groups compare
+    first = chosen.groupby(by, sort=False).head(1) if by else chosen.head(1)
+    tables = results.load_histograms(first)
+    for kind in ("act", "grad"):
+        if len(tables) and (tables.kind == kind).any():
+            out[f"histograms_{kind}"] = histograms(first, tables, shown, kind)
+    lr_key = "optimizer.lr"
+    if lr_key in results.varied_keys(runs) and runs[lr_key].nunique() > 1:
+        out["lr_sensitivity"] = lr_sensitivity(runs, by, lr_key)
+    # how sure the ranking is: differences with their intervals, ranks within seeds
+    values = results.group_values(runs, by)
+    _, vs = results.against_reference(values, level, baseline)
+    if (vs.test != "none").any():
+        out["differences"] = forest(vs, "baseline" if baseline else "best")
+    if len(rank_table(values)) > 1:
+        out["rank_over_seeds"] = rank_over_seeds(values, by)
+    if tuned:
+        out["tuning_cost"] = tuning_cost(results.tuning_trials(runs, by), by, f"runs over {', '.join(tuned)} and seeds")
+    return out

@@ -445,6 +445,26 @@ def to_target(metrics, target: float):
     return out.reindex(pd.Index(metrics.run.unique(), name="run"))
 
 
+# config keys as a lecturer would say them, for legend titles and axis labels; others: key_words' rule
+KEY_WORDS = {
+    "optimizer.name": "optimizer", "optimizer.lr": "learning rate", "optimizer.weight_decay": "weight decay",
+    "optimizer.momentum": "momentum", "optimizer.betas": "betas (Adam's decay rates)", "init.name": "initialisation",
+    "model.activation": "activation", "model.hidden": "hidden layer widths", "model.batchnorm": "batch norm",
+    "model.dropout": "dropout", "trainer.batch_size": "batch size", "trainer.epochs": "epochs",
+    "schedule.name": "learning-rate schedule", "loss.name": "loss", "data.name": "dataset",
+    "diagnostics.name": "diagnostics", "trainer.clip_grad_norm": "gradient clipping (max norm)",
+}
+
+
+def key_words(key: str) -> str:
+    """A config key in words: KEY_WORDS, else its last part with spaces (`schedule.warmup_steps`: warmup steps)."""
+    if key in KEY_WORDS:
+        return KEY_WORDS[key]
+    parts = key.split(".")
+    last = parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+    return last.replace("_", " ")
+
+
 def group_label(frame, by: list[str]):
     """Each row's group as text: the values of `by` ("adam", "sgd, 0.1"), or "all runs"."""
     import pandas as pd
@@ -452,6 +472,28 @@ def group_label(frame, by: list[str]):
     if not by:
         return pd.Series("all runs", index=frame.index)
     return as_text(frame[by]).agg(", ".join, axis=1)
+
+
+def flag_columns(runs) -> list[str]:
+    """summary.json's health flags as runs columns (flags.saturated, ...): each the first step it was raised, or null."""
+    return [c for c in runs.columns if c.startswith("flags.")]
+
+
+def run_flags(runs):
+    """Per run, the health flags it raised with the first step of each ("saturated at step 0"), or ""."""
+    columns = flag_columns(runs)
+
+    def text(row):
+        return ", ".join(f"{c[len('flags.'):].replace('_', ' ')} at step {row[c]:.0f}" for c in columns
+                         if not _missing(row[c]))
+
+    return runs.apply(text, axis=1) if columns and len(runs) else runs["run"].map(lambda _: "")
+
+
+def group_flags(runs):
+    """Per group of `runs` (one group's rows), which flags how many of its runs raised: "saturated 2/2"."""
+    return ", ".join(f"{c[len('flags.'):].replace('_', ' ')} {runs[c].notna().sum()}/{len(runs)}"
+                     for c in flag_columns(runs) if runs[c].notna().any())
 
 
 def group_values(runs, by: list[str], metric: str = "best_val_acc") -> dict:
@@ -562,6 +604,7 @@ def rank(runs, metrics, by: list[str] | None = None, target: float = 0.97, level
         steps_to_target=("steps_to_target", "mean"),
         time_to_target=("time_to_target", "mean"),
     )
+    table["flags"] = chosen.groupby(keys).apply(group_flags, include_groups=False) if flag_columns(chosen) else ""
     if "optimizer_impl" in chosen:
         impl = chosen.groupby(keys)["optimizer_impl"]
         table["optimizer_impl"] = impl.agg(lambda s: "/".join(sorted(set(map(str, s.dropna())))))
@@ -625,6 +668,7 @@ def format_ranking(table):
     out["diverged"] = table["diverged"]
     if table["unfinished"].any():
         out["unfinished"] = table["unfinished"]
+    out["health flags"] = [f or "none" for f in table["flags"]]  # summary.json's flags: runs that raised each
     out["best val acc"] = pm("best_val_acc", "best_val_acc_std")
     out[f"{100 * level:g}% CI"] = interval(table["best_val_acc_low"], table["best_val_acc_high"])
     if table["runs"].max() >= MANY_RUNS:

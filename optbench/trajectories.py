@@ -185,35 +185,84 @@ def _label(r: dict) -> str:
     return f"{r['name']} ({r['optimizer']}{lr})" + (f", left the plot at step {r['stopped']}" if r["stopped"] else "")
 
 
-def _contours(ax, surface: DictConfig):
+def view(surface: DictConfig, results: list[dict], pad: float = 0.08) -> tuple[list[float], list[float]]:
+    """(xlim, ylim): the box around the paths, the start and the minimum, padded, inside the surface's window.
+
+    The window is where a path may go; the figure shows where they went: paths that stay in a corner of
+    Beale's +-4.5 window fill the picture instead."""
+    window = np.array([surface.xlim, surface.ylim], dtype=float)
+    points = [np.asarray(surface.start, dtype=float)[None]]
+    if surface.minimum is not None:
+        points.append(np.asarray(surface.minimum, dtype=float)[None])
+    points += [r["path"] for r in results]
+    xy = np.concatenate(points)
+    xy = xy[np.isfinite(xy).all(1) & (xy >= window[:, 0]).all(1) & (xy <= window[:, 1]).all(1)]
+    low, high = xy.min(0), xy.max(0)
+    margin = pad * np.maximum(high - low, 0.05 * (window[:, 1] - window[:, 0]))
+    low, high = np.maximum(low - margin, window[:, 0]), np.minimum(high + margin, window[:, 1])
+    return [float(low[0]), float(high[0])], [float(low[1]), float(high[1])]
+
+
+def _contours(ax, surface: DictConfig, xlim, ylim):
+    """Pale contours, so the coloured paths (and the valley floor they follow) stay in front."""
     f = surface_fn(surface)
-    xs = np.linspace(*surface.xlim, 300)
-    ys = np.linspace(*surface.ylim, 300)
-    X, Y = np.meshgrid(xs, ys)
+    X, Y = np.meshgrid(np.linspace(*xlim, 300), np.linspace(*ylim, 300))
     with torch.no_grad():
         Z = f(torch.from_numpy(np.stack([X, Y], -1))).numpy()
+    style = {"colors": "0.72", "linewidths": 0.6, "zorder": 1}
     if surface.minimum is not None:
         # log-spaced levels: the valley floor and the walls both get contours
         fmin = float(f(torch.tensor(list(surface.minimum), dtype=torch.float64)))
-        levels = fmin + np.geomspace(max(Z.min() - fmin, 1e-2), Z.max() - fmin, 30)
-        ax.contour(X, Y, Z, levels=levels, cmap="Greys_r", linewidths=0.7, alpha=0.7)
-        ax.plot(*surface.minimum, "k*", ms=12, label="minimum")
+        levels = fmin + np.geomspace(max(Z.min() - fmin, 1e-2), Z.max() - fmin, 22)
+        ax.contour(X, Y, Z, levels=levels, **style)
+        ax.plot(*surface.minimum, "*", color="black", ms=15, mec="white", mew=0.8, zorder=6, label="minimum")
     else:
-        ax.contour(X, Y, Z, levels=25, cmap="Greys_r", linewidths=0.7, alpha=0.7)
-    ax.plot(*surface.start, "ko", ms=6, label="start")
-    ax.set(xlim=surface.xlim, ylim=surface.ylim, xlabel="x", ylabel="y", aspect="equal")
+        ax.contour(X, Y, Z, levels=20, **style)
+    ax.plot(*surface.start, "o", color="black", ms=8, mec="white", mew=0.8, zorder=6, label="start")
+    ax.set(xlim=xlim, ylim=ylim, xlabel="x", ylabel="y", aspect="equal")
+
+
+# where paths share a stretch (the quadratic's valley floor, Rosenbrock's banana), the shorter path is drawn over
+# the longer, and narrower: the short one shows all along, the long one as a coloured rim beside it and beyond its
+# end; dashes tell paths apart where they cross
+WIDEST, NARROWEST = 6.0, 1.8
+DASHES = ("-", (0, (5, 1.5)), "-", (0, (1.5, 1.2)), "-", (0, (6, 2, 2, 2)), "-", (0, (3, 1.5)))
+
+
+def _styles(results: list[dict]) -> list[dict]:
+    """Per path (in the given order, which sets its colour): colour, width, dashes and drawing order."""
+    from optbench.plots import palette
+
+    n = len(results)
+    length = [np.nansum(np.linalg.norm(np.diff(r["path"], axis=0), axis=1)) for r in results]
+    rank = np.empty(n, dtype=int)
+    rank[np.argsort(length)[::-1]] = np.arange(n)  # 0: the longest path, drawn first, widest
+    widths = np.linspace(WIDEST, NARROWEST, n) if n > 1 else [2.5]
+    return [{"color": c, "lw": widths[k], "ls": DASHES[i % len(DASHES)], "zorder": 2 + k / n}
+            for i, (c, k) in enumerate(zip(palette(n), rank))]
+
+
+def _figsize(xlim, ylim, legend_rows: int, height: float = 5.2) -> tuple[float, float]:
+    """A figure as wide as the equal-aspect view needs (between 5 and 11 inches), plus the legend's rows below."""
+    ratio = (xlim[1] - xlim[0]) / (ylim[1] - ylim[0])
+    width = min(max(height * ratio, 5.0), 11.0)
+    return width + 0.8, width / ratio + 1.0 + 0.28 * legend_rows
 
 
 def plot_paths(surface: DictConfig, results: list[dict]):
-    """All paths over the surface's contour plot."""
+    """All paths over the surface's contour plot, zoomed to where they went; legend below."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9.5, 5.5), layout="constrained")
-    _contours(ax, surface)
-    for r in results:
-        ax.plot(*r["path"].T, ".-", ms=2.5, lw=1.2, label=_label(r))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
-    ax.set_title(f"{_title(surface)}: {len(results[0]['f']) - 1} steps from {tuple(surface.start)}", fontsize=10)
+    xlim, ylim = view(surface, results)
+    ncols = 2 if len(results) > 2 else len(results) + 2
+    fig, ax = plt.subplots(figsize=_figsize(xlim, ylim, -(-(len(results) + 2) // ncols)), layout="constrained")
+    _contours(ax, surface, xlim, ylim)
+    for r, style in zip(results, _styles(results)):
+        ax.plot(*r["path"].T, label=_label(r), **style)
+        ax.plot(*r["path"][-1], "o", color=style["color"], ms=7, mec="black", mew=0.8, zorder=5)  # where it ended
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=ncols, fontsize=9,
+               title="optimizer (torch class, learning rate); circles: where each path ended", title_fontsize=9)
+    ax.set_title(f"{_title(surface)}: {len(results[0]['f']) - 1} steps from {tuple(surface.start)}", fontsize=11)
     return fig
 
 
@@ -225,16 +274,17 @@ def plot_values(surface: DictConfig, results: list[dict]):
     fmin = None
     if surface.minimum is not None:
         fmin = float(surface_fn(surface)(torch.tensor(list(surface.minimum), dtype=torch.float64)))
-    for r in results:
+    for r, style in zip(results, _styles(results)):
         y = r["f"] if fmin is None else np.maximum(r["f"] - fmin, 1e-12)
-        ax.plot(np.arange(len(y)), y, label=_label(r))
+        ax.plot(np.arange(len(y)), y, label=_label(r), **{**style, "lw": min(style["lw"], 2.5)})
     if fmin is None:
         ax.set_yscale("symlog", linthresh=0.1)
         ax.set_ylabel("f(x_t) (symmetric log scale)")
     else:
         ax.set(yscale="log", ylabel="f(x_t) - f(minimum)")
     ax.set(xlabel="step t (optimizer.step calls)", title=_title(surface))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=9)
     return fig
 
 
@@ -243,11 +293,13 @@ def animate(surface: DictConfig, results: list[dict], frames: int = 100):
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation
 
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
-    _contours(ax, surface)
-    lines = [ax.plot([], [], ".-", ms=2.5, lw=1.2, label=_label(r))[0] for r in results]
-    heads = [ax.plot([], [], "o", color=line.get_color(), ms=5)[0] for line in lines]
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
+    xlim, ylim = view(surface, results)
+    fig, ax = plt.subplots(figsize=_figsize(xlim, ylim, -(-(len(results) + 2) // 2)), layout="constrained")
+    _contours(ax, surface, xlim, ylim)
+    styles = _styles(results)
+    lines = [ax.plot([], [], label=_label(r), **style)[0] for r, style in zip(results, styles)]
+    heads = [ax.plot([], [], "o", color=line.get_color(), ms=7, mec="black", mew=0.8, zorder=5)[0] for line in lines]
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     longest = max(len(r["path"]) for r in results)
     ticks = np.unique(np.linspace(0, longest - 1, min(frames, longest)).round().astype(int))
     title = ax.set_title("")

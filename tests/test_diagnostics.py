@@ -49,6 +49,21 @@ def test_histograms_sum_to_the_number_of_values():
     assert len(act_ranges) == 1  # one shared axis for all layers
 
 
+def test_gradient_histograms_span_each_layers_own_values():
+    """Vanishing gradients: the first layer's are ~1000x smaller than the last's; a range of their own keeps them
+    spread over the bins instead of all in the middle one or two."""
+    torch.manual_seed(0)
+    model = _deep("sigmoid", nn.init.xavier_uniform_)
+    x = torch.randn(64, 784)
+    layers = diagnostics.probe(model, nn.CrossEntropyLoss(), x, torch.randint(0, 10, (64,)))
+    rows = [r for r in diagnostics.histograms(layers, bins=40) if r[1] == "grad"]
+    his = [hi for *_, lo, hi in rows]
+    assert max(his) / min(his) > 100  # scales this far apart share no useful axis
+    for (layer, _, counts, lo, hi), seen in zip(rows, layers):
+        assert lo == -hi and hi == pytest.approx(seen["grad"].abs().max().item())
+        assert (counts > 0).sum() >= 10 and counts.max() < 0.5 * counts.sum(), layer
+
+
 def _deep(activation, init):
     torch.manual_seed(0)
     model = build_mlp([256] * 10, activation=activation)
@@ -160,7 +175,7 @@ def test_diagnostics_figures_show_each_layer_for_each_group(mnist_root, tmp_path
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 4 * 2  # act mean, act std, grad std, saturated x two groups
     assert all(len(ax.get_lines()) == 3 for ax in axes)  # one line per hidden layer
-    assert {ax.get_title() for ax in axes} >= {"init.name = normal", "init.name = xavier_uniform"}
+    assert {ax.get_title() for ax in axes} >= {"initialisation = normal", "initialisation = xavier_uniform"}
     hist = plots.histograms(runs, results.load_histograms(runs), by, "act")
     cells = [ax for ax in hist.axes if ax.get_visible()]
     assert len(cells) == 3 * 3  # hidden layers x (start, middle, end)

@@ -96,3 +96,44 @@ def test_two_panels_share_one_colour_scale(run_dir):
 def test_not_a_run_directory_is_a_one_line_error(tmp_path):
     out = optbench("landscape", str(tmp_path))
     assert out.returncode == 2 and "checkpoint.pt" in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+@pytest.fixture(scope="module")
+def two_runs(run_dir, tmp_path_factory):
+    """The run, and a copy whose config says batch size 32: two runs told apart by one setting."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    other = tmp_path_factory.mktemp("other") / "2026-12-01_17-59-38"  # a time stamp, as outputs/ names runs
+    shutil.copytree(run_dir, other)
+    cfg = OmegaConf.load(other / "config.yaml")
+    cfg.trainer.batch_size = 32
+    OmegaConf.save(cfg, other / "config.yaml")
+    return [ls.landscape(d, points=7, samples=500) for d in (run_dir, other)]
+
+
+def test_panels_are_titled_by_the_settings_that_differ_not_the_folder(two_runs):
+    fig = ls.plot_surfaces(two_runs)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["batch size 128", "batch size 32"]
+    assert "adam, learning rate 0.01" in fig.get_suptitle().lower() and "2026" not in fig.get_suptitle()
+    curves = ls.plot_curves(two_runs)
+    assert [t.get_text() for t in curves.axes[1].get_legend().get_texts()] == titles
+
+
+def test_landscape_ticks_are_plain_numbers_and_the_colour_bar_reads_at_round_values(two_runs):
+    from figure_checks import drawn, labelled_ticks, overlaps, pale_lines
+
+    for fig in (ls.plot_surfaces(two_runs), ls.plot_curves(two_runs)):
+        assert not overlaps(fig), overlaps(fig)
+        assert not pale_lines(fig)
+        for ax in fig.axes:
+            for text in labelled_ticks(ax.xaxis) + labelled_ticks(ax.yaxis):
+                assert "times" not in text and "^" not in text and "$" not in text, text  # not 6x10^-1
+    bar = drawn(ls.plot_surfaces(two_runs)).axes[-1]  # the colour bar's axes
+    ticks = labelled_ticks(bar.yaxis)
+    assert len(ticks) >= 2
+    for text in ticks:
+        mantissa = float(text) / 10 ** np.floor(np.log10(float(text)))
+        assert round(mantissa, 6) in (1.0, 2.0, 5.0), ticks

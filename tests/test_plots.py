@@ -1,10 +1,15 @@
 """Figures from a real multirun on MNIST: the files, and the matplotlib objects behind them."""
 
+import json
+
+import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 from PIL import Image
 
 from conftest import optbench
+from figure_checks import drawn, labelled_ticks, overlaps, pale_lines
 from optbench import plots, results
 from test_results import write_run
 
@@ -55,7 +60,7 @@ def test_learning_curves_one_line_and_band_per_group(tables):
         assert ax.get_title() and ax.get_ylabel()
     assert [ax.get_yscale() for ax in axes] == ["log", "log", "linear", "linear"]
     assert axes[2].get_xlabel() == "optimisation step"
-    assert _legend_texts(fig) == ["sgd", "adam"] and fig.legends[0].get_title().get_text() == "optimizer.name"
+    assert _legend_texts(fig) == ["sgd", "adam"] and fig.legends[0].get_title().get_text() == "optimizer"
     # the training-loss line spans every step; the evaluation lines the 3 evaluations
     assert len(axes[0].get_lines()[0].get_xdata()) == 20 and list(axes[2].get_lines()[0].get_xdata()) == [0, 10, 20]
 
@@ -122,3 +127,129 @@ def test_single_run_directory(shared_sweep, tmp_path):
     assert all(len(ax.get_lines()) == 1 and not ax.collections for ax in fig.axes)
     (label,) = _legend_texts(fig)  # the run's name, broken at commas into lines that leave room for the panels
     assert label.replace("\n", ",") == run_dir.name and max(map(len, label.splitlines())) <= 40
+
+
+# --- Figures fit for a slide, on tiny constructed runs (no training) ---
+
+LAYERS = 6
+
+
+def write_diagnostics(run_dir, seed, flags=None, steps=(0, 15, 30), bins=40):
+    """Add what diagnostics=basic records to a write_run folder: per-layer probe statistics (split diag), histograms
+    at start, middle and end (gradients 10x smaller per layer down the net), and health flags in summary.json."""
+    rng = np.random.default_rng(seed)
+    rows = [(step, 1, "diag", f"{stat}/fc{i}", value) for step in steps for i in range(LAYERS)
+            for stat, value in (("act_mean", 0.5 + 0.02 * i), ("act_std", 0.2 - 0.01 * i),
+                                ("grad_std", 10.0 ** (i - LAYERS)), ("saturated", 0.1 * i))]
+    metrics = pd.concat([pd.read_csv(run_dir / results.METRICS), pd.DataFrame(rows, columns=results.COLUMNS)])
+    metrics.to_csv(run_dir / results.METRICS, index=False)
+    hist = []
+    for step in steps:
+        for i in range(LAYERS):
+            for kind, values in (("act", rng.beta(2, 2, 5000)), ("grad", rng.laplace(0, 10.0 ** (i - LAYERS), 5000))):
+                lo, hi = (0.0, 1.0) if kind == "act" else (-np.abs(values).max(), np.abs(values).max())
+                counts, edges = np.histogram(values, bins, (lo, hi))
+                hist += [(step, 1, f"fc{i}", kind, b, edges[b], edges[b + 1], c) for b, c in enumerate(counts)]
+    pd.DataFrame(hist, columns=["step", "epoch", "layer", "kind", "bin", "lo", "hi", "count"]).to_csv(
+        run_dir / "histograms.csv", index=False)
+    summary = json.loads((run_dir / results.SUMMARY).read_text())
+    summary["flags"] = {"exploding_gradients": None, "vanishing_gradients": None, "dead_relu": None, "saturated": None,
+                        **(flags or {})}
+    results.write_json_atomic(run_dir / results.SUMMARY, summary)
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory):
+    """Two optimizers x two learning rates x two seeds with diagnostics: x is best at lr 0.1, y at lr 0.01."""
+    root = tmp_path_factory.mktemp("lr_sweep")
+    for opt, best in (("x", 0.1), ("y", 0.01)):
+        for lr in (0.1, 0.01):
+            for seed in (0, 1):
+                run = root / "sweep" / f"{opt}_{lr}_{seed}"
+                write_run(run, opt, lr, seed, val=0.95 if lr == best else 0.90, test=0.9)
+                write_diagnostics(run, seed, {"saturated": 0, "vanishing_gradients": 10} if opt == "x" else None)
+    return root / "sweep"
+
+
+@pytest.fixture(scope="module")
+def lr_figures(lr_sweep):
+    runs = results.load_runs(lr_sweep)
+    return plots.figures(runs, results.load_metrics(runs), results.resolve_by(runs, None))
+
+
+def test_legends_say_in_words_what_varied_and_which_rate_each_curve_used(lr_figures):
+    for name in ("learning_curves", "gradient_norms", "learning_rates", "histograms_act", "histograms_grad"):
+        legend = lr_figures[name].legends[0]
+        assert legend.get_title().get_text() == "optimizer, learning rate", name
+        assert _legend_texts(lr_figures[name]) == ["x, 0.1", "y, 0.01"], name  # each group's rate, chosen on val
+    assert lr_figures["lr_sensitivity"].legends[0].get_title().get_text() == "optimizer"
+
+
+def test_every_line_stands_out_from_the_background(lr_figures):
+    assert set(lr_figures) >= {"learning_curves", "activations", "histograms_grad", "lr_sensitivity"}
+    for name, fig in lr_figures.items():
+        assert not pale_lines(fig), (name, pale_lines(fig))
+    (ax, *_) = lr_figures["activations"].axes
+    assert len(ax.get_lines()) == LAYERS  # the last layer's line is among those checked
+
+
+@pytest.mark.parametrize("groups", [2, 10, 14])
+def test_palette_is_distinct_and_visible(groups):
+    from figure_checks import wcag_contrast
+
+    colours = plots.palette(groups)
+    assert len(set(colours)) == groups
+    assert min(wcag_contrast(c, "white") for c in colours) >= 3.0
+
+
+def test_no_label_overlaps_another(lr_figures):
+    for name, fig in lr_figures.items():
+        found = overlaps(fig)
+        assert not found, (name, found[:5])
+
+
+def test_gradient_histograms_have_their_own_scales_and_a_fraction_axis(lr_figures):
+    fig = drawn(lr_figures["histograms_grad"])
+    cells = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(cells) == LAYERS * 3
+    first, last = cells[0], cells[-3]  # fc0 and fc5 at step 0: scales 1e5 apart, each filling its panel
+    assert abs(last.get_xlim()[1] / first.get_xlim()[1]) > 1e4
+    assert all(len(labelled_ticks(ax.xaxis)) >= 2 for ax in cells)  # every panel says its own scale
+    assert first.get_yscale() == "log" and len(labelled_ticks(first.yaxis)) >= 2
+    assert all(len(ax.patches) == 2 for ax in cells)  # one outline per group
+    act = drawn(lr_figures["histograms_act"])
+    assert len(labelled_ticks(act.axes[0].yaxis)) >= 2  # fractions readable off the axis
+
+
+def test_plot_and_report_read_several_folders_and_say_where_they_wrote(lr_sweep, tmp_path):
+    import shutil
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, opt in ((first, "x"), (second, "y")):
+        for run in lr_sweep.glob(f"{opt}_*"):
+            shutil.copytree(run, folder / run.name)
+    chosen = tmp_path / "figures"
+    out = optbench("plot", str(first), str(second), "--out", str(chosen))
+    assert out.returncode == 0, out.stderr
+    assert f"8 runs from {first}, {second}; wrote 11 figures into {chosen}:" in out.stdout
+    assert (chosen / "learning_curves.png").stat().st_size > 20_000 and not any(tmp_path.glob("*/plots"))
+    runs = results.load_runs(first, second)
+    legend = _legend_texts(plots.learning_curves(runs, results.load_metrics(runs), ["optimizer.name"]))
+    assert legend == ["x", "y"]  # both folders on one figure
+    out = optbench("report", str(first), str(second), "--out", str(tmp_path / "tables"))
+    assert out.returncode == 0, out.stderr
+    assert f"into {tmp_path / 'tables'}:" in out.stdout and (tmp_path / "tables" / "ranking.md").exists()
+    out = optbench("report", str(first), str(second))
+    assert f"into {first} (the first DIR; --out DIR to choose)" in out.stdout
+
+
+def test_ranking_has_a_column_of_health_flags(lr_sweep, tmp_path):
+    out = optbench("report", str(lr_sweep), "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    ranking = (tmp_path / "ranking.md").read_text().splitlines()
+    header = [c.strip() for c in ranking[0].strip("|").split("|")]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")] for line in ranking[2:]}
+    flags = header.index("health flags")
+    assert rows["x"][flags] == "vanishing gradients 2/2, saturated 2/2"
+    assert rows["y"][flags] == "none"
+    assert "vanishing gradients 2/2, saturated 2/2" in out.stdout

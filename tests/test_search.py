@@ -259,3 +259,37 @@ def test_crowded_valley_compares_one_shot_with_budgets_chosen_on_validation(mnis
     assert [len(_trials(s / name)) for name in ("constant", "trapezoidal")] == [3, 3]
     assert (s / "constant" / "one_shot" / "seed=0" / "summary.json").read_text() == one_shot
     assert list(pd.read_csv(s / "valley.csv")["budget"]) == ["one-shot", "small (1)", "medium (2)", "large (3)"] * 2
+
+
+def _toy_study(trials: int):
+    """A study of `trials` quick trials of a made-up objective: the figures are under test, not training."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: 0.9 - 0.01 * abs(np.log10(t.suggest_float("optimizer.lr", 1e-4, 1, log=True)) + 2)
+                   + 0.005 * (t.suggest_categorical("trainer.batch_size", [32, 128]) == 32), n_trials=trials)
+    return study
+
+
+def test_slice_plot_is_white_with_one_title_and_a_colour_per_trial(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from figure_checks import overlaps, wcag_contrast
+    from optbench import search
+
+    axes = search.plot_slice(_toy_study(2))
+    fig = axes[0].figure
+    assert [ax.get_title() for ax in fig.axes] == ["", ""]  # the figure's title is the only one (save_plots sets it)
+    assert all(to_rgba(ax.get_facecolor()) == to_rgba("white") for ax in fig.axes)
+    assert len(fig.axes) == 2  # a panel per parameter, no colour bar for two trials
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["trial 0", "trial 1", "best trial"]
+    points = [c for c in axes[0].collections if len(c.get_facecolor()) and c.get_facecolor()[0][3] > 0]
+    assert len(points) == 2 and all(wcag_contrast(c.get_facecolor()[0], "white") >= 3 for c in points)
+    assert axes[0].get_xlabel().startswith("learning rate") and not overlaps(fig)
+
+    many = search.plot_slice(_toy_study(15))[0].figure
+    assert len(many.axes) == 3 and not many.legends  # two panels and a colour bar of trial numbers
+    assert "trial number" in many.axes[-1].get_ylabel()
+    saved = search.save_plots(_toy_study(2), tmp_path)
+    assert [p.name for p in saved] == ["history.png", "slice.png", "importance.png"]

@@ -74,7 +74,7 @@ def test_figures_have_one_line_per_optimizer():
     results = [tr.run(c) for c in cfgs]
     for fig in (tr.plot_paths(cfgs[0].surface, results), tr.plot_values(cfgs[0].surface, results)):
         labels = [line.get_label() for line in fig.axes[0].get_lines()]
-        assert [lab.split()[0] for lab in labels if not lab.startswith(("start", "minimum"))] == ["sgd", "adam"]
+        assert [lab.split()[0] for lab in labels if not lab.startswith(("start", "minimum", "_"))] == ["sgd", "adam"]
 
 
 def test_cli_writes_pngs_and_gif(tmp_path):
@@ -98,3 +98,60 @@ def test_user_mistakes_are_one_line_errors(tmp_path, args, words):
     out = optbench("trajectories", *args, "--out", str(tmp_path))
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert all(w in out.stderr for w in words), out.stderr
+
+
+# --- Figures fit for a slide ---
+
+def _paths_figure(surface, names, overrides=()):
+    cfgs = [tr.compose(n, surface, list(overrides)) for n in names]
+    results = [tr.run(c) for c in cfgs]
+    return cfgs[0].surface, results, tr.plot_paths(cfgs[0].surface, results)
+
+
+def _path_lines(fig, results):
+    ax = fig.axes[0]
+    labels = {tr._label(r) for r in results}
+    return [line for line in ax.get_lines() if line.get_label() in labels]
+
+
+@pytest.mark.parametrize("surface, names", [("quadratic", ["sgd", "momentum", "nesterov", "adam"]),
+                                            ("rosenbrock", list(tr.DEFAULT_OPTIMIZERS))])
+def test_each_path_shows_even_where_paths_coincide(surface, names):
+    """SGD and Nesterov share the quadratic's valley floor, six optimizers Rosenbrock's: each path's own colour must
+    still show along most of it (measured on the drawn pixels)."""
+    from figure_checks import visible_share
+
+    _, results, fig = _paths_figure(surface, names)
+    fig.set_dpi(100)
+    lines = _path_lines(fig, results)
+    assert len(lines) == len(names)
+    shares = {line.get_label().split()[0]: visible_share(fig, line) for line in lines}
+    assert min(shares.values()) > 0.3, shares
+
+
+def test_paths_are_visible_on_white_and_over_the_contours():
+    from figure_checks import pale_lines, wcag_contrast
+
+    _, results, fig = _paths_figure("rosenbrock", list(tr.DEFAULT_OPTIMIZERS), ["steps=50"])
+    assert not pale_lines(fig)
+    contour_grey = fig.axes[0].collections[0].get_edgecolor()[0]
+    for line in _path_lines(fig, results):  # the paths stand out from the contours they follow, too
+        assert wcag_contrast(line.get_color(), contour_grey) > 1.5, line.get_label()
+
+
+def test_view_is_where_the_paths_went_and_the_plot_fills_the_figure():
+    """Noisy Beale: the paths stay in a corner of the +-4.5 window; the figure shows that corner, with little margin."""
+    from figure_checks import drawn
+
+    surface, results, fig = _paths_figure("beale", list(tr.DEFAULT_OPTIMIZERS), ["surface.noise=2"])
+    ax = fig.axes[0]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert (x1 - x0) * (y1 - y0) < 0.25 * 9.0 * 9.0  # a quarter of the window at most
+    xy = np.concatenate([r["path"] for r in results])
+    inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+    assert inside.mean() > 0.99  # and every path is in it
+    renderer = drawn(fig).canvas.get_renderer()
+    plot = ax.get_window_extent(renderer)
+    assert plot.width * plot.height > 0.45 * fig.bbox.width * fig.bbox.height  # no wide empty margins
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert legend.y1 <= plot.y0 and plot.x0 < legend.x0 + legend.width / 2 < plot.x1  # under the plot, centred
