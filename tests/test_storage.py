@@ -20,7 +20,8 @@ from optbench import search  # noqa: E402
 from optbench.errors import UserError  # noqa: E402
 from optbench.storage import Shared, open_storage  # noqa: E402
 
-TRAIN = ["optimizer=sgd", "trainer.max_steps=10", "trainer.checkpoint_every=0", "model.hidden=[32]"]
+TRAIN = ["optimizer=sgd", "trainer.max_steps=10", "trainer.checkpoint_every=0", "model.hidden=[32]", "diagnostics=off",
+         "data.train_eval_size=500", "data.val_size=1000"]
 
 
 def _command(search_dir, storage, mnist_root, *flags):

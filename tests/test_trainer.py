@@ -159,8 +159,9 @@ def test_sigkill_keeps_the_metrics_written_so_far(mnist_root, tmp_path):
 
 
 def _train_cmd(mnist_root, run_dir, *overrides):
+    own = any(o.startswith("data.train_eval_size=") for o in overrides)
     return [sys.executable, "-m", "optbench", "train", f"data.root={mnist_root}", "device=cpu",
-            f"hydra.run.dir={run_dir}", *overrides]
+            f"hydra.run.dir={run_dir}", *([] if own else ["data.train_eval_size=2000"]), *overrides]
 
 
 def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(mnist_root, tmp_path):

@@ -117,7 +117,8 @@ def test_multirun_trains_one_pass_into_ordinary_run_dirs(mnist_root, tmp_path):
 
 
 def test_sweep_that_cannot_be_vectorized_runs_as_with_the_basic_launcher(mnist_root, tmp_path):
-    args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=2", "optimizer=lbfgs",
+    args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "data.train_eval_size=500", "trainer.max_steps=2",
+            "optimizer=lbfgs",
             "optimizer.max_iter=2", "trainer.batch_size=2000", "seed=0,1"]
     ours = run_cli(*args, f"hydra.sweep.dir={tmp_path / 'ours'}")
     basic = run_cli(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'basic'}")
@@ -158,7 +159,7 @@ def test_a_pass_whose_models_all_diverge_ends_them_all_diverged(mnist_root, tmp_
 
 def test_an_interrupted_pass_resumes_as_a_pass_to_the_same_metrics(mnist_root, tmp_path):
     args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "diagnostics=off", "model.hidden=[32]",
-            "trainer.batch_size=1000", "trainer.epochs=3", "model.dropout=0.1", "seed=0,1"]
+            "data.train_eval_size=1000", "trainer.batch_size=1000", "trainer.epochs=3", "model.dropout=0.1", "seed=0,1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run_cli(*args, f"hydra.sweep.dir={whole}").returncode == 0
     command = [sys.executable, "-m", "optbench", *args, f"hydra.sweep.dir={killed}"]
