@@ -102,3 +102,19 @@ def run_cli(*args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "optbench", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+@pytest.fixture
+def user_code(tmp_path, monkeypatch):
+    """write(name, source): a module of the user's own (an optimizer class), importable here and in the processes
+    the test starts, as from the folder a user runs optbench in."""
+    folder = tmp_path / "user_code"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+
+    def write(name: str, source: str) -> Path:
+        (folder / f"{name}.py").write_text(source)
+        return folder
+
+    return write

@@ -207,13 +207,8 @@ def test_a_killed_schedulefree_run_resumes_to_the_same_metrics(mnist_root, tmp_p
 # ------------------------------------------------------------------ the user's own optimizer
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    folder = tmp_path / "user_code"
-    folder.mkdir()
-    (folder / "my_optim.py").write_text(SIGN_SGD)
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("PYTHONPATH", str(folder))
-    return folder
+def user_module(user_code):
+    return user_code("my_optim", SIGN_SGD)
 
 
 def test_a_class_by_its_dotted_path_joins_a_pass_and_is_named_by_its_class(mnist_root, tmp_path, user_module):

@@ -32,12 +32,8 @@ class Boom(torch.optim.SGD):
 
 
 @pytest.fixture
-def boom_module(tmp_path, monkeypatch):
-    folder = tmp_path / "user_code"
-    folder.mkdir()
-    (folder / "boom_optim.py").write_text(BOOM)
-    monkeypatch.syspath_prepend(str(folder))
-    return folder
+def boom_module(user_code):
+    return user_code("boom_optim", BOOM)
 
 
 @pytest.mark.parametrize("value, why", [("optimizer.lr=0.1,-1", "optimizer.lr=-1: optimizer: Invalid learning rate: -1"),
