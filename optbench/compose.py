@@ -35,7 +35,7 @@ def check_group_choices(args: list[str]) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(args).overrides)
-    except BaseException:
+    except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
         return  # malformed command line: Hydra's own message explains it better
     known, extra = groups(), config_dirs.extra_option_dirs(args)  # the user's own folders' options count too
     for override in overrides:
@@ -66,7 +66,7 @@ def validate_overrides(args: list[str]) -> list[tuple[str, object]]:
         parsed = get_args_parser().parse_args(args)
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
         variants = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in overrides]
-    except BaseException:
+    except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
         return []  # malformed command line or a sweep kind we cannot expand: Hydra explains it
     if parsed.help or parsed.hydra_help or parsed.shell_completion or parsed.info:
         return []

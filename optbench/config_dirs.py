@@ -20,7 +20,7 @@ def extra_option_dirs(args: list[str]) -> list[Path]:
 
         parsed, _ = get_args_parser().parse_known_args(args)
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-    except BaseException:
+    except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
         return []  # a malformed command line: Hydra's own message explains it
     dirs = [Path(parsed.config_dir).expanduser().resolve()] if parsed.config_dir else []
     for o in overrides:
@@ -42,7 +42,7 @@ def compose_overrides(args: list[str]) -> list[str]:
 
         parsed, _ = get_args_parser().parse_known_args(args)
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-    except BaseException:
+    except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
         return list(args)
     kept = [o.input_line for o in overrides if o.key_or_group != "hydra.searchpath"]
     return kept + searchpath_override(extra_option_dirs(args))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from conftest import optbench, run_cli
 
@@ -77,3 +78,19 @@ def test_bad_value_is_one_line_and_the_process_exits_2(mnist_root, tmp_path):
 def test_unknown_command_suggests():
     out = optbench("trian")
     assert out.returncode == 2 and "did you mean train" in out.stderr
+
+
+def test_ctrl_c_while_a_command_line_is_checked_interrupts(monkeypatch):
+    """The option checks skip a command line they cannot parse, but never swallow Ctrl-C (a search composes a config
+    for every trial: a Ctrl-C that landed there was lost, and the search ran to its end)."""
+    import hydra._internal.utils
+
+    from optbench import compose, config_dirs
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hydra._internal.utils, "get_args_parser", interrupted)
+    for check in (compose.check_group_choices, compose.validate_overrides, config_dirs.extra_option_dirs):
+        with pytest.raises(KeyboardInterrupt):
+            check(["optimizer=adam"])
