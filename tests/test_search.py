@@ -106,6 +106,12 @@ def _completed_any(search_dir) -> bool:
         return False
 
 
+def _a_run_completed(search_dir) -> bool:
+    """From the run directories, not the study: a reader of study.db can be locked out while the search writes,
+    and was, until every trial had finished and the Ctrl-C came too late."""
+    return any('"status": "completed"' in p.read_text() for p in search_dir.glob("runs/*/summary.json"))
+
+
 def _params(search_dir):
     with sqlite3.connect(search_dir / "study.db") as db:
         return db.execute("select t.number, p.param_value from trial_params p join trials t using (trial_id)").fetchall()
@@ -158,7 +164,7 @@ def test_tpe_search_interrupted_by_ctrl_c_resumes_without_repeating_trials(mnist
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Ctrl-C once the first trial finished
     deadline = time.time() + 120
-    while time.time() < deadline and not _completed_any(s):
+    while time.time() < deadline and not _a_run_completed(s):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
