@@ -27,7 +27,15 @@ SWEEP = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20", "trainer.eval
 
 def pytest_configure(config):
     """Under pytest -n N (xdist), each worker process gets its share of the cores, and so do the processes its tests
-    start (OMP_NUM_THREADS): N torch processes with every core's thread each slow each other down far beyond N x."""
+    start (OMP_NUM_THREADS): N torch processes with every core's thread each slow each other down far beyond N x.
+
+    A shell that starts pytest in the background (`nohup ... &`) makes it ignore SIGINT, and the optbench processes
+    the Ctrl-C tests start would inherit that: Python's own handler is put back, so their children get the default.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         threads = str(max(len(os.sched_getaffinity(0)) // int(workers), 1))
