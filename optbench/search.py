@@ -221,6 +221,16 @@ def make_sampler(name: str, seed: int):
     raise UserError(f"sampler={name} is not a sampler; choices: {', '.join(SAMPLERS)}")
 
 
+def seeded_sampler(spec: dict, *trial: int):
+    """The sampler for one trial, seeded by the search's sampler_seed and the trial's number (and worker).
+
+    Hashed, not added: with seed + number, sampler seed 1's trial n drew seed 0's trial n + 1, and two
+    searches meant as independent repeats shared all but one point.
+    """
+    seed = np.random.SeedSequence([spec["sampler_seed"], *trial]).generate_state(1)[0]
+    return make_sampler(spec["sampler"], int(seed))
+
+
 def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared: Shared | None = None):
     """Run (or resume) the search in `search_dir` until `trials` trials finished; return the study.
 
@@ -339,8 +349,7 @@ def _run_shared(study, spec: dict, target: int, objective, shared: Shared) -> No
             continue
         # workers asking at once see the same count: mix in the worker, or they would draw one point
         # (only CMA-ES draws at ask; _claim reseeds the others by trial number)
-        seed = (spec["sampler_seed"] + len(states) + zlib.crc32(_worker().encode())) % 2**32
-        study.sampler = make_sampler(spec["sampler"], seed)
+        study.sampler = seeded_sampler(spec, len(states), zlib.crc32(_worker().encode()))
         study.optimize(objective, n_trials=1, catch=(NotClaimed,))  # Optuna's loop: it keeps the heartbeat
 
 
@@ -372,7 +381,7 @@ def _claim(trial, spec: dict, target: int) -> None:
         trial.set_user_attr("reason", f"not run: {reason}")
         raise NotClaimed(reason)
     # trial n draws the same point whichever worker runs it, as in a search on one machine
-    trial.study.sampler = make_sampler(spec["sampler"], spec["sampler_seed"] + trial.number)
+    trial.study.sampler = seeded_sampler(spec, trial.number)
 
 
 def _next_trial(study, spec: dict, target: int, lock: Path):
@@ -388,7 +397,7 @@ def _next_trial(study, spec: dict, target: int, lock: Path):
         if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))) >= target:
             return None
         # seeded by trial number: any process, and a resumed search, draws trial n's point alike and never replays one
-        study.sampler = make_sampler(spec["sampler"], spec["sampler_seed"] + len(study.trials))
+        study.sampler = seeded_sampler(spec, len(study.trials))
         trial = study.ask()
         trial.set_user_attr("worker", _worker())
         return trial

@@ -58,6 +58,26 @@ def test_grid_is_log_spaced_inside_the_range_and_crosses_choices():
     assert search.grid(search.parse_space({"trainer.epochs": "int(1, 3)"}), 5) == [{"trainer.epochs": v} for v in (1, 2, 3)]
 
 
+def _drawn(tmp_path, name: str, sampler_seed: int, trials: int = 4) -> list[float]:
+    """The learning rates a random search's first `trials` trials draw, asked as the search asks them."""
+    space = search.parse_space({"optimizer.lr": "log(1e-4, 1)"})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / name}.db")
+    spec = {"sampler": "random", "sampler_seed": sampler_seed}
+    drawn = []
+    for _ in range(trials):
+        trial = search._next_trial(study, spec, target=trials, lock=tmp_path / f"{name}.lock")
+        drawn.append(search.suggest(trial, "optimizer.lr", space["optimizer.lr"]))
+        study.tell(trial, 0.5)
+    return drawn
+
+
+def test_searches_with_neighbouring_sampler_seeds_draw_different_points(tmp_path):
+    # repeats of a search (the lectures' random-vs-grid claim) must be independent samples, and one seed reproducible
+    first = _drawn(tmp_path, "a", 0)
+    assert _drawn(tmp_path, "again", 0) == first
+    assert not set(first) & set(_drawn(tmp_path, "b", 1))
+
+
 def test_trial_score_is_mean_validation_accuracy_and_ignores_test():
     # trial A wins on validation, trial B would win on test: the objective must pick A
     a = [{"best_val_acc": 0.90, "test_acc_at_best_val": 0.50}, {"best_val_acc": 0.92, "test_acc_at_best_val": 0.52}]
@@ -127,7 +147,9 @@ def _search(tmp_path, mnist_root, *args):
 
 
 def test_random_search_writes_run_dirs_scores_validation_and_resumes(mnist_root, tmp_path):
-    out = _search(tmp_path, mnist_root, "--space", "lr", "--sampler", "random", "--trials", "2", "--seeds", "0,1")
+    space = tmp_path / "space.yaml"  # rates SGD does not diverge at in 10 steps: every trial completes
+    space.write_text("space:\n  optimizer.lr: log(1e-3, 0.3)\n")
+    out = _search(tmp_path, mnist_root, "--space", str(space), "--sampler", "random", "--trials", "2", "--seeds", "0,1")
     assert out.returncode == 0, out.stderr[-3000:]
     s = tmp_path / "s"
     assert _trials(s) == [(0, "COMPLETE"), (1, "COMPLETE")]
