@@ -13,6 +13,12 @@ shared seeds: supported (resolved in the predicted direction), not
 supported (resolved the other way) or not resolved, with the seeds a study
 would need.
 
+A claim about searching (random against grid search) has a `search` block
+(an `optbench search` space and budget) and groups that are search settings
+(`sampler: grid`) instead of overrides: each seed is one whole
+`optbench search` per group, in its own folder and resumable, and the
+quantity is read at the trial the search chose on validation accuracy.
+
 Nothing here imports torch at module level; cli.py imports this module
 only when `optbench lectures` is called.
 """
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +44,11 @@ CATALOGUE = CONF / "lectures"
 SCALES = ("default", "full")
 OUT = "lectures"
 KEYS = {"quote", "lecture", "condition", "overrides", "groups", "seeds", "quantity", "predict", "combine", "target",
-        "x", "full"}
+        "x", "full", "search"}
+# what a search claim's group may set: the rest of the search is the claim's (`search`, `overrides`, the seeds)
+SEARCH_GROUP_KEYS = ("sampler", "grid_points", "trials", "space")
+# quantities read from one run's summary, so that a search's chosen trial gives them
+SEARCH_QUANTITIES = ("best_val_acc", "test_acc")
 X_AXES = ("step", "epoch", "examples", "layer")
 REQUIRED = ("quote", "lecture", "groups", "seeds", "quantity", "predict")
 COMBINE = ("all", "any")
@@ -79,6 +90,8 @@ def load(name: str, catalogue: Path = CATALOGUE) -> dict:
     if claim["combine"] not in COMBINE:
         raise UserError(f"{path}: combine {claim['combine']!r} must be one of {', '.join(COMBINE)}")
     claim["predict"] = [parse_prediction(p, claim["groups"], path) for p in claim["predict"]]
+    if "search" in claim:
+        _check_search_claim(claim, path)
     claim.update(name=name, path=str(path), description=_first_comment(path))
     return claim
 
@@ -92,6 +105,19 @@ def parse_prediction(text: str, groups: dict, path) -> tuple[str, str, str]:
     return found[1], found[2], found[3]
 
 
+def _check_search_claim(claim: dict, path) -> None:
+    if not isinstance(claim["search"], dict) or "space" not in claim["search"]:
+        raise UserError(f"{path}: search must be a mapping with a space (an `optbench search` space), and trials")
+    if claim["quantity"] not in SEARCH_QUANTITIES:
+        raise UserError(f"{path}: a search claim's quantity is read at the chosen trial: one of "
+                        f"{', '.join(SEARCH_QUANTITIES)}")
+    for group, settings in claim["groups"].items():
+        unknown = set(settings or {}) - set(SEARCH_GROUP_KEYS) if isinstance(settings, dict) else None
+        if unknown is None or unknown:
+            raise UserError(f"{path}: group {group} of a search claim sets search settings among "
+                            f"{', '.join(SEARCH_GROUP_KEYS)}" + (f", not {sorted(unknown)}" if unknown else ""))
+
+
 def _first_comment(path: Path) -> str:
     for line in path.read_text().splitlines():
         if line.startswith("#"):
@@ -99,12 +125,16 @@ def _first_comment(path: Path) -> str:
     return ""
 
 
-def experiment(claim: dict, scale: str = "default") -> tuple[dict, list[int]]:
-    """(group -> its full override list, seeds) at `scale`; 'full' adds the claim's `full` block on top."""
-    extra = claim.get("full") or {} if scale == "full" else {}
-    seeds = list(range(int(extra.get("seeds", claim["seeds"]))))
-    shared = [*(claim.get("overrides") or []), *(extra.get("overrides") or [])]
-    return {g: merge_overrides(shared, list(o or [])) for g, o in claim["groups"].items()}, seeds
+def experiment(claim: dict, scale: str = "default", extra=()) -> tuple[dict, list[int]]:
+    """(group -> its full override list, seeds) at `scale`; 'full' adds the claim's `full` block on top, and
+    `extra` (the command line's overrides) wins over both. A search claim's group is its search's settings."""
+    bigger = claim.get("full") or {} if scale == "full" else {}
+    seeds = list(range(int(bigger.get("seeds", claim["seeds"]))))
+    shared = [*(claim.get("overrides") or []), *(bigger.get("overrides") or [])]
+    if "search" in claim:
+        return {g: {**claim["search"], **(settings or {}), "overrides": merge_overrides(shared, list(extra))}
+                for g, settings in claim["groups"].items()}, seeds
+    return {g: merge_overrides(shared, list(o or []), list(extra)) for g, o in claim["groups"].items()}, seeds
 
 
 def override_key(line: str) -> str:
@@ -142,36 +172,106 @@ def multiruns(groups: dict) -> list[tuple[str, list[str]]]:
 
 
 def train(claim: dict, out: Path, scale: str = "default", extra=(), log=print) -> bool:
-    """Train every group of `claim` below out/<claim>/runs/; False when a multirun failed."""
-    groups, seeds = experiment(claim, scale)
+    """Train every group of `claim` below out/<claim>/runs/; False when a multirun (or a search) failed."""
+    groups, seeds = experiment(claim, scale, extra)
+    if "search" in claim:
+        return all(_search(claim, out, scale, extra, group, spec, seed, log)
+                   for group, spec in groups.items() for seed in seeds)
     ok = True
     for folder, overrides in multiruns(groups):
         sweep_dir = out / claim["name"] / "runs" / folder
-        command = [sys.executable, "-m", "optbench", "train", "-m", *merge_overrides(overrides, list(extra)),
+        command = [sys.executable, "-m", "optbench", "train", "-m", *overrides,
                    f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={sweep_dir}"]
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        with open(sweep_dir / "lectures.log", "w") as stream:
-            stream.write(" ".join(command) + "\n")
-            stream.flush()
-            code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
-        log(f"  {claim['name']}/{folder}: {len(seeds)} seeds in {time.perf_counter() - started:.1f} s"
-            + ("" if code == 0 else f", FAILED (exit {code}; see {sweep_dir / 'lectures.log'})"))
-        ok &= code == 0
+        ok &= _logged(command, sweep_dir, f"{claim['name']}/{folder}: {len(seeds)} seeds", log)
     return ok
 
 
+def _logged(command: list[str], folder: Path, what: str, log) -> bool:
+    """Run `command` with its output in folder/lectures.log; one line saying how long it took or that it failed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(folder / "lectures.log", "w") as stream:
+        stream.write(" ".join(command) + "\n")
+        stream.flush()
+        code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
+    log(f"  {what} in {time.perf_counter() - started:.1f} s"
+        + ("" if code == 0 else f", FAILED (exit {code}; see {folder / 'lectures.log'})"))
+    return code == 0
+
+
+def search_dir(claim: dict, out: Path, scale: str, extra, group: str, seed: int) -> Path:
+    """out/<claim>/runs/<group>[,full][,<extra overrides>]/seed=<s>: another scale or other command-line
+    overrides are another search (a search directory refuses new settings), where-to-run settings are not."""
+    from optbench.results import RUN_SETTINGS
+
+    tags = ["full"] * (scale == "full") + [e for e in extra if override_key(e) not in RUN_SETTINGS]
+    return out / claim["name"] / "runs" / ",".join([group, *tags]).replace("/", "-") / f"seed={seed}"
+
+
+def _search(claim: dict, out: Path, scale: str, extra, group: str, spec: dict, seed: int, log) -> bool:
+    """One whole `optbench search` of `group` as repeat `seed` (the training seed and the sampler's seed), in
+    this process: a search composes each trial as the command line would, and a fresh interpreter per search
+    cost 8 s of imports, more than its 16 short trials."""
+    import yaml
+
+    from optbench import search
+
+    folder = search_dir(claim, out, scale, extra, group, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    args = ["--space", str(folder / "space.yaml"), "--dir", str(folder / "search"), "--seeds", str(seed),
+            "--sampler-seed", str(seed)]
+    started = time.perf_counter()
+    with open(folder / "lectures.log", "w") as stream, _output_to(stream):
+        print(" ".join(["optbench", "search", *args]), flush=True)
+        try:
+            code = search.main(args)
+        except UserError as e:
+            print(f"optbench: error: {e}")
+            code = 2
+        except Exception:  # noqa: BLE001 - the traceback goes to the search's log, the claim is reported failed
+            import traceback
+
+            traceback.print_exc(file=sys.stdout)
+            code = 1
+    log(f"  {claim['name']}/{group} seed {seed}: {spec.get('trials')} trials in {time.perf_counter() - started:.1f} s"
+        + ("" if code == 0 else f", FAILED (exit {code}; see {folder / 'lectures.log'})"))
+    return code == 0
+
+
+@contextmanager
+def _output_to(stream):
+    """Print, tqdm and logging (at INFO, as the command line shows it) into `stream` for the duration."""
+    import logging
+    from contextlib import redirect_stderr, redirect_stdout
+
+    root = logging.getLogger()
+    handler, level = logging.StreamHandler(stream), root.level
+    root.addHandler(handler)  # before search.main's logging.basicConfig, which then adds nothing
+    root.setLevel(logging.INFO)
+    try:
+        with redirect_stdout(stream), redirect_stderr(stream):
+            yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
 def group_of(run_overrides: list[str], groups: dict) -> str | None:
-    """The group whose every override the run was trained with (compared as Hydra parses them: 1e-3 is 0.001)."""
+    """The group whose overrides are the run's, its seed and where it ran aside (compared as Hydra parses them:
+    1e-3 is 0.001): a run trained with other command-line overrides belongs to no group of this command."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from optbench.results import NOT_FACTORS
 
     parser = OverridesParser.create()
 
     def parsed(lines):
-        return {(o.key_or_group, str(o.value())) for o in parser.parse_overrides(list(lines))}
+        return {(o.key_or_group, str(o.value())) for o in parser.parse_overrides(list(lines))
+                if o.key_or_group not in NOT_FACTORS}
 
     have = parsed(run_overrides)
-    found = [g for g, lines in groups.items() if parsed(lines) <= have]
+    found = [g for g, lines in groups.items() if parsed(lines) == have]
     return found[0] if len(found) == 1 else None
 
 
@@ -292,33 +392,50 @@ QUANTITIES = {
 }
 
 
-def load_claim_runs(claim: dict, out: Path, scale: str = "default") -> list[dict]:
-    """Every run below out/<claim>/runs/ that belongs to one of the claim's groups at `scale`: group, seed,
-    status, summary, config and metrics."""
+def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=()) -> list[dict]:
+    """Every run below out/<claim>/runs/ that belongs to one of the claim's groups at `scale` with the command
+    line's `extra` overrides: group, seed, status, summary, config and metrics. A search claim's runs are its
+    searches' trials, each with the seed of its search and its trial number."""
+    import yaml
+
+    groups, seeds = experiment(claim, scale, extra)
+    if "search" in claim:
+        return [{**_read_run(run_dir), "group": group, "seed": seed, "trial": int(run_dir.name.split("_", 1)[0])}
+                for group in groups for seed in seeds
+                for run_dir in _run_dirs(search_dir(claim, out, scale, extra, group, seed) / "search" / "runs")]
+    runs = []
+    for run_dir in _run_dirs(out / claim["name"] / "runs"):
+        overrides = run_dir / ".hydra" / "overrides.yaml"
+        group = group_of(yaml.safe_load(overrides.read_text()) or [], groups) if overrides.exists() else None
+        if group is not None:
+            run = _read_run(run_dir)
+            runs.append({**run, "group": group, "seed": run["config"].get("seed")})
+    return runs
+
+
+def _run_dirs(folder: Path) -> list[Path]:
+    from optbench.results import SUMMARY
+
+    return sorted(p.parent for p in folder.rglob(SUMMARY))
+
+
+def _read_run(run_dir: Path) -> dict:
     import pandas as pd
     import yaml
 
     from optbench import results
 
-    groups, _ = experiment(claim, scale)
-    found = sorted(p.parent for p in (out / claim["name"] / "runs").rglob(results.SUMMARY))
-    runs = []
-    for run_dir in found:
-        overrides = run_dir / ".hydra" / "overrides.yaml"
-        group = group_of(yaml.safe_load(overrides.read_text()) or [], groups) if overrides.exists() else None
-        if group is None:
-            continue
-        summary = results.read_summary(run_dir) or {}
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-        metrics = results.read_metrics(run_dir) if (run_dir / results.METRICS).exists() else pd.DataFrame(
-            columns=results.COLUMNS)
-        runs.append({"group": group, "seed": config.get("seed"), "dir": str(run_dir), "summary": summary,
-                     "config": config, "metrics": metrics, "status": results.run_status(run_dir, summary)})
-    return runs
+    summary = results.read_summary(run_dir) or {}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    metrics = results.read_metrics(run_dir) if (run_dir / results.METRICS).exists() else pd.DataFrame(
+        columns=results.COLUMNS)
+    return {"dir": str(run_dir), "summary": summary, "config": config, "metrics": metrics,
+            "status": results.run_status(run_dir, summary)}
 
 
-def measure(claim: dict, runs: list[dict]) -> dict:
-    """group -> Series(seed -> the claim's quantity) over the finished runs (completed or diverged)."""
+def measure(claim: dict, runs: list[dict], scale: str = "default") -> dict:
+    """group -> Series(seed -> the claim's quantity) over the finished runs (completed or diverged); for a
+    search claim, over the searches that finished their budget, each read at its chosen trial."""
     import pandas as pd
 
     from optbench.results import FINISHED
@@ -327,8 +444,29 @@ def measure(claim: dict, runs: list[dict]) -> dict:
     values = {}
     for group in claim["groups"]:
         mine = [r for r in runs if r["group"] == group and r["status"] in FINISHED]
-        values[group] = pd.Series([function(r, claim) for r in mine], index=[r["seed"] for r in mine], dtype=float)
+        if "search" in claim:
+            seeds = sorted({r["seed"] for r in mine})
+            chosen = {s: chosen_trial([r for r in mine if r["seed"] == s], experiment(claim, scale)[0][group])
+                      for s in seeds}
+            values[group] = pd.Series([np.nan if chosen[s] is None else function(chosen[s], claim) for s in seeds],
+                                      index=seeds, dtype=float)
+        else:
+            values[group] = pd.Series([function(r, claim) for r in mine], index=[r["seed"] for r in mine],
+                                      dtype=float)
     return values
+
+
+def chosen_trial(trials: list[dict], spec: dict) -> dict | None:
+    """The trial run a finished search chose (the highest best validation accuracy of its completed trials, as
+    `optbench search` scores one seed per trial); None while the search has fewer finished trials than its
+    budget. A diverged trial counts to the budget, as the search prunes it."""
+    from optbench import search
+
+    completed = [t for t in trials if t["status"] == "completed"]
+    if len({t["trial"] for t in trials}) < search.budget(search.parse_space(spec["space"]),
+                                                         {**search.DEFAULTS, **spec}) or not completed:
+        return None
+    return max(completed, key=lambda t: t["summary"]["best_val_acc"])
 
 
 # --- the verdict -----------------------------------------------------------------------------------------------
@@ -432,6 +570,19 @@ def figure(claim: dict, result: dict, runs: list[dict]):
     left.set_ylabel("\n".join(textwrap.wrap(label, 38)))
     left.set_title(f"per seed (dots), mean and {100 * result['level']:g}% interval (black)", fontsize=10)
     left.grid(alpha=0.3)
+    if "search" in claim:
+        _trials_panel(right, claim, runs, colours)
+    else:
+        _curves_panel(right, claim, runs, colours, split, metric, x, log_y)
+    verdict = verdict_text(result)
+    fig.suptitle(f"{claim['name']}: {verdict}\n\u201c" + textwrap.shorten(" ".join(claim["quote"].split()), 110)
+                 + f"\u201d ({claim['lecture'][:3]})", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _curves_panel(right, claim: dict, runs: list[dict], colours, split: str, metric: str, x: str, log_y: bool):
+    """The learning curve (or per-layer diagnostic) the quantity comes from, one line per seed."""
     for i, group in enumerate(claim["groups"]):
         mine = [r for r in runs if r["group"] == group and r["status"] != "failed"]
         diverged = sum(r["status"] == "diverged" for r in mine)
@@ -464,11 +615,41 @@ def figure(claim: dict, result: dict, runs: list[dict]):
                     fontsize=10)
     right.legend(title="group")
     right.grid(alpha=0.3)
-    verdict = verdict_text(result)
-    fig.suptitle(f"{claim['name']}: {verdict}\n\u201c" + textwrap.shorten(" ".join(claim["quote"].split()), 110)
-                 + f"\u201d ({claim['lecture'][:3]})", fontsize=11)
-    fig.tight_layout()
-    return fig
+
+
+def _trials_panel(right, claim: dict, runs: list[dict], colours):
+    """Every trial of every search against the space's first key, the trial each search chose ringed: where
+    a grid puts its few values of the key that matters, and where random search puts its many."""
+    from optbench.search import parse_space
+
+    key = next(iter(claim["search"]["space"]))
+    spec = experiment(claim)[0]
+    for i, group in enumerate(claim["groups"]):
+        mine = [r for r in runs if r["group"] == group and r["status"] != "failed"]
+        chosen = [chosen_trial([r for r in mine if r["seed"] == s], spec[group]) for s in {r["seed"] for r in mine}]
+        chosen = {c["dir"] for c in chosen if c is not None}
+        xs = [_dotted(r["config"], key) for r in mine]
+        ys = [r["summary"].get("best_val_acc", np.nan) for r in mine]
+        searches = len({r["seed"] for r in mine})
+        right.scatter(xs, ys, color=colours[i % len(colours)], alpha=0.45, s=16,
+                      label=f"{group} ({searches} searches of {len(mine) // max(searches, 1)} trials)")
+        ring = [(x, y) for r, x, y in zip(mine, xs, ys) if r["dir"] in chosen]
+        if ring:
+            right.scatter(*zip(*ring), facecolors="none", edgecolors=colours[i % len(colours)], s=90, lw=1.5)
+    if getattr(parse_space({key: claim["search"]["space"][key]})[key], "log", False):
+        right.set_xscale("log")
+    right.set_ylim(0, 1)
+    right.set_xlabel(key)
+    right.set_ylabel("best validation accuracy of the trial")
+    right.set_title("each dot one trial, ringed: the trial each search chose", fontsize=10)
+    right.legend(title="group", loc="lower left")
+    right.grid(alpha=0.3)
+
+
+def _dotted(config: dict, key: str):
+    for part in key.split("."):
+        config = (config or {}).get(part)
+    return config
 
 
 def _curve(run, split: str, metric: str, x: str):
@@ -577,8 +758,8 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     previous = out / claim["name"] / "verdict.json"
     previous = json.loads(previous.read_text()) if previous.is_file() else {}
     trained = train(claim, out, scale, extra, log) if train_first else True
-    runs = load_claim_runs(claim, out, scale)
-    values = measure(claim, runs)
+    runs = load_claim_runs(claim, out, scale, extra)
+    values = measure(claim, runs, scale)
     empty = [g for g, v in values.items() if not v.notna().any()]
     if empty or not trained:
         log(f"{claim['name']}: could not be run" + (f" (no finished run in {', '.join(empty)})" if empty else ""))
@@ -604,15 +785,35 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
 
 
 def check(claim: dict, scale: str, extra) -> None:
-    """Compose every group's config as its multirun will: a bad override in a claim file (or on the command
-    line) is one line before anything trains."""
+    """Compose every group's config as its multirun (or its search's first grid point) will: a bad override in
+    a claim file, its space or on the command line is one line before anything trains."""
     from optbench.compose import compose_config
 
-    for group, overrides in experiment(claim, scale)[0].items():
+    if "search" in claim:
         try:
-            compose_config(merge_overrides(overrides, list(extra)))
+            import optuna  # noqa: F401
+        except ImportError:
+            raise UserError(f"claim {claim['name']} runs optbench search, which needs optuna: "
+                            "pip install 'optbench[search]'") from None
+    for group, overrides in compositions(claim, scale, extra).items():
+        try:
+            compose_config(overrides)
         except UserError as e:
             raise UserError(f"claim {claim['name']}, group {group}: {e}") from None
+
+
+def compositions(claim: dict, scale: str = "default", extra=()) -> dict:
+    """group -> the overrides of one of its runs, less the seed: a search claim's first grid point of its space."""
+    groups = experiment(claim, scale, extra)[0]
+    if "search" not in claim:
+        return groups
+    from optbench import search
+
+    def first_point(spec):
+        space = search.parse_space(spec["space"])
+        return search.trial_overrides(search.grid(space, 2)[0])
+
+    return {g: [*spec["overrides"], *first_point(spec)] for g, spec in groups.items()}
 
 
 def _json(x):

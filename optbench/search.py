@@ -290,11 +290,18 @@ def _budget(study, space: dict, spec: dict) -> tuple[int, int]:
     from optuna.trial import TrialState
 
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    points = grid(space, spec["grid_points"]) if spec["sampler"] == "grid" else []
-    todo = (spec["trials"] or len(points) or TRIALS) - done
-    if points:
-        todo = min(todo, _enqueue_grid(study, points))
+    todo = budget(space, spec) - done
+    if spec["sampler"] == "grid":
+        todo = min(todo, _enqueue_grid(study, grid(space, spec["grid_points"])))
     return done, todo
+
+
+def budget(space: dict, spec: dict) -> int:
+    """Trials the search runs in all: `trials`, or a grid's size (a grid never runs more than its points)."""
+    if spec["sampler"] == "grid":
+        points = len(grid(space, spec["grid_points"]))
+        return min(spec["trials"] or points, points)
+    return spec["trials"] or TRIALS
 
 
 def open_study(shared: Shared, spec: dict):

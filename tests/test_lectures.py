@@ -44,12 +44,13 @@ def test_claim_loads_and_its_groups_compose(name):
     groups, seeds = lectures.experiment(claim)
     assert len(seeds) >= 6  # below 6 paired seeds the sign-flip test can never resolve at 5%
     assert set(groups) == set(claim["groups"]) and len(groups) >= 2
-    configs = [_plain(compose(*overrides)) for overrides in groups.values()]
-    # the groups differ in what the claim is about, not in nothing
-    assert len({yaml.safe_dump(c) for c in configs}) == len(configs)
+    configs = [_plain(compose(*overrides)) for overrides in lectures.compositions(claim).values()]
+    # the groups differ in what the claim is about, not in nothing (a search claim's groups: in how they search)
+    differ = groups.values() if "search" in claim else configs
+    assert len({yaml.safe_dump(c) for c in differ}) == len(configs)
     full, full_seeds = lectures.experiment(claim, "full")
     assert len(full_seeds) >= len(seeds)
-    compose(*next(iter(full.values())))  # the full scale's overrides compose too (one group: they are shared)
+    compose(*next(iter(lectures.compositions(claim, "full").values())))  # the full scale composes too
 
 
 def _plain(cfg):
@@ -118,11 +119,27 @@ def test_all_and_any_combine_predictions():
     assert six["verdict"] == lectures.UNRESOLVED  # 2/64 = 0.031 is above 0.05 / 2
 
 
+def test_a_run_belongs_to_the_group_it_was_trained_as_and_no_other():
+    groups = {"good": ["optimizer=sgd", "optimizer.lr=0.1"], "small": ["optimizer=sgd", "optimizer.lr=1e-3"]}
+    # its seed and where it ran aside, and as Hydra reads values (0.001 is 1e-3)
+    assert lectures.group_of(["optimizer=sgd", "optimizer.lr=0.001", "seed=3", "data.root=/x"], groups) == "small"
+    # trained with another command-line override (a longer run): not this command's experiment
+    assert lectures.group_of(["optimizer=sgd", "optimizer.lr=0.1", "seed=0", "trainer.max_steps=50"], groups) is None
+
+
 def test_bad_catalogue_entries_are_one_line_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("quote: x\nlecture: 000_x.txt\ngroups: {a: [], b: []}\nseeds: 6\n"
                                        "quantity: best_val_acc\npredict: ['a > z']\n")
     with pytest.raises(lectures.UserError, match="prediction 'a > z'"):
         lectures.load("bad", tmp_path)
+    search = ("quote: x\nlecture: 002_x.txt\nsearch: {space: {optimizer.lr: 'log(0.01, 1)'}, trials: 4}\n"
+              "seeds: 6\nquantity: QUANTITY\npredict: ['a > b']\ngroups: {a: {sampler: random}, b: GROUP}\n")
+    (tmp_path / "overrides.yaml").write_text(search.replace("QUANTITY", "best_val_acc").replace("GROUP", "[seed=1]"))
+    with pytest.raises(lectures.UserError, match="group b of a search claim sets search settings among sampler"):
+        lectures.load("overrides", tmp_path)
+    (tmp_path / "curve.yaml").write_text(search.replace("QUANTITY", "loss_rise").replace("GROUP", "{sampler: grid}"))
+    with pytest.raises(lectures.UserError, match="read at the chosen trial: one of best_val_acc, test_acc"):
+        lectures.load("curve", tmp_path)
     out = optbench("lectures", "run", "momentum_speed_up")
     assert out.returncode == 2 and "did you mean momentum_speeds_up" in out.stderr
     assert out.stderr.strip().count("\n") == 0
