@@ -64,6 +64,9 @@ GROWABLE = ("trials", "budgets")
 # search.yaml's record of --storage (password hidden) is not compared: workers may name one server differently
 UNCOMPARED = (*GROWABLE, "storage")
 METRIC = "best_val_acc"  # the objective: validation only, maximised
+# seconds between a waiting worker's looks at a shared study: a heartbeat apart (30 s) it sat idle for up to
+# that long after the last trial had finished elsewhere
+POLL = 2
 FORMS = "log(low, high), uniform(low, high), int(low, high), choice(a, b, ...), a YAML list, or {type, low, high, log, step, choices}"
 
 
@@ -352,7 +355,7 @@ def _run_shared(study, spec: dict, target: int, objective, shared: Shared) -> No
         if finished + states.count(TrialState.RUNNING) >= target:
             if not heartbeat:
                 return
-            time.sleep(shared.heartbeat)
+            time.sleep(min(shared.heartbeat, POLL))  # the last trials' end, or a dead worker's, is seen soon
             continue
         # workers asking at once see the same count: mix in the worker, or they would draw one point
         # (only CMA-ES draws at ask; _claim reseeds the others by trial number)
