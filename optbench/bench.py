@@ -14,6 +14,7 @@ Figures are printed, never asserted.
 
 import argparse
 import contextlib
+import copy
 import importlib.util
 import re
 import resource
@@ -393,9 +394,13 @@ def per_step(base: list[str], K: int, tmp: Path, device: torch.device, short: in
     over long - short: setup and the two evaluations cancel out.
     """
     plain = ["trainer.eval_every=1000000", "trainer.checkpoint_every=0"]
+    # composed once per run: 16 trainings of K + 1 runs composed afresh spent longer composing than training
+    composed = {k: [compose([*base, *plain, f"seed={s}"]) for s in range(k)] for k in (1, K)}
 
     def train(k: int, steps: int, count: bool):
-        cfgs = [compose([*base, *plain, f"trainer.max_steps={steps}", f"seed={s}"]) for s in range(k)]
+        cfgs = [copy.deepcopy(c) for c in composed[k]]
+        for c in cfgs:
+            c.trainer.max_steps = steps
         dirs = [tmp / f"step-{k}-{steps}-{count}" / str(s) for s in range(k)]
         counter = OpCounter()
         with counter if count else contextlib.nullcontext():

@@ -5,6 +5,7 @@ from optbench import bench
 
 def test_bench_prints_the_table_and_the_sweep_ratio(mnist_root, capsys):
     assert bench.main([f"data.root={mnist_root}", "device=cpu", "data.train_eval_size=500", "data.val_size=1000",
+                       "model.hidden=[32]",
                        "--epochs", "1", "--rounds", "1",
                        "--sweep", "2", "--max-steps", "2", "--pass-size", "2"]) == 0
     out = capsys.readouterr().out
