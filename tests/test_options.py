@@ -12,13 +12,11 @@ import yaml
 from hydra.utils import instantiate
 
 from conftest import compose
-from optbench import data
 from optbench.errors import UserError
 from optbench.models import SoftmaxMSELoss, build_mlp, init_weights, linear_layers
 from optbench.trainer import build_optimizer, build_scheduler, evaluations_without_improvement, fit, random_shift
 
 CONF = Path(__file__).resolve().parents[1] / "optbench" / "conf"
-FASHION_SYSTEM_DIR = Path(data.DATASETS["fashion_mnist"]["system_dirs"][0])
 
 
 def train_groups() -> list[str]:
@@ -90,9 +88,7 @@ def test_every_option_composes_and_trains_three_steps(path, mnist_root, tmp_path
     assert not OmegaConf.missing_keys(compose(f"{group}={option}", *own))  # its YAML (or what it extends) sets every key
     root = mnist_root
     if group == "data" and option != "mnist":
-        if option == "fashion_mnist" and not FASHION_SYSTEM_DIR.is_dir():
-            pytest.skip(f"{FASHION_SYSTEM_DIR} absent (apt-get install dataset-fashion-mnist)")
-        root = "null"  # the dataset's own lookup: cache, then system folder, then mirrors
+        root = "null"  # the dataset's own lookup: cache, system folder, mirrors, then its Debian package
     summary, metrics, _ = run(root, tmp_path, f"{group}={option}", *own, "trainer.max_steps=3",
                               "trainer.checkpoint_every=0")
     assert summary["status"] == "completed", summary.get("reason")
