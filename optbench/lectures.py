@@ -182,18 +182,23 @@ def train(claim: dict, out: Path, scale: str = "default", extra=(), log=print) -
         sweep_dir = out / claim["name"] / "runs" / folder
         command = [sys.executable, "-m", "optbench", "train", "-m", *overrides,
                    f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={sweep_dir}"]
-        ok &= _logged(command, sweep_dir, f"{claim['name']}/{folder}: {len(seeds)} seeds", log)
+
+        def multirun(stream, command=command):
+            return subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
+
+        ok &= _logged(" ".join(command), multirun, sweep_dir, f"{claim['name']}/{folder}: {len(seeds)} seeds", log)
     return ok
 
 
-def _logged(command: list[str], folder: Path, what: str, log) -> bool:
-    """Run `command` with its output in folder/lectures.log; one line saying how long it took or that it failed."""
+def _logged(command: str, run, folder: Path, what: str, log) -> bool:
+    """run(stream) -> exit code, with `command` and then its output in folder/lectures.log; one line saying how
+    long it took or that it failed."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(folder / "lectures.log", "w") as stream:
-        stream.write(" ".join(command) + "\n")
+        stream.write(command + "\n")
         stream.flush()
-        code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
+        code = run(stream)
     log(f"  {what} in {time.perf_counter() - started:.1f} s"
         + ("" if code == 0 else f", FAILED (exit {code}; see {folder / 'lectures.log'})"))
     return code == 0
@@ -221,22 +226,22 @@ def _search(claim: dict, out: Path, scale: str, extra, group: str, spec: dict, s
     (folder / "space.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     args = ["--space", str(folder / "space.yaml"), "--dir", str(folder / "search"), "--seeds", str(seed),
             "--sampler-seed", str(seed)]
-    started = time.perf_counter()
-    with open(folder / "lectures.log", "w") as stream, _output_to(stream):
-        print(" ".join(["optbench", "search", *args]), flush=True)
-        try:
-            code = search.main(args)
-        except UserError as e:
-            print(f"optbench: error: {e}")
-            code = 2
-        except Exception:  # noqa: BLE001 - the traceback goes to the search's log, the claim is reported failed
-            import traceback
 
-            traceback.print_exc(file=sys.stdout)
-            code = 1
-    log(f"  {claim['name']}/{group} seed {seed}: {spec.get('trials')} trials in {time.perf_counter() - started:.1f} s"
-        + ("" if code == 0 else f", FAILED (exit {code}; see {folder / 'lectures.log'})"))
-    return code == 0
+    def in_process(stream) -> int:
+        with _output_to(stream):
+            try:
+                return search.main(args)
+            except UserError as e:
+                print(f"optbench: error: {e}")
+                return 2
+            except Exception:  # noqa: BLE001 - the traceback goes to the search's log, the claim is reported failed
+                import traceback
+
+                traceback.print_exc(file=sys.stdout)
+                return 1
+
+    return _logged(" ".join(["optbench", "search", *args]), in_process, folder,
+                   f"{claim['name']}/{group} seed {seed}: {spec.get('trials')} trials", log)
 
 
 @contextmanager
@@ -433,7 +438,7 @@ def _read_run(run_dir: Path) -> dict:
             "status": results.run_status(run_dir, summary)}
 
 
-def measure(claim: dict, runs: list[dict], scale: str = "default") -> dict:
+def measure(claim: dict, runs: list[dict]) -> dict:
     """group -> Series(seed -> the claim's quantity) over the finished runs (completed or diverged); for a
     search claim, over the searches that finished their budget, each read at its chosen trial."""
     import pandas as pd
@@ -445,15 +450,22 @@ def measure(claim: dict, runs: list[dict], scale: str = "default") -> dict:
     for group in claim["groups"]:
         mine = [r for r in runs if r["group"] == group and r["status"] in FINISHED]
         if "search" in claim:
-            seeds = sorted({r["seed"] for r in mine})
-            chosen = {s: chosen_trial([r for r in mine if r["seed"] == s], experiment(claim, scale)[0][group])
-                      for s in seeds}
-            values[group] = pd.Series([np.nan if chosen[s] is None else function(chosen[s], claim) for s in seeds],
-                                      index=seeds, dtype=float)
+            chosen = chosen_trials(claim, mine)
+            seeds = sorted(seed for _, seed in chosen)
+            values[group] = pd.Series([np.nan if chosen[group, s] is None else function(chosen[group, s], claim)
+                                       for s in seeds], index=seeds, dtype=float)
         else:
             values[group] = pd.Series([function(r, claim) for r in mine], index=[r["seed"] for r in mine],
                                       dtype=float)
     return values
+
+
+def chosen_trials(claim: dict, runs: list[dict]) -> dict:
+    """(group, seed) -> the trial run that search chose, or None (chosen_trial); the budget is the same at every
+    scale, so the default scale's settings tell it."""
+    specs = experiment(claim)[0]
+    return {(g, s): chosen_trial([r for r in runs if (r["group"], r["seed"]) == (g, s)], specs[g])
+            for g, s in sorted({(r["group"], r["seed"]) for r in runs})}
 
 
 def chosen_trial(trials: list[dict], spec: dict) -> dict | None:
@@ -622,12 +634,12 @@ def _trials_panel(right, claim: dict, runs: list[dict], colours):
     a grid puts its few values of the key that matters, and where random search puts its many."""
     from optbench.search import parse_space
 
+    from optbench.results import FINISHED
+
     key = next(iter(claim["search"]["space"]))
-    spec = experiment(claim)[0]
+    chosen = {r["dir"] for r in chosen_trials(claim, [r for r in runs if r["status"] in FINISHED]).values() if r}
     for i, group in enumerate(claim["groups"]):
         mine = [r for r in runs if r["group"] == group and r["status"] != "failed"]
-        chosen = [chosen_trial([r for r in mine if r["seed"] == s], spec[group]) for s in {r["seed"] for r in mine}]
-        chosen = {c["dir"] for c in chosen if c is not None}
         xs = [_dotted(r["config"], key) for r in mine]
         ys = [r["summary"].get("best_val_acc", np.nan) for r in mine]
         searches = len({r["seed"] for r in mine})
@@ -759,7 +771,7 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     previous = json.loads(previous.read_text()) if previous.is_file() else {}
     trained = train(claim, out, scale, extra, log) if train_first else True
     runs = load_claim_runs(claim, out, scale, extra)
-    values = measure(claim, runs, scale)
+    values = measure(claim, runs)
     empty = [g for g, v in values.items() if not v.notna().any()]
     if empty or not trained:
         log(f"{claim['name']}: could not be run" + (f" (no finished run in {', '.join(empty)})" if empty else ""))
