@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose
+from conftest import compose, optbench
 from optbench import data
 from optbench.errors import UserError
 from optbench.trainer import fit, make_splits
@@ -164,11 +164,19 @@ def _train_cmd(mnist_root, run_dir, *overrides):
             f"hydra.run.dir={run_dir}", *([] if own else ["data.train_eval_size=2000"]), *overrides]
 
 
+def _train_here(mnist_root, run_dir, *overrides):
+    """The same `optbench train` in this process (the same threads as the child's): the runs a test does not
+    signal need no interpreter of their own."""
+    out = optbench(*_train_cmd(mnist_root, run_dir, *overrides)[3:])
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(mnist_root, tmp_path):
     overrides = ("trainer.epochs=4", "trainer.batch_size=500", "model.hidden=[32]", "model.dropout=0.2",
                  "data.augment_shift=1", "data.train_eval_size=1000", "seed=5")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_train_cmd(mnist_root, whole, *overrides), check=True, capture_output=True)
+    _train_here(mnist_root, whole, *overrides)
     proc = subprocess.Popen(_train_cmd(mnist_root, killed, *overrides), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -178,8 +186,7 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(mnist_
     proc.wait()
     assert (killed / "checkpoint.pt").exists(), "killed before its first checkpoint"
     assert json.loads((killed / "summary.json").read_text())["status"] == "running", "killed too late to test"
-    again = subprocess.run(_train_cmd(mnist_root, killed, *overrides), capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr
+    _train_here(mnist_root, killed, *overrides)
     assert "resuming from the checkpoint" in (killed / "train.log").read_text()
     a, b = (pd.read_csv(d / "metrics.csv") for d in (whole, killed))
     keep = lambda m: m[m.metric != "train_time"].reset_index(drop=True)  # noqa: E731
@@ -290,7 +297,7 @@ def test_a_run_stopped_by_sigterm_mid_epoch_resumes_from_that_step(mnist_root, t
     overrides = ("trainer.epochs=2", "trainer.batch_size=500", "model.hidden=[32]", "model.dropout=0.1",
                  "data.augment_shift=1", "trainer.eval_every=30", "data.train_eval_size=1000")
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    subprocess.run(_train_cmd(mnist_root, whole, *overrides), check=True, capture_output=True)
+    _train_here(mnist_root, whole, *overrides)
     proc = subprocess.Popen(_train_cmd(mnist_root, stopped, *overrides), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _wait_for_rows(stopped / "metrics.csv", size=20_000)
@@ -299,8 +306,7 @@ def test_a_run_stopped_by_sigterm_mid_epoch_resumes_from_that_step(mnist_root, t
     summary = json.loads((stopped / "summary.json").read_text())
     state = torch.load(stopped / "checkpoint.pt", weights_only=False)
     assert summary["status"] == "interrupted" and state["step"] == summary["step"] > 0
-    again = subprocess.run(_train_cmd(mnist_root, stopped, *overrides), capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr
+    _train_here(mnist_root, stopped, *overrides)
     a, b = (pd.read_csv(d / "metrics.csv") for d in (whole, stopped))
     keep = lambda m: m[m.metric != "train_time"].reset_index(drop=True)  # noqa: E731
     pd.testing.assert_frame_equal(keep(a), keep(b))  # the stop's own evaluation is cut, nothing else differs
