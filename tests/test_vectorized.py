@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, optbench, run_cli
 from optbench.errors import UserError
 from optbench.trainer import fit, fit_pass
 from optbench.vectorized import plan, why_not
@@ -161,7 +161,7 @@ def test_an_interrupted_pass_resumes_as_a_pass_to_the_same_metrics(mnist_root, t
     args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "diagnostics=off", "model.hidden=[32]",
             "data.train_eval_size=1000", "trainer.batch_size=1000", "trainer.epochs=3", "model.dropout=0.1", "seed=0,1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert run_cli(*args, f"hydra.sweep.dir={whole}").returncode == 0
+    assert optbench(*args, f"hydra.sweep.dir={whole}").returncode == 0  # in process: only the killed one needs its own
     command = [sys.executable, "-m", "optbench", *args, f"hydra.sweep.dir={killed}"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -171,7 +171,7 @@ def test_an_interrupted_pass_resumes_as_a_pass_to_the_same_metrics(mnist_root, t
     proc.wait()
     dirs = sorted(p.name for p in whole.iterdir() if p.is_dir())
     assert all(json.loads((killed / d / "summary.json").read_text())["status"] == "running" for d in dirs)
-    again = run_cli(*args, f"hydra.sweep.dir={killed}")
+    again = optbench(*args, f"hydra.sweep.dir={killed}")
     assert again.returncode == 0, again.stderr
     assert "1 vectorized pass" in again.stdout + again.stderr
     for d in dirs:
