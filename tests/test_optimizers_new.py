@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose, run_cli
+from conftest import compose, optbench, run_cli
 from optbench import data, optimizers, results
 from optbench.errors import UserError
 from optbench.models import build_mlp
@@ -189,7 +189,7 @@ def test_a_killed_schedulefree_run_resumes_to_the_same_metrics(mnist_root, tmp_p
     args = ["train", f"data.root={mnist_root}", *TINY, "optimizer=schedulefree_adamw", "trainer.epochs=2",
             "trainer.batch_size=2000"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert run_cli(*args, f"hydra.run.dir={whole}").returncode == 0
+    assert optbench(*args, f"hydra.run.dir={whole}").returncode == 0  # in process: only the killed run needs its own
     proc = subprocess.Popen([sys.executable, "-m", "optbench", *args, f"hydra.run.dir={killed}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -198,7 +198,7 @@ def test_a_killed_schedulefree_run_resumes_to_the_same_metrics(mnist_root, tmp_p
     proc.kill()
     proc.wait()
     assert json.loads((killed / "summary.json").read_text())["status"] == "running", "killed too late to test"
-    again = run_cli(*args, f"hydra.run.dir={killed}")
+    again = optbench(*args, f"hydra.run.dir={killed}")
     assert again.returncode == 0, again.stderr
     assert "resuming from the checkpoint" in (killed / "train.log").read_text()
     pd.testing.assert_frame_equal(metrics(whole), metrics(killed))

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as sps
 
-from conftest import run_cli
+from conftest import optbench
 from optbench import results, stats
 from optbench.errors import UserError
 
@@ -187,14 +187,14 @@ def test_tuning_cost_table_stops_at_each_groups_trials():
 def sweep(mnist_root, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("stats-sweep")
     # one learning rate for both: at 0.001 sgd barely moves in 30 steps (val acc ~0.15), adam reaches ~0.8
-    out = run_cli("train", "-m", f"data.root={mnist_root}", "optimizer=sgd,adam", "optimizer.lr=0.001", "seed=0,1,2",
+    out = optbench("train", "-m", f"data.root={mnist_root}", "optimizer=sgd,adam", "optimizer.lr=0.001", "seed=0,1,2",
                   "trainer.max_steps=30", "trainer.eval_every=30", "model.hidden=[32]", f"hydra.sweep.dir={sweep_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
     return sweep_dir
 
 
 def test_report_shows_intervals_and_verdicts_and_unpairing_changes_them(sweep, tmp_path):
-    out = run_cli("report", str(sweep), "--target", "0.5")
+    out = optbench("report", str(sweep), "--target", "0.5")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "95% CI" in out.stdout and "verdict" in out.stdout and "Holm" in out.stdout
     ranking = pd.read_csv(sweep / "ranking.csv")
