@@ -352,6 +352,20 @@ def _obtain(name: str, root: Path, missing: dict, download: bool) -> dict:
 
 # ---------------------------------------------------------------- public API
 
+# (path, inode, size, mtime, ctime) -> sha256 of its decoded contents: a process that trains many runs (a search,
+# a test suite) reads each file again per run, and hashing 47 MB of training images was half of that read
+_DIGESTS: dict = {}
+
+
+def _digest(path: Path, raw) -> str:
+    """sha256 of `raw`, the decoded contents of `path`, remembered while the file is not written again."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = hashlib.sha256(raw).hexdigest()
+    return _DIGESTS[key]
+
+
 def _candidates(folder: Path, fname: str) -> list[Path]:
     return [p for p in (folder / fname, folder / (fname + ".gz")) if p.is_file()]
 
@@ -365,7 +379,7 @@ def _local(name: str, root: Path, fname: str, sha: str) -> tuple[bytearray | Non
     cached = default_root(name) / fname
     if cached.is_file():  # our own cache: if it was altered, drop it and re-derive
         raw = _decode_file(cached)
-        if hashlib.sha256(raw).hexdigest() == sha:
+        if _digest(cached, raw) == sha:
             log.debug("%s: %s served from the cache %s", name, fname, cached)
             return raw, cached
         log.warning("%s: cached %s fails its sha256; dropping it", name, cached)
@@ -375,7 +389,8 @@ def _local(name: str, root: Path, fname: str, sha: str) -> tuple[bytearray | Non
     for path in _candidates(root, fname) + system:
         if path != cached:
             raw = _decode_file(path)
-            _verify(raw, path.name, sha, str(path.parent))  # the user's file is wrong: tell them
+            if _digest(path, raw) != sha:
+                _verify(raw, path.name, sha, str(path.parent))  # the user's file is wrong: tell them
             log.info("%s: %s read from %s", name, fname, path)
             return raw, path
     return None, None
