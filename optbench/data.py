@@ -233,8 +233,8 @@ def _fetch_debian(name: str, deb: dict, missing: dict) -> dict:
             tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package)], check=True, timeout=300,
                                  capture_output=True).stdout
         except subprocess.CalledProcessError as e:
-            why = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-            raise DataError(f"{' '.join(map(str, e.cmd))} failed: {why[-1] if why else f'exit {e.returncode}'}") from None
+            why = (e.stderr or b"").decode(errors="replace").strip().splitlines() or [f"exit {e.returncode}"]
+            raise DataError(f"{' '.join(map(str, e.cmd))} failed: {why[-1]}") from None
         except (OSError, subprocess.SubprocessError, StopIteration) as e:
             raise DataError(f"apt-get download {deb['package']} failed: {e or 'no .deb file came'}") from None
     got = {}
