@@ -48,7 +48,7 @@ import yaml
 
 from optbench.compose import CONF, check_group_choices, compose_config, groups
 from optbench.errors import UserError
-from optbench.results import read_summary, write_bytes_atomic
+from optbench.results import RUN_SETTINGS, read_summary, write_bytes_atomic
 from optbench.storage import HEARTBEAT, WORKER_TIMEOUT_MIN, Shared, is_journal, masked, open_storage, submit_workers
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def open_study(shared: Shared, spec: dict):
 
     study = optuna.create_study(study_name=shared.study, storage=open_storage(shared), load_if_exists=True,
                                 direction="maximize")
-    mine = json.loads(json.dumps({k: spec[k] for k in SPEC_KEYS if k not in GROWABLE}))
+    mine = json.loads(json.dumps({k: _comparable(k, spec[k]) for k in SPEC_KEYS if k not in GROWABLE}))
     theirs = study.user_attrs.get("search")
     if theirs is None:
         study.set_user_attr("search", mine)
@@ -486,11 +486,14 @@ def _settle_spec(search_dir: Path, spec: dict) -> dict:
     if saved_path.exists():
         saved = yaml.safe_load(saved_path.read_text())
         given = {k: v for k, v in spec.items() if v is not None and k not in UNCOMPARED}
-        clash = [k for k, v in given.items() if saved.get(k) != v]
+        clash = [k for k, v in given.items() if _comparable(k, saved.get(k)) != _comparable(k, v)]
         if clash:
             raise UserError(f"{search_dir} holds a search with other {', '.join(clash)}; "
                             "resume it without changing them, or pick a new --dir")
         full = {**DEFAULTS, **saved, **{k: spec[k] for k in UNCOMPARED if spec.get(k) is not None}}
+        if spec.get("overrides") is not None:  # the saved experiment, run where and how this command says
+            ours = [str(o) for o in spec["overrides"]]
+            full["overrides"] = [*_factors(saved["overrides"]), *(o for o in ours if o not in _factors(ours))]
     if full["sampler"] not in SAMPLERS:
         raise UserError(f"sampler={full['sampler']} is not a sampler; choices: {', '.join(SAMPLERS)}")
     if "space" not in full:
@@ -509,6 +512,16 @@ def _settle_spec(search_dir: Path, spec: dict) -> dict:
     # atomic: a parallel process of the same search may be reading it
     write_bytes_atomic(saved_path, yaml.safe_dump(full, sort_keys=False).encode())
     return full
+
+
+def _factors(overrides) -> list[str]:
+    """The overrides that make the experiment: where and how it runs (data.root, device: RUN_SETTINGS) may
+    differ from one machine, or one resume, to the next."""
+    return [str(o) for o in overrides or [] if str(o).split("=", 1)[0].lstrip("+~") not in RUN_SETTINGS]
+
+
+def _comparable(key: str, value):
+    return _factors(value) if key == "overrides" else value
 
 
 def _enqueue_grid(study, points: list[dict]) -> int:

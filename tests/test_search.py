@@ -78,6 +78,26 @@ def test_searches_with_neighbouring_sampler_seeds_draw_different_points(tmp_path
     assert not set(first) & set(_drawn(tmp_path, "b", 1))
 
 
+def test_a_search_resumes_and_is_shared_with_its_data_elsewhere(tmp_path):
+    # where the data is and what runs it are not the experiment: a resume, or a worker on another machine,
+    # may name them differently (the study's settings compared before were every override, data.root too)
+    from optbench.storage import Shared
+
+    spec = {"space": {"optimizer.lr": "log(1e-3, 1)"}, "overrides": ["optimizer=sgd", "data.root=/a"]}
+    search._settle_spec(tmp_path / "s", spec)
+    moved = search._settle_spec(tmp_path / "s", {**spec, "overrides": ["optimizer=sgd", "data.root=/b", "device=cpu"]})
+    assert moved["overrides"] == ["optimizer=sgd", "data.root=/b", "device=cpu"]
+    with pytest.raises(UserError, match="other overrides"):
+        search._settle_spec(tmp_path / "s", {**spec, "overrides": ["optimizer=adam", "data.root=/b"]})
+    journal = str(tmp_path / "study.log")
+    search.open_study(Shared(journal, "j"), search._settle_spec(tmp_path / "one", {**spec, "storage": journal}))
+    elsewhere = {**spec, "overrides": ["optimizer=sgd", "data.root=/mnt/mnist"], "storage": journal}
+    search.open_study(Shared(journal, "j"), search._settle_spec(tmp_path / "two", elsewhere))
+    with pytest.raises(UserError, match="holds a search with other overrides"):
+        other = {**spec, "overrides": ["optimizer=adam"], "storage": journal}
+        search.open_study(Shared(journal, "j"), search._settle_spec(tmp_path / "three", other))
+
+
 def test_trial_score_is_mean_validation_accuracy_and_ignores_test():
     # trial A wins on validation, trial B would win on test: the objective must pick A
     a = [{"best_val_acc": 0.90, "test_acc_at_best_val": 0.50}, {"best_val_acc": 0.92, "test_acc_at_best_val": 0.52}]
