@@ -107,7 +107,7 @@ def parse_prediction(text: str, groups: dict, path) -> tuple[str, str, str]:
 
 def _check_search_claim(claim: dict, path) -> None:
     if not isinstance(claim["search"], dict) or "space" not in claim["search"]:
-        raise UserError(f"{path}: search must be a mapping with a space (an `optbench search` space), and trials")
+        raise UserError(f"{path}: search must be a mapping with a space (as `optbench search --space` files hold)")
     if claim["quantity"] not in SEARCH_QUANTITIES:
         raise UserError(f"{path}: a search claim's quantity is read at the chosen trial: one of "
                         f"{', '.join(SEARCH_QUANTITIES)}")
