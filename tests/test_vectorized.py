@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose, optbench, run_cli
+from conftest import compose, optbench
 from optbench.errors import UserError
 from optbench.trainer import fit, fit_pass
 from optbench.vectorized import plan, why_not
@@ -102,8 +102,8 @@ def test_plan_groups_what_can_share_a_pass(mnist_root):
 
 
 def test_multirun_trains_one_pass_into_ordinary_run_dirs(mnist_root, tmp_path):
-    out = run_cli("train", "-m", f"data.root={mnist_root}", "device=cpu", "diagnostics=off", "trainer.max_steps=3", "seed=0,1",
-                  f"hydra.sweep.dir={tmp_path}")
+    out = optbench("train", "-m", f"data.root={mnist_root}", "device=cpu", "diagnostics=off", "trainer.max_steps=3",
+                   "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     assert "1 vectorized pass" in out.stdout + out.stderr
     dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
@@ -120,8 +120,8 @@ def test_sweep_that_cannot_be_vectorized_runs_as_with_the_basic_launcher(mnist_r
     args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "data.train_eval_size=500", "trainer.max_steps=2",
             "optimizer=lbfgs",
             "optimizer.max_iter=2", "trainer.batch_size=2000", "seed=0,1"]
-    ours = run_cli(*args, f"hydra.sweep.dir={tmp_path / 'ours'}")
-    basic = run_cli(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'basic'}")
+    ours = optbench(*args, f"hydra.sweep.dir={tmp_path / 'ours'}")
+    basic = optbench(*args, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'basic'}")
     assert ours.returncode == basic.returncode == 0, ours.stderr + basic.stderr
 
     def launcher_lines(out):
