@@ -216,7 +216,7 @@ def test_a_class_by_its_dotted_path_joins_a_pass_and_is_named_by_its_class(mnist
            "trainer.max_steps=8"]
     cfgs = [cfg_for(mnist_root, *own, f"seed={s}") for s in (0, 1)]
     assert_pass_matches_separate(cfgs, tmp_path / "runs")
-    out = run_cli("train", "-m", f"data.root={mnist_root}", *TINY, *own, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'm'}")
+    out = optbench("train", "-m", f"data.root={mnist_root}", *TINY, *own, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'm'}")
     assert out.returncode == 0, out.stderr
     assert "1 vectorized pass" in out.stdout + out.stderr
     runs = results.load_runs(tmp_path / "m")
@@ -232,7 +232,7 @@ def test_a_class_by_its_dotted_path_joins_a_pass_and_is_named_by_its_class(mnist
 
 
 def test_optimizer_custom_without_a_class_is_one_line(mnist_root, tmp_path):
-    out = run_cli("train", f"data.root={mnist_root}", *TINY, "optimizer=custom", f"hydra.run.dir={tmp_path}")
+    out = optbench("train", f"data.root={mnist_root}", *TINY, "optimizer=custom", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "optbench: error: optimizer=custom needs optimizer._target_=module.Class "
@@ -285,11 +285,11 @@ def test_an_option_file_in_the_users_folder_sweeps_against_the_roster_and_is_nam
         "# sign of the momentum buffer, my_optim.py\n_target_: my_optim.SignSGD\n_partial_: true\n"
         "lr: 0.003\nmomentum: 0.9\n")
     for where in (["--config-dir", str(conf)], [f"hydra.searchpath=[file://{conf}]"]):  # both list it
-        listed = run_cli("list", *where)
+        listed = optbench("list", *where)
         assert listed.returncode == 0 and "signsgd" in listed.stdout and str(conf) in listed.stdout
     sweep = tmp_path / "m"
-    out = run_cli("train", "-m", "--config-dir", str(conf), f"data.root={mnist_root}", *TINY, "optimizer=signsgd,lion", "seed=0",
-                  "trainer.max_steps=5", f"hydra.sweep.dir={sweep}")
+    out = optbench("train", "-m", "--config-dir", str(conf), f"data.root={mnist_root}", *TINY, "optimizer=signsgd,lion",
+                   "seed=0", "trainer.max_steps=5", f"hydra.sweep.dir={sweep}")
     assert out.returncode == 0, out.stderr
     runs = results.load_runs(sweep)
     assert sorted(zip(runs["optimizer.name"], runs["optimizer._target_"], runs["status"])) == [
