@@ -143,7 +143,7 @@ def dataloader_epochs(cfg, ds, device, epochs: int, max_steps: int | None = None
 def optbench_epochs(cfg, run_dir: Path) -> list[float]:
     """Seconds per epoch of trainer.fit, from its `train_time` rows (evaluation excluded)."""
     fit(cfg, run_dir)
-    m = results.read_metrics(run_dir)
+    m = rundir.read_metrics(run_dir)
     t = m[(m.split == "run") & (m.metric == "train_time")].groupby("epoch").value.max().sort_index()
     return list(t.diff().dropna())
 
@@ -211,7 +211,7 @@ def runs_floor(dims: list[int], batch: int, split: dict, train_eval_size: int | 
     for run_dir, summary in zip(run_dirs, summaries):
         steps = summary["step"]
         short = steps // summary["steps_per_epoch"] if rest else 0  # every finished epoch ends on the short batch
-        m = results.read_metrics(run_dir)
+        m = rundir.read_metrics(run_dir)
         evaluations = int(((m.split == "val") & (m.metric == "loss")).sum())
         total += (steps - short) * full_step + short * rest_step + evaluations * one_eval
     return total
@@ -250,7 +250,7 @@ def time_to_first_step(overrides: list[str], tmp: Path) -> tuple[float | None, f
             stamps.append((datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), match[2]))
     ready = next((t for t, msg in stamps if "parameters" in msg), None)
     eval0 = next((t for t, msg in stamps if msg.startswith("epoch 0 step 0")), None)
-    m = results.read_metrics(run_dir)
+    m = rundir.read_metrics(run_dir)
     step1 = m[(m.metric == "train_time") & (m.step == 1)].value
     first = eval0 + float(step1.iloc[0]) if eval0 is not None and len(step1) else None
     return (ready - t0 if ready else None), (first - t0 if first else None)

@@ -97,11 +97,12 @@ def _fail(message: str) -> int:
 def train(args: list[str]) -> int:
     import hydra
 
-    from optbench import jobs, schema
+    from optbench import jobs, rundir, schema
 
     if "--dry-run" in args:
         return dry_run([a for a in args if a != "--dry-run"])
     schema.register()
+    rundir.new_folders()
     variants = validate_overrides(args)  # also every group option a sweep names
     if len(variants) > 1:
         check_sweep(variants)

@@ -15,6 +15,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from optbench import rundir
 from optbench.errors import UserError
 
 EXECUTORS = ("in_process", "workers", "slurm", "submitit_local")
@@ -29,25 +30,22 @@ def train_pass(cfgs: list, dirs: list, choices: list, job: str | None = None) ->
     run's summary failed with the reason, its traceback in train.log, and the
     sweep goes on, as in process.
     """
-    from optbench import jobs, results, schema, trainer
+    from optbench import jobs, schema, trainer
 
     schema.register()  # a worker process composed nothing, but resolves the configs with optbench's resolvers
-    for d in dirs:
-        results.write_process(d, job or _worker)
     handler = None
     if len(cfgs) == 1:
         # a pass of one logs through the trainer's own logger; in process Hydra's job log sends that to train.log
-        handler = logging.FileHandler(Path(dirs[0]) / "train.log")
-        handler.setFormatter(logging.Formatter(trainer.LOG_FORMAT))
+        handler = rundir.log_handler(dirs[0])
         logging.getLogger("optbench").addHandler(handler)
     try:
-        return trainer.fit_pass(list(cfgs), list(dirs), list(choices))
+        return trainer.fit_pass(list(cfgs), list(dirs), list(choices), job=job or _worker)
     except Exception as e:  # noqa: BLE001 - each run's summary says failed and why; the other passes go on
         log.error("vectorized pass failed: %s", e if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
         if not isinstance(e, UserError):
             for d in dirs:
                 jobs.record_traceback(d)  # here, in the process that has the traceback
-        return [results.read_summary(Path(d)) or {"status": "failed", "reason": str(e)} for d in dirs]
+        return [trainer.unopened(Path(d), e) for d in dirs]
     finally:
         if handler is not None:
             logging.getLogger("optbench").removeHandler(handler)
@@ -58,9 +56,7 @@ def start_worker_process(threads: int | None) -> None:
     """What a process that trains passes for a launcher sets up: console logging, its torch threads."""
     import torch
 
-    from optbench import trainer
-
-    logging.basicConfig(level=logging.INFO, format=trainer.LOG_FORMAT)
+    logging.basicConfig(level=logging.INFO, format=rundir.LOG_FORMAT)
     if threads:
         torch.set_num_threads(threads)  # the summary records torch_threads
 

@@ -6,7 +6,6 @@ runtime (output directory, group choices, job number) and passes plain
 values on to `trainer.fit`, which never reads Hydra itself.
 """
 
-import errno
 import logging
 import sys
 import traceback
@@ -14,9 +13,9 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from optbench import rundir
 from optbench.errors import UserError
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 log = logging.getLogger("optbench")
 
 
@@ -30,25 +29,28 @@ def train_task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from optbench import results, schema
+    from optbench import schema
     from optbench.trainer import fit
 
     schema.register()  # a joblib or submitit worker process composes nothing, but resolves the config
     hydra_cfg = HydraConfig.get()
     share_machine(cfg, hydra_cfg)
-    previous = finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
-    if previous is not None:
-        return previous.get("best_val_acc")
-    results.write_process(hydra_cfg.runtime.output_dir)
     try:
+        previous = finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
+        if previous is not None:
+            return previous.get("best_val_acc")
         summary = fit(cfg, hydra_cfg.runtime.output_dir, choices(hydra_cfg))
     except UserError as e:
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            return None  # the sweep goes on; the run's summary says failed, and the sweep's end says so again
+            # the sweep goes on; the run's summary says failed (a held or damaged run's is left alone), and the
+            # sweep's end says so again
+            log.error("%s: %s", Path(hydra_cfg.runtime.output_dir).name, e)
+            failed_runs.append(f"{Path(hydra_cfg.runtime.output_dir).name}: {e}")
+            return None
         print(f"optbench: error: {e}", file=sys.stderr)
         raise SystemExit(2)
     except Exception as e:
-        if isinstance(e, OSError) and e.errno in DISK_FULL:
+        if isinstance(e, OSError) and e.errno in rundir.DISK_FULL:
             disk_full(e, hydra_cfg.runtime.output_dir)
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
@@ -63,7 +65,7 @@ def train_task(cfg) -> float | None:
 
 def record_traceback(run_dir) -> None:
     """The exception being handled, in full, at the end of the run's train.log (the console gets one line)."""
-    with open(Path(run_dir) / "train.log", "a") as f:
+    with open(Path(run_dir) / rundir.LOG, "a") as f:
         traceback.print_exc(file=f)
 
 
@@ -80,12 +82,15 @@ def finished_run(cfg, run_dir: Path) -> dict | None:
     Re-running a sweep with the same hydra.sweep.dir then trains only what
     is missing.
     """
-    from optbench import results
-
-    summary = results.read_summary(run_dir)
-    if summary is None or not cfg.trainer.skip_completed or summary.get("status") not in results.FINISHED:
+    try:
+        summary = rundir.read_summary(run_dir)
+    except rundir.DamagedFile:
+        if cfg.trainer.resume:
+            raise
+        return None  # trainer.resume=false: the run starts again (trainer.resumable says so in its log)
+    if summary is None or not cfg.trainer.skip_completed or summary.get("status") not in rundir.FINISHED:
         return None
-    changed = results.config_differences(run_dir, cfg)
+    changed = rundir.config_differences(run_dir, cfg)
     if not changed:
         log.info("skipped: %s already %s with this config (trainer.skip_completed=false reruns it)",
                  run_dir, summary["status"])
@@ -147,27 +152,23 @@ class SweepSummary(Callback):
         return {"handler": None}  # joblib and submitit pickle Hydra's callbacks for their workers: not the open file
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        from optbench import results
-        from optbench.trainer import LOG_FORMAT
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         self.handler = logging.FileHandler(sweep_dir / "sweep.log")
-        self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        results.sweep_log.addHandler(self.handler)
-        results.sweep_log.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter(rundir.LOG_FORMAT))
+        rundir.sweep_log.addHandler(self.handler)
+        rundir.sweep_log.setLevel(logging.INFO)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from optbench import results
-
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             lines, failed = summarise_sweep(sweep_dir)
             for line in lines:
-                results.sweep_log.info(line)
-            failed_runs.extend(failed)
+                rundir.sweep_log.info(line)
+            told = {line.split(":", 1)[0] for line in failed_runs}  # a job's own error, said when it happened
+            failed_runs.extend(line for line in failed if line.split(":", 1)[0] not in told)
         finally:
-            results.sweep_log.removeHandler(self.handler)
+            rundir.sweep_log.removeHandler(self.handler)
             self.handler.close()
 
 
@@ -175,20 +176,29 @@ def summarise_sweep(sweep_dir: Path) -> tuple[list[str], list[str]]:
     """(the lines that close a sweep: every run, the ranking, what to run next; "<run>: <why>" per failed run)."""
     from optbench import results
 
-    runs = results.load_runs(sweep_dir)
-    summaries = {row.run: {**(results.read_summary(Path(row.run_dir)) or {}), "status": row.status}
+    try:
+        runs = results.load_runs(sweep_dir)
+    except UserError as e:
+        return [f"sweep in {sweep_dir}: {e}"], [f"{sweep_dir}: no run finished ({e})"]
+    summaries = {row.run: {**(rundir.read_summary(Path(row.run_dir)) or {}), "status": row.status}
                  for row in runs.itertuples()}
+    for row in runs.itertuples():
+        held = rundir.holder(Path(row.run_dir)) if row.status == "running" else None
+        if held is not None:  # another optbench process trains it: this sweep left it alone
+            summaries[row.run]["reason"] = (f"skipped here: process {held.get('pid')} on {held.get('host')} is "
+                                            "training it")
     counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items())
     lines = [f"sweep of {len(runs)} runs in {sweep_dir}: {counts}"]
-    lines += ["  " + results.run_line(name, summary) for name, summary in summaries.items()]
-    if runs["status"].isin(results.FINISHED).any():
+    lines += ["  " + rundir.run_line(name, summary) for name, summary in summaries.items()]
+    if runs["status"].isin(rundir.FINISHED).any():
         table = results.rank(runs, results.load_metrics(runs))
         lines += ["ranking (as optbench report prints it):",
                   *results.format_ranking(table).to_string(index=False).splitlines(), *results.verdict_lines(table)]
     lines += [f"next: optbench report {sweep_dir} --html   # tables, ranking and one page with the figures",
               f"      optbench plot {sweep_dir}"]
     failed = [f"{name}: {summary.get('status')}: {summary.get('reason') or 'see its train.log'}"
-              for name, summary in summaries.items() if summary["status"] not in results.FINISHED]
+              for name, summary in summaries.items() if summary["status"] not in rundir.FINISHED]
+    failed += [f"skipped: {error}" for error in runs.attrs.get("skipped", [])]
     if failed:
         lines.append(f"{len(failed)} of {len(runs)} runs did not finish: rerun the same command to retry only those")
     return lines, failed

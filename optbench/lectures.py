@@ -430,12 +430,12 @@ def _read_run(run_dir: Path) -> dict:
 
     from optbench import results
 
-    summary = results.read_summary(run_dir) or {}
+    summary = rundir.read_summary(run_dir) or {}
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    metrics = results.read_metrics(run_dir) if (run_dir / results.METRICS).exists() else pd.DataFrame(
-        columns=results.COLUMNS)
+    metrics = rundir.read_metrics(run_dir) if (run_dir / rundir.METRICS).exists() else pd.DataFrame(
+        columns=rundir.COLUMNS)
     return {"dir": str(run_dir), "summary": summary, "config": config, "metrics": metrics,
-            "status": results.run_status(run_dir, summary)}
+            "status": rundir.status(run_dir, summary)}
 
 
 def measure(claim: dict, runs: list[dict]) -> dict:

@@ -1,169 +1,17 @@
-"""What a run leaves behind, and reading it back.
+"""Reading many run directories back: one table of runs, one long table of metrics, a ranking.
 
-A run directory holds:
-  config.yaml   the resolved config (Hydra's unresolved copy is in .hydra/)
-  metrics.csv   long format: step, epoch, split, metric, value; appended while training
-  summary.json  status, headline numbers, provenance; rewritten atomically
-  train.log     the run's log (Hydra's job logging)
+One run directory's files, and how each is written and read, are optbench.rundir's.
 """
 
-import csv
-import itertools
-import json
 import logging
 import os
-import platform
-import subprocess
-import sys
 from pathlib import Path
 
-from optbench import stats
+from optbench import rundir, stats
+from optbench.errors import UserError
+from optbench.rundir import COLUMNS, FINISHED, NOT_FACTORS, RUN_SETTINGS, SUMMARY, DamagedFile  # noqa: F401
 
-METRICS = "metrics.csv"
-SUMMARY = "summary.json"
-TENSORBOARD = "tensorboard"  # event files of trainer.tensorboard=true
-COLUMNS = ("step", "epoch", "split", "metric", "value")
-
-
-class MetricsWriter:
-    """Appends rows to metrics.csv; `flush` makes them durable (called at every evaluation).
-
-    With `tensorboard`, every row also goes to TensorBoard event files in
-    the run's tensorboard/ folder under the tags `optbench export
-    tensorboard` uses (`<split>/<metric>`), one event per step, flushed at
-    every read-back, so a sweep can be watched while it trains.
-    """
-
-    def __init__(self, run_dir: Path, tensorboard: bool = False, resumed_at: int | None = None):
-        path = Path(run_dir) / METRICS
-        new = not path.exists() or path.stat().st_size == 0
-        self._file = open(path, "a", newline="")
-        self._csv = csv.writer(self._file)
-        if new:
-            self._csv.writerow(COLUMNS)
-        self._events = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # a resumed run writes again the steps after its checkpoint: TensorBoard drops the old ones from there
-            self._events = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD), purge_step=resumed_at)
-
-    def write(self, step: int, epoch: int, split: str, values: dict) -> None:
-        for metric, value in values.items():
-            self._csv.writerow((step, epoch, split, metric, value))
-        if self._events is not None:
-            self._event(step, [(f"{split}/{metric}", value) for metric, value in values.items()])
-
-    def write_rows(self, rows) -> None:
-        self._csv.writerows(rows)
-        if self._events is not None:
-            for step, same_step in itertools.groupby(rows, key=lambda row: row[0]):
-                self._event(step, [(f"{split}/{metric}", value) for _, _, split, metric, value in same_step])
-            self._events.flush()
-
-    def _event(self, step: int, tagged: list) -> None:
-        # one event of all the step's values: a tenth of add_scalar's cost per value (protobuf, event queue)
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in tagged]
-        self._events.file_writer.add_summary(Summary(value=values), global_step=int(step))
-
-    def flush(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        if self._events is not None:
-            self._events.flush()
-
-    def tell(self) -> int:
-        """Bytes written so far: where a resumed run cuts the file back to."""
-        self._file.flush()
-        return self._file.tell()
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self.flush()
-            self._file.close()
-        if self._events is not None:
-            self._events.close()
-
-
-def truncate(path: Path, size: int) -> None:
-    """Drop what a killed run wrote after its last checkpoint; the resumed run writes it again."""
-    if Path(path).exists():
-        os.truncate(path, size)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file and rename, so a reader never sees half a file; a full disk raises OSError.
-
-    The temp name is the writer's own (pid), so processes writing one file at once never share it.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Readers see the old file or the new one, never half of either."""
-    write_bytes_atomic(path, json.dumps(data, indent=2, default=str).encode())
-
-
-def provenance() -> dict:
-    import torch
-
-    import optbench
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "optbench": optbench.__version__}
-    for name in ("hydra", "omegaconf", "numpy"):
-        module = sys.modules.get(name)
-        versions[name] = getattr(module, "__version__", None)
-    return {"versions": versions, "host": platform.node(), "git_commit": _git_commit()}
-
-
-def _git_commit() -> str | None:
-    """The commit of the optbench source that ran, when it runs from a git checkout."""
-    source = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True)
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def read_summary(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / SUMMARY
-    if not path.exists():
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_metrics(run_dir: Path):
-    import pandas as pd
-
-    return pd.read_csv(Path(run_dir) / METRICS)
-
-
-# --- Reading many runs back: one table of runs, one long table of metrics, a ranking ---
-
-PROCESS = "process.json"
-FINISHED = ("completed", "diverged")  # outcomes a rerun would only repeat
-# config keys that say where or how a run is carried out, not what it computes: a run that differs from another
-# only in these is the same run. The one list of them: resume and skip decisions (config_differences) ignore them,
-# run folder names leave them out (config.yaml's exclude_keys reads them through a resolver, schema.register)
-RUN_SETTINGS = ("data.root", "device", "trainer.skip_completed", "trainer.resume", "trainer.vectorize",
-                "trainer.progress_every", "trainer.tensorboard")
-# config keys that are not experimental factors: the run settings, and the seed, which repeats a configuration
-NOT_FACTORS = ("seed", *RUN_SETTINGS)
+log = logging.getLogger(__name__)
 # hyperparameters tuned per group: a group is represented by its best value, chosen on validation
 TUNED = ("optimizer.lr",)
 # summary fields the report and plots read
@@ -171,98 +19,8 @@ SUMMARY_COLUMNS = ("best_val_acc", "test_acc_at_best_val", "final.train_loss", "
                    "steps_per_epoch", "train_time", "wall_time")
 
 
-# the one line per finished run, and a sweep's summary at its end: the console, and sweep.log in a sweep's folder
-sweep_log = logging.getLogger("optbench.sweep")
-
-
-def raised_flags(summary: dict) -> list[str]:
-    """The health flags (diagnostics.FLAGS) a run raised, in the order they are defined."""
-    return [name for name, at in (summary.get("flags") or {}).items() if at is not None]
-
-
-def run_line(name: str, summary: dict) -> str:
-    """`<run> <status> | best val acc, test acc at it | flags | time | why`, for a run that ended."""
-    def fmt(x):
-        return "n/a" if x is None or x != x else f"{x:.4f}"
-
-    flags = raised_flags(summary)
-    line = (f"{name} {summary.get('status')} | best val acc {fmt(summary.get('best_val_acc'))}, test acc at it "
-            f"{fmt(summary.get('test_acc_at_best_val'))}" + (f" | flags: {', '.join(flags)}" if flags else "")
-            + f" | {summary.get('train_time') or 0.0:.1f} s")
-    if summary.get("status") != "completed" and summary.get("reason"):
-        line += f" | {summary['reason']}"
-    return line
-
-
-def write_process(run_dir: Path, job: str | None = None) -> None:
-    """Record which process trains the run, so a reader can tell a live run from a killed one.
-
-    `job` names the executor's job or worker that trains it (hydra/launcher=optbench's executors), and
-    the GPUs it saw are kept beside it: where each run of a spread-out sweep went."""
-    record = {"host": platform.node(), "pid": os.getpid()}
-    if job is not None:
-        record.update(job=job, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
-    write_json_atomic(Path(run_dir) / PROCESS, record)
-
-
-def _process_alive(run_dir: Path) -> bool:
-    try:
-        record = json.loads((Path(run_dir) / PROCESS).read_text())
-    except (OSError, ValueError):
-        return False
-    if record.get("host") != platform.node():
-        return True  # another machine's process: we cannot tell, so do not call it dead
-    try:
-        os.kill(int(record["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def run_status(run_dir: Path, summary: dict | None) -> str:
-    """The summary's status, except that a `running` run whose process is gone is `incomplete`."""
-    status = (summary or {}).get("status", "incomplete")
-    if status == "running" and not _process_alive(run_dir):
-        return "incomplete"
-    return status
-
-
-def same_config(run_dir: Path, cfg) -> bool:
-    """Whether run_dir's config.yaml is `cfg` (resolved), ignoring where and how it runs (RUN_SETTINGS)."""
-    return not config_differences(run_dir, cfg)
-
-
-def config_differences(run_dir: Path, cfg) -> list[str]:
-    """The dotted keys whose values differ between run_dir's config.yaml and `cfg` (RUN_SETTINGS aside)."""
-    from omegaconf import OmegaConf
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return ["config.yaml (missing)"]
-    old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (OmegaConf.load(path), cfg))
-    return sorted(k for k in old.keys() | new.keys()
-                  if k not in RUN_SETTINGS and old.get(k, _ABSENT) != new.get(k, _ABSENT))
-
-
-def differing_keys(cfgs) -> list[str]:
-    """What differs between configs, in words a user typed: `optimizer` when the class differs, else `optimizer.lr`."""
-    from omegaconf import OmegaConf
-
-    flat = [_flat(OmegaConf.to_container(c, resolve=True)) for c in cfgs]
-    keys = sorted(k for k in set().union(*flat) if len({str(f.get(k, _ABSENT)) for f in flat}) > 1)
-    whole = {k.rsplit(".", 1)[0] for k in keys if k.endswith("._target_")}
-    return sorted(whole | {k for k in keys if k.split(".")[0] not in whole})
-
-
-_ABSENT = object()
-
-
 def find_runs(dirs) -> list[Path]:
     """Every run directory (one holding summary.json) at or below each of `dirs`."""
-    from optbench.errors import UserError
-
     found = []
     for d in map(Path, dirs):
         if not d.is_dir():
@@ -291,31 +49,47 @@ def _flat(d: dict) -> dict:
     return {k: str(v) if isinstance(v, (list, tuple)) else v for k, v in flat.items()}
 
 
+def skip(table, error: DamagedFile) -> None:
+    """Leave a damaged run out of `table`'s analysis with one warning line; table.attrs["skipped"] lists them, so
+    a command can end non-zero once it has done the rest."""
+    log.warning("skipped: %s", error)
+    table.attrs.setdefault("skipped", []).append(str(error))
+
+
 def load_runs(*dirs):
     """One row per run below `dirs`: flattened config, `<group>.name` choices, summary fields, status.
 
     Runs that failed, diverged, were interrupted or never finished keep their
-    row and their status. `runs.attrs["config_columns"]` names the config part.
+    row and their status. A run whose summary.json or config.yaml is damaged is
+    left out with a warning (`runs.attrs["skipped"]`). `runs.attrs["config_columns"]`
+    names the config part.
     """
     import pandas as pd
     from omegaconf import OmegaConf
 
     paths = find_runs(dirs or ["."])
     root = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
-    rows, config_columns = [], {}
+    rows, config_columns, skipped = [], {}, []
     for path in paths:
-        summary = read_summary(path) or {}
-        config = {}
-        if (path / "config.yaml").exists():
-            config = _flat(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"), resolve=True))
+        try:
+            summary = rundir.read_summary(path) or {}
+            config = rundir.read_config(path)
+        except DamagedFile as e:
+            skipped.append(e)
+            continue
+        config = _flat(OmegaConf.to_container(config, resolve=True)) if config is not None else {}
         choices = {f"{g}.name": v for g, v in summary.get("choices", {}).items() if f"{g}.name" not in config}
         config = {**choices, **config}
         config_columns.update(dict.fromkeys(config))
         fields = _flat({k: v for k, v in summary.items() if k != "choices"})
         fields = {(f"summary.{k}" if k in config else k): v for k, v in fields.items()}
-        fields["status"] = run_status(path, summary)
+        fields["status"] = rundir.status(path, summary)
         rows.append({"run": str(path.relative_to(root)), **config, **fields, "run_dir": str(path)})
+    if not rows:
+        raise UserError(f"no readable runs under {', '.join(map(str, dirs))}: {skipped[0]}")
     runs = pd.DataFrame(rows)
+    for error in skipped:
+        skip(runs, error)
     for column in SUMMARY_COLUMNS:  # present even when no run got far enough to write them
         if column not in runs:
             runs[column] = None
@@ -329,28 +103,39 @@ def load_metrics(runs):
     """The long metrics table of every run in `runs`, with a `run` column.
 
     split "step" holds the per-step numbers (mini-batch loss, lr, gradient
-    norms); train/val/test the evaluations; run and diag the rest.
+    norms); train/val/test the evaluations; run and diag the rest. A half row
+    (what a kill leaves) is dropped; a run whose metrics.csv is damaged beyond
+    that is left out with a warning (added to `runs.attrs["skipped"]`).
     """
     import pandas as pd
 
     tables = []
     for run, run_dir in zip(runs["run"], runs["run_dir"]):
-        path = Path(run_dir) / METRICS
+        path = Path(run_dir) / rundir.METRICS
         if not path.exists() or path.stat().st_size == 0:
             continue
-        # a run killed mid-write may end in half a row: skip it rather than fail the whole report
-        tables.append(pd.read_csv(path, on_bad_lines="skip").assign(run=run))
+        try:
+            tables.append(rundir.read_metrics(run_dir).assign(run=run))
+        except DamagedFile as e:
+            skip(runs, e)
     if not tables:
         return pd.DataFrame(columns=[*COLUMNS, "run"])
     return pd.concat(tables, ignore_index=True)
 
 
 def load_histograms(runs):
-    """histograms.csv of every run in `runs` that has one, with a `run` column."""
+    """histograms.csv of every run in `runs` that has one, with a `run` column (a damaged one is left out)."""
     import pandas as pd
 
-    tables = [pd.read_csv(Path(d) / "histograms.csv", on_bad_lines="skip").assign(run=run)
-              for run, d in zip(runs["run"], runs["run_dir"]) if (Path(d) / "histograms.csv").exists()]
+    tables = []
+    for run, d in zip(runs["run"], runs["run_dir"]):
+        path = Path(d) / rundir.HISTOGRAMS
+        if path.exists():
+            try:
+                tables.append(pd.read_csv(path, on_bad_lines="skip").assign(run=run))
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+                skip(runs, DamagedFile(path, f"cannot be read ({type(e).__name__})", "its run is drawn without "
+                                       "histograms"))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
@@ -392,8 +177,6 @@ def varied_keys(runs) -> list[str]:
 
 def resolve_by(runs, by: list[str] | None) -> list[str]:
     """The grouping keys: `by` as given (checked), or what varied apart from tuned hyperparameters."""
-    from optbench.errors import UserError
-
     if by:
         out = []
         for key in by:
@@ -527,8 +310,6 @@ def comparisons(values: dict, pairs: list[tuple[str, str]], level: float = stats
 def against_reference(values: dict, level: float = stats.LEVEL, baseline: str | None = None):
     """(reference, comparisons): the reference group (`baseline`, else the best mean) and every other
     group with finished runs compared with it, best first, as one family."""
-    from optbench.errors import UserError
-
     if baseline is not None and baseline not in values:
         raise UserError(f"--baseline {baseline}: no such group; groups: {', '.join(values)}")
     ranked = sorted((g for g in values if len(values[g])), key=lambda g: -values[g].mean())
@@ -789,8 +570,6 @@ def export_tensorboard(runs, metrics, out: Path, by: list[str] | None = None) ->
     Aim, which import these files) group the seeds of a configuration.
     Tags: `<split>/<metric>` per evaluation, `<split>_step/<metric>` per step.
     """
-    from optbench.errors import UserError
-
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

@@ -64,7 +64,7 @@ class DamagedFile(UserError):
 
     def __init__(self, path, what: str, way_out: str):
         super().__init__(f"{path}: {what}; {way_out}")
-        self.path = Path(path)
+        self.path, self.what = Path(path), what
 
 
 class Held(UserError):
@@ -228,6 +228,30 @@ def folder_name(text: str, limit: int = NAME_BYTES) -> str:
     digest = hashlib.sha256(str(text).encode()).hexdigest()[:8]
     prefix = safe.encode()[: limit - 9].decode(errors="ignore")
     return f"{prefix}-{digest}"
+
+
+_made: dict[str, str] = {}  # folder asked for -> the one made for it, in this command (new_folders resets it)
+
+
+def new_folder(path: str) -> str:
+    """`path`, made now; or `path-2`, `path-3`, ... when it exists already (made by another process in the same
+    second). The same answer for the same path until `new_folders()`: Hydra resolves its run folder more than once."""
+    if path not in _made:
+        candidate, n = Path(path), 1
+        while True:
+            try:
+                candidate.mkdir(parents=True)
+                break
+            except FileExistsError:
+                n += 1
+                candidate = Path(f"{path}-{n}")
+        _made[path] = str(candidate)
+    return _made[path]
+
+
+def new_folders() -> None:
+    """Forget the folders made so far: the next command in this process (the tests call several) makes its own."""
+    _made.clear()
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -435,3 +459,72 @@ def _heartbeat(path: Path, stop: threading.Event) -> None:
             os.utime(path)
         except OSError:
             pass
+
+
+# --- what a run is: its config against another, its line in a log ---------------------------------------------
+
+# config keys that say where or how a run is carried out, not what it computes: a run that differs from another
+# only in these is the same run. The one list of them: resume and skip decisions (config_differences) ignore them,
+# run folder names leave them out (config.yaml's exclude_keys reads them through a resolver, schema.register)
+RUN_SETTINGS = ("data.root", "device", "trainer.skip_completed", "trainer.resume", "trainer.vectorize",
+                "trainer.progress_every", "trainer.tensorboard")
+# config keys that are not experimental factors: the run settings, and the seed, which repeats a configuration
+NOT_FACTORS = ("seed", *RUN_SETTINGS)
+_ABSENT = object()
+# the one line per finished run, and a sweep's summary at its end: the console, and sweep.log in a sweep's folder
+sweep_log = logging.getLogger("optbench.sweep")
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists (hidden sizes, betas) as text, so they can be compared and grouped."""
+    out = {}
+    for key, value in (d or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{name}."))
+        else:
+            out[name] = str(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def resolved(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return flat(OmegaConf.to_container(cfg, resolve=True))
+
+
+def config_differences(run_dir: Path, cfg) -> list[str]:
+    """The dotted keys whose values differ between run_dir's config.yaml and `cfg` (RUN_SETTINGS aside)."""
+    old = read_config(run_dir)
+    if old is None:
+        return [f"{CONFIG} (missing)"]
+    before, now = resolved(old), resolved(cfg)
+    return sorted(k for k in before.keys() | now.keys()
+                  if k not in RUN_SETTINGS and before.get(k, _ABSENT) != now.get(k, _ABSENT))
+
+
+def differing_keys(cfgs) -> list[str]:
+    """What differs between configs, in words a user typed: `optimizer` when the class differs, else `optimizer.lr`."""
+    flats = [resolved(c) for c in cfgs]
+    keys = sorted(k for k in set().union(*flats) if len({str(f.get(k, _ABSENT)) for f in flats}) > 1)
+    whole = {k.rsplit(".", 1)[0] for k in keys if k.endswith("._target_")}
+    return sorted(whole | {k for k in keys if k.split(".")[0] not in whole})
+
+
+def raised_flags(summary: dict) -> list[str]:
+    """The health flags (diagnostics.FLAGS) a run raised, in the order they are defined."""
+    return [name for name, at in (summary.get("flags") or {}).items() if at is not None]
+
+
+def run_line(name: str, summary: dict) -> str:
+    """`<run> <status> | best val acc, test acc at it | flags | time | why`, for a run that ended."""
+    def fmt(x):
+        return "n/a" if x is None or x != x else f"{x:.4f}"
+
+    flags = raised_flags(summary)
+    line = (f"{name} {summary.get('status')} | best val acc {fmt(summary.get('best_val_acc'))}, test acc at it "
+            f"{fmt(summary.get('test_acc_at_best_val'))}" + (f" | flags: {', '.join(flags)}" if flags else "")
+            + f" | {summary.get('train_time') or 0.0:.1f} s")
+    if summary.get("status") != "completed" and summary.get("reason"):
+        line += f" | {summary['reason']}"
+    return line

@@ -89,11 +89,16 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from optbench import results
+    from optbench import rundir
 
     ConfigStore.instance().store(name="optbench_schema", node=Config)
     # conf/optimizer/momentum_ema.yaml: torch's lr for the lecture's step size alpha and average weight beta
     OmegaConf.register_new_resolver("optbench.ema_lr", lambda alpha, beta: alpha * (1 - beta), replace=True)
     # config.yaml's hydra.job.config.override_dirname.exclude_keys: folder names leave out what only says where
-    # or how a run ran (results.RUN_SETTINGS, the one list of those keys)
-    OmegaConf.register_new_resolver("optbench.run_settings", lambda: list(results.RUN_SETTINGS), replace=True)
+    # or how a run ran (rundir.RUN_SETTINGS, the one list of those keys)
+    OmegaConf.register_new_resolver("optbench.run_settings", lambda: list(rundir.RUN_SETTINGS), replace=True)
+    # hydra.sweep.subdir: a folder name from the overrides that stays inside the sweep folder and fits the file system
+    OmegaConf.register_new_resolver("optbench.folder", lambda text: rundir.folder_name(str(text)), replace=True)
+    # hydra.run.dir and hydra.sweep.dir: the time stamp's folder, made here and now, or <stamp>-2, -3, ... when
+    # another process made it first (parallel `optbench train ... &` started in one second)
+    OmegaConf.register_new_resolver("optbench.new_folder", rundir.new_folder, replace=True, use_cache=True)

@@ -48,7 +48,8 @@ import yaml
 
 from optbench.compose import CONF, check_group_choices, compose_config, groups
 from optbench.errors import UserError
-from optbench.results import RUN_SETTINGS, read_summary, write_bytes_atomic
+from optbench.results import RUN_SETTINGS
+from optbench.rundir import read_summary, write_bytes as write_bytes_atomic
 from optbench.storage import HEARTBEAT, WORKER_TIMEOUT_MIN, Shared, is_journal, masked, open_storage, submit_workers
 
 log = logging.getLogger(__name__)

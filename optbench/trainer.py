@@ -12,10 +12,10 @@ SYNC_EVERY steps and at each evaluation), so the host never waits on the
 accelerator inside a step.
 """
 
+import contextlib
 import csv
 import functools
 import importlib.util
-import io
 import logging
 import math
 import signal
@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from optbench import data, diagnostics, optimizers, results, vectorized
+from optbench import data, diagnostics, optimizers, rundir, vectorized
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
 from optbench.schedules import warmup_factor
@@ -44,15 +44,14 @@ log = logging.getLogger(__name__)
 # of the sync and how long a diverged run goes on before it is stopped.
 SYNC_EVERY = 50
 EVAL_CHUNK = 8192
-CHECKPOINT = "checkpoint.pt"
-HISTOGRAMS = "histograms.csv"
 # schedule lengths that, left null in the YAML, become the run's number of scheduler steps
 SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
 INTERVALS = ("step", "epoch", "eval")
 DIAGNOSTIC_LEVELS = ("off", "basic", "full")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FLAGS = ("exploding_gradients", "vanishing_gradients", "dead_relu", "saturated")
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+# what a user does about a damaged file of a run that is to be resumed
+START_AGAIN = "trainer.resume=false starts this run again from scratch, replacing what is there"
 
 
 def select_device(name: str) -> torch.device:
@@ -326,7 +325,7 @@ class Run:
     initial: list | None = None  # per-layer parameters at step 0
     last_values: dict = field(default_factory=dict)  # the last step read back, for the health flags
     status: str = "running"
-    writer: results.MetricsWriter = None
+    writer: rundir.MetricsWriter = None
     histogram_file: object = None
 
 
@@ -372,52 +371,80 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> di
     return fit_pass([cfg], [run_dir], [choices])[0]
 
 
-def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None) -> list[dict]:
+def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None, job: str | None = None) -> list[dict]:
     """Train the runs of `cfgs` (one `vectorized.group_key`) in one loop, each into its run dir; their summaries.
 
-    An unfinished run of the same config in its directory (killed,
-    interrupted) continues from its last checkpoint when trainer.resume is
-    on; anything else there is replaced. Status: completed, diverged
-    (non-finite loss or gradient), interrupted (SIGINT/SIGTERM) or failed (an
-    exception, re-raised). A single run's bad setting raises UserError; in a
-    pass that run fails and the others go on.
+    Each run directory is held by this process while it trains (rundir.hold;
+    `job` names the executor's job or worker). An unfinished run of the same
+    config in its directory (killed, interrupted) continues from its last
+    checkpoint when trainer.resume is on; anything else there is replaced.
+    Status: completed, diverged (non-finite loss or gradient), interrupted
+    (SIGINT/SIGTERM) or failed (an exception, re-raised). A single run's bad
+    setting, damaged file or live holder raises UserError; in a pass that run
+    fails (or, held elsewhere, is left alone) and the others go on.
     """
     if len({vectorized.group_key(c) for c in cfgs}) != 1:
         raise ValueError("fit_pass: the configs differ in more than seed/optimizer/schedule/init")
     started = time.perf_counter()
-    runs = [_open_run(c, Path(d), ch, len(cfgs)) for c, d, ch in zip(cfgs, run_dirs, choices or [None] * len(cfgs))]
-    by_step = {}  # the runs that continue from a checkpoint at the same step train together; fresh ones too
-    for r in runs:
-        by_step.setdefault(r.resume["step"] if r.resume else None, []).append(r)
-    try:
-        reasons = {vectorized.why_not(c) for c in cfgs} - {None} if len(cfgs) > 1 else set()
-        if reasons:  # each run's summary says failed, and why
-            raise UserError(f"these runs cannot share a pass: {'; '.join(sorted(reasons))}")
-        for part in by_step.values():
-            _fit(part[0].cfg, part, started)
-    except BaseException as e:
+    outcome = {}  # run dir -> the summary of a run that could not be opened
+    with contextlib.ExitStack() as held:
+        runs = []
+        for cfg, run_dir, chosen in zip(cfgs, map(Path, run_dirs), choices or [None] * len(cfgs)):
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(rundir.hold(run_dir, job))
+                runs.append(_open_run(cfg, run_dir, chosen, len(cfgs)))
+            except UserError as e:
+                if len(cfgs) == 1:
+                    raise
+                outcome[run_dir] = unopened(run_dir, e)
+        by_step = {}  # the runs that continue from a checkpoint at the same step train together; fresh ones too
         for r in runs:
-            if r.status == "running":
-                _close(r, "failed", f"{type(e).__name__}: {e}", started)
-        raise
-    return [r.summary for r in runs]
+            by_step.setdefault(r.resume["step"] if r.resume else None, []).append(r)
+        try:
+            reasons = {vectorized.why_not(c) for c in cfgs} - {None} if len(cfgs) > 1 else set()
+            if reasons:  # each run's summary says failed, and why
+                raise UserError(f"these runs cannot share a pass: {'; '.join(sorted(reasons))}")
+            for part in by_step.values():
+                _fit(part[0].cfg, part, started)
+        except BaseException as e:
+            for r in runs:
+                if r.status == "running":
+                    _close(r, "failed", f"{type(e).__name__}: {e}", started)
+            raise
+    opened = {r.dir: r.summary for r in runs}
+    return [opened.get(Path(d)) or outcome[Path(d)] for d in run_dirs]
+
+
+def unopened(run_dir: Path, error: BaseException) -> dict:
+    """The outcome of a run that `error` kept from training: held by another live process (left alone,
+    "skipped"), or failed: marked so where its summary can still be read and written, unless the trainer
+    already ended it. Never "interrupted" or "running" from an earlier attempt: that would read as a stop."""
+    log.error("%s: %s", run_dir.name, error)
+    if isinstance(error, rundir.Held) or rundir.holder(run_dir) is not None:
+        return {"status": "skipped", "reason": str(error)}
+    summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    with contextlib.suppress(UserError, OSError):
+        found = rundir.read_summary(run_dir) or {}
+        if found.get("status") in ("failed", *rundir.FINISHED):
+            return found
+        summary = {**found, **summary, "finished_at": _now()}
+        rundir.write_json(run_dir / rundir.SUMMARY, summary)
+    return summary
 
 
 def _open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int) -> Run:
-    run_dir.mkdir(parents=True, exist_ok=True)
     resume, started_over = resumable(cfg, run_dir)
     if resume is None:
         clear_run_files(run_dir)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    rundir.write_config(run_dir, cfg)
     if n_runs == 1:
         run_log = log  # a run of its own logs where its caller's logging goes (Hydra: the console and train.log)
     else:
         run_log = logging.getLogger(f"optbench.run.{run_dir.resolve()}")
         run_log.propagate = False  # each run's lines go to its own train.log, not to the others'
         run_log.handlers.clear()
-        handler = logging.FileHandler(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        run_log.addHandler(handler)
+        run_log.addHandler(rundir.log_handler(run_dir))
         run_log.setLevel(logging.INFO)
     if started_over:
         run_log.info("starting over: %s", started_over)
@@ -425,8 +452,8 @@ def _open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int)
             log.info("%s starts over: %s", run_dir.name, started_over)
     summary = {**(resume["summary"] if resume else {}), "status": "running",
                "choices": optimizers.named_choices(cfg, choices),  # optimizer=custom: named by its class
-               "started_at": _now(), **results.provenance()}
-    results.write_json_atomic(run_dir / results.SUMMARY, summary)
+               "started_at": _now(), **rundir.provenance()}
+    rundir.write_json(run_dir / rundir.SUMMARY, summary)
     return Run(cfg, run_dir, summary, run_log, resume)
 
 
@@ -438,14 +465,14 @@ def _close(r: Run, status: str, reason: str | None, started: float) -> None:
     r.status = status
     r.summary.update(status=status, reason=reason, finished_at=_now())
     _update_summary(r.summary, r.history, time.perf_counter() - started)
-    results.write_json_atomic(r.dir / results.SUMMARY, r.summary)
-    line = results.run_line(r.dir.name, r.summary)
+    rundir.write_json(r.dir / rundir.SUMMARY, r.summary)
+    line = rundir.run_line(r.dir.name, r.summary)
     if r.log is not log:  # a run of a pass: its own train.log gets the line too
         r.log.info(line)
         for handler in list(r.log.handlers):
             r.log.removeHandler(handler)
             handler.close()
-    results.sweep_log.info(line)  # the console, a single run's train.log, and a sweep's sweep.log
+    rundir.sweep_log.info(line)  # the console, a single run's train.log, and a sweep's sweep.log
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
@@ -474,7 +501,7 @@ def _build_runs(runs: list[Run], device: torch.device, lengths) -> list[Run]:
             check(r.cfg)
             r.model = build_model(r.cfg, device)
             # the start point, for distance-from-init and landscapes (the same weights again on a resume: same seed)
-            save_tensors(r.model.state_dict(), r.dir / "init.pt")
+            rundir.save_tensors(r.model.state_dict(), r.dir / rundir.INIT)
             r.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(r.model)]
             r.generator = torch.Generator(device=device).manual_seed(r.cfg.seed)
             set_dropout_generator(r.model, r.generator)
@@ -575,8 +602,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
             step, epoch, resumed_train_time[k] = state["step"], state["epoch"], state["train_time"]
             r.history, r.flags = state["history"], state["flags"]
             counters[k] = state["counters"]
-            results.truncate(r.dir / results.METRICS, state["metrics_bytes"])
-            results.truncate(r.dir / HISTOGRAMS, state["histogram_bytes"])
+            rundir.truncate(r.dir / rundir.METRICS, state["metrics_bytes"])
+            rundir.truncate(r.dir / rundir.HISTOGRAMS, state["histogram_bytes"])
             r.log.info("resuming from the checkpoint at epoch %d, step %d", epoch, step)
             if K > 1:
                 log.info("%s resumes from its checkpoint at step %d", r.dir.name, step)
@@ -603,8 +630,8 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
         if K > 1:
             # train_time and seconds_per_epoch are this run's share: the pass's training time / K
             r.summary["vectorized"] = {"models": K, "index": k, "optimizer_calls": len(groups)}
-        r.writer = results.MetricsWriter(r.dir, t.tensorboard, resumed_at=step if r.resume else None)
-        r.histogram_file = open(r.dir / HISTOGRAMS, "a", newline="")
+        r.writer = rundir.MetricsWriter(r.dir, t.tensorboard, resumed_at=step if r.resume else None)
+        r.histogram_file = open(r.dir / rundir.HISTOGRAMS, "a", newline="")
         if r.histogram_file.tell() == 0:
             csv.writer(r.histogram_file).writerow(diagnostics.HISTOGRAM_COLUMNS)
         r.log.info("%s | %d parameters | %s (%s) | %d steps of batch %d%s", device, r.summary["n_params"],
@@ -702,7 +729,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                        epoch, step, tr_loss, va_loss, va_acc, te_acc, times[k])
             record_counters(k, counts[k])
             _update_summary(r.summary, r.history, time.perf_counter() - started)
-            results.write_json_atomic(r.dir / results.SUMMARY, r.summary)
+            rundir.write_json(r.dir / rundir.SUMMARY, r.summary)
             if not (math.isfinite(tr_loss) and math.isfinite(va_loss)):
                 r.summary.setdefault("diverged_at_step", step)
                 end(k, "diverged", f"non-finite loss or gradient at step {r.summary['diverged_at_step']}")
@@ -744,7 +771,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                     if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
                         bn.num_batches_tracked.fill_(step)
             optimizer_state, scheduler_state = _run_state(r)
-            save_tensors({
+            rundir.save_tensors({
                 "model": {name: v.clone() for name, v in r.model.state_dict().items()},  # not the whole stack
                 "optimizer": optimizer_state, "scheduler": scheduler_state, "step": step, "epoch": epoch,
                 "rng": {"torch": torch.get_rng_state(), "generator": r.generator.get_state()},
@@ -752,7 +779,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
                 "train_time": train_time(k), "history": r.history, "flags": r.flags, "counters": counters[k].cpu(),
                 "metrics_bytes": r.writer.tell(), "histogram_bytes": r.histogram_file.tell(),
                 "summary": {key: r.summary.get(key) for key in ("clipped_steps", "nonfinite_steps_skipped")},
-            }, r.dir / CHECKPOINT)
+            }, r.dir / rundir.CHECKPOINT)
         optimizers.set_mode([g.optimizer for g in groups], "train")
 
     def forward_backward():
@@ -786,7 +813,7 @@ def _fit(cfg: DictConfig, runs: list[Run], started: float) -> None:
     eval_time = 0.0
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     # a pass's bar says how many runs it trains and what differs between them
-    label = f"pass of {K} ({', '.join(results.differing_keys([r.cfg for r in runs])) or 'same config'})" if K > 1 else ""
+    label = f"pass of {K} ({', '.join(rundir.differing_keys([r.cfg for r in runs])) or 'same config'})" if K > 1 else ""
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None, leave=False)
     first_step, last_loss = step, "n/a"
     train_started = time.perf_counter()
@@ -945,13 +972,6 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
-def save_tensors(obj, path: Path) -> None:
-    """torch.save, atomically; serialised in memory first so a full disk raises a plain OSError."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    results.write_bytes_atomic(path, buffer.getvalue())
-
-
 def sync(device: torch.device) -> None:
     """Wait for queued work, so a time read afterwards includes it (CUDA and MPS run asynchronously)."""
     if device.type == "cuda":
@@ -962,26 +982,34 @@ def sync(device: torch.device) -> None:
 
 def resumable(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
     """(the checkpoint to continue from: an unfinished run of this same config in run_dir, or None;
-    why an earlier attempt found there is not continued, or None when there was none)."""
-    summary = results.read_summary(run_dir)
-    if summary is None:
-        return None, None
-    status = summary.get("status")
-    if status in results.FINISHED:
-        return None, f"the earlier run there {status} (trainer.skip_completed=false, or its config changed)"
-    changed = results.config_differences(run_dir, cfg)
-    if changed:
-        return None, f"the earlier, unfinished ({status}) run there had another config ({', '.join(changed[:5])})"
-    if not (run_dir / CHECKPOINT).exists():
-        return None, f"the earlier, unfinished ({status}) run there left no checkpoint"
-    if not cfg.trainer.resume:
-        return None, f"trainer.resume=false (the earlier run there is {status})"
-    return torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False), None
+    why an earlier attempt found there is not continued, or None when there was none).
+
+    A damaged summary, config or checkpoint there is a DamagedFile naming it, unless trainer.resume=false asks
+    to start again: nothing the user might still want is replaced without being asked."""
+    try:
+        summary = rundir.read_summary(run_dir)
+        if summary is None:
+            return None, None
+        status = summary.get("status")
+        if status in rundir.FINISHED:
+            return None, f"the earlier run there {status} (trainer.skip_completed=false, or its config changed)"
+        if not cfg.trainer.resume:
+            return None, f"trainer.resume=false (the earlier run there is {status})"
+        changed = rundir.config_differences(run_dir, cfg)
+        if changed:
+            return None, f"the earlier, unfinished ({status}) run there had another config ({', '.join(changed[:5])})"
+        if not (run_dir / rundir.CHECKPOINT).exists():
+            return None, f"the earlier, unfinished ({status}) run there left no checkpoint"
+        return rundir.read_tensors(run_dir / rundir.CHECKPOINT, START_AGAIN), None
+    except rundir.DamagedFile as e:
+        if not cfg.trainer.resume:
+            return None, f"trainer.resume=false ({e.path.name} was damaged)"
+        raise rundir.DamagedFile(e.path, e.what, START_AGAIN) from None
 
 
 def clear_run_files(run_dir: Path) -> None:
     """Remove what an earlier, unfinished attempt left in run_dir, so a fresh start never appends to it."""
-    for stale in (results.METRICS, HISTOGRAMS, CHECKPOINT):
+    for stale in (rundir.METRICS, rundir.HISTOGRAMS, rundir.CHECKPOINT):
         (run_dir / stale).unlink(missing_ok=True)
 
 

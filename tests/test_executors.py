@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 import optbench as optbench_package
 from conftest import compose, optbench
+from optbench import rundir
 from optbench import results
 from optbench.executors import default_workers, worker_setup
 from optbench.vectorized import plan
@@ -49,8 +50,8 @@ def assert_same_runs(expected, actual):
         sa, sb = read(a, "summary.json"), read(b, "summary.json")
         assert sb["status"] == "completed" and sb["best_val_acc"] == sa["best_val_acc"]
         assert sb["vectorized"]["models"] == 2
-        # the run's closing line, as results.run_line writes it (but for its train time)
-        assert results.run_line(name, sb).rsplit(" | ", 1)[0] in (b / "train.log").read_text()
+        # the run's closing line, as rundir.run_line writes it (but for its train time)
+        assert rundir.run_line(name, sb).rsplit(" | ", 1)[0] in (b / "train.log").read_text()
 
 
 @pytest.fixture(scope="module", autouse=True)

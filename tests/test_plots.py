@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import optbench
 from figure_checks import drawn, labelled_ticks, overlaps, pale_lines
+from optbench import rundir
 from optbench import plots, results
 from test_results import write_run
 
@@ -141,8 +142,8 @@ def write_diagnostics(run_dir, seed, flags=None, steps=(0, 15, 30), bins=40):
     rows = [(step, 1, "diag", f"{stat}/fc{i}", value) for step in steps for i in range(LAYERS)
             for stat, value in (("act_mean", 0.5 + 0.02 * i), ("act_std", 0.2 - 0.01 * i),
                                 ("grad_std", 10.0 ** (i - LAYERS)), ("saturated", 0.1 * i))]
-    metrics = pd.concat([pd.read_csv(run_dir / results.METRICS), pd.DataFrame(rows, columns=results.COLUMNS)])
-    metrics.to_csv(run_dir / results.METRICS, index=False)
+    metrics = pd.concat([pd.read_csv(run_dir / rundir.METRICS), pd.DataFrame(rows, columns=rundir.COLUMNS)])
+    metrics.to_csv(run_dir / rundir.METRICS, index=False)
     hist = []
     for step in steps:
         for i in range(LAYERS):
@@ -152,10 +153,10 @@ def write_diagnostics(run_dir, seed, flags=None, steps=(0, 15, 30), bins=40):
                 hist += [(step, 1, f"fc{i}", kind, b, edges[b], edges[b + 1], c) for b, c in enumerate(counts)]
     pd.DataFrame(hist, columns=["step", "epoch", "layer", "kind", "bin", "lo", "hi", "count"]).to_csv(
         run_dir / "histograms.csv", index=False)
-    summary = json.loads((run_dir / results.SUMMARY).read_text())
+    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     summary["flags"] = {"exploding_gradients": None, "vanishing_gradients": None, "dead_relu": None, "saturated": None,
                         **(flags or {})}
-    results.write_json_atomic(run_dir / results.SUMMARY, summary)
+    rundir.write_json(run_dir / rundir.SUMMARY, summary)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import optbench
+from optbench import rundir
 from optbench import profiles, results
 from test_results import write_run
 
@@ -57,8 +58,8 @@ def test_scores_and_profile_match_the_hand_computed_table(profiled):
 
 
 def test_an_unfinished_run_counts_as_never_reaching_the_target(profiled):
-    summary = results.read_summary(profiled / "a_0")
-    results.write_json_atomic(profiled / "a_0" / results.SUMMARY, {**summary, "status": "failed"})
+    summary = rundir.read_summary(profiled / "a_0")
+    rundir.write_json(profiled / "a_0" / rundir.SUMMARY, {**summary, "status": "failed"})
     runs = results.load_runs(profiled)
     scores, costs = profiles.algoperf(runs, results.load_metrics(runs), None, TARGET)
     assert math.isinf(costs["steps"].loc[0, "a"])

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import SWEEP, compose, optbench
 from optbench.compose import compose_config
+from optbench import rundir
 from optbench import results
 from optbench.errors import UserError
 
@@ -38,12 +39,12 @@ def write_run(run_dir, optimizer, lr, seed, val, test, status="completed", steps
                       (step, 1, "val", "loss", 1.0 - 0.4 * frac), (step, 1, "val", "acc", 0.1 + (val - 0.1) * frac),
                       (step, 1, "test", "loss", 1.0), (step, 1, "test", "acc", 0.1 + (test - 0.1) * frac),
                       (step, 1, "run", "train_time", 0.01 * step)]
-    metrics = pd.DataFrame(rows + eval_rows, columns=results.COLUMNS).sort_values("step", kind="stable")
-    metrics.to_csv(run_dir / results.METRICS, index=False)
+    metrics = pd.DataFrame(rows + eval_rows, columns=rundir.COLUMNS).sort_values("step", kind="stable")
+    metrics.to_csv(run_dir / rundir.METRICS, index=False)
     summary = {"status": status, "choices": {"optimizer": optimizer}, "best_val_acc": val,
                "test_acc_at_best_val": test, "final": {"train_loss": 0.5}, "steps_per_epoch": steps,
                "optimizer_impl": "foreach", "train_time": 0.01 * steps, "wall_time": 1.0}
-    results.write_json_atomic(run_dir / results.SUMMARY, summary)
+    rundir.write_json(run_dir / rundir.SUMMARY, summary)
 
 
 @pytest.fixture
@@ -128,8 +129,8 @@ def test_rerun_skips_completed_and_false_forces(mnist_root, shared_sweep, tmp_pa
 def test_same_config_notices_a_changed_default(tmp_path):
     cfg = OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": True}})
     OmegaConf.save(cfg, tmp_path / "config.yaml")
-    assert results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": False}}))
-    assert not results.same_config(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.2}, "trainer": {}}))
+    assert not rundir.config_differences(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": False}}))
+    assert rundir.config_differences(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.2}, "trainer": {}}))
 
 
 def test_where_and_how_a_run_ran_is_not_what_it_computed(tmp_path):
@@ -137,12 +138,12 @@ def test_where_and_how_a_run_ran_is_not_what_it_computed(tmp_path):
     OmegaConf.save(ran, tmp_path / "config.yaml", resolve=True)
     elsewhere = compose("data.root=/mnt/other", "device=cpu", "trainer.resume=false", "trainer.vectorize=off",
                         "trainer.skip_completed=false")
-    assert results.config_differences(tmp_path, elsewhere) == []
-    assert results.config_differences(tmp_path, compose("data.root=/data/here", "seed=1")) == ["seed"]
+    assert rundir.config_differences(tmp_path, elsewhere) == []
+    assert rundir.config_differences(tmp_path, compose("data.root=/data/here", "seed=1")) == ["seed"]
     # the one list: run folders leave out exactly these keys, and reports do not group by them
     hydra = compose_config([], hydra=True).hydra
-    assert list(hydra.job.config.override_dirname.exclude_keys) == list(results.RUN_SETTINGS)
-    assert set(results.NOT_FACTORS) == {"seed", *results.RUN_SETTINGS}
+    assert list(hydra.job.config.override_dirname.exclude_keys) == list(rundir.RUN_SETTINGS)
+    assert set(rundir.NOT_FACTORS) == {"seed", *rundir.RUN_SETTINGS}
 
 
 def test_ranking_chooses_on_validation_even_when_test_disagrees(constructed):
@@ -186,9 +187,9 @@ def test_unknown_by_key_names_the_keys_that_varied(constructed):
 
 def test_live_running_run_is_running_and_killed_one_incomplete(tmp_path):
     write_run(tmp_path / "a", "x", 0.1, 0, 0.5, 0.5, status="running")
-    results.write_process(tmp_path / "a")  # this process: alive
+    rundir.write_json(tmp_path / "a" / rundir.PROCESS, {"host": os.uname().nodename, "pid": os.getpid()})  # alive
     write_run(tmp_path / "b", "x", 0.1, 1, 0.5, 0.5, status="running")
-    results.write_json_atomic(tmp_path / "b" / results.PROCESS, {"host": os.uname().nodename, "pid": 2**22 + 1})
+    rundir.write_json(tmp_path / "b" / rundir.PROCESS, {"host": os.uname().nodename, "pid": 2**22 + 1})
     runs = results.load_runs(tmp_path)
     assert dict(zip(runs.run, runs.status)) == {"a": "running", "b": "incomplete"}
 

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import optbench, run_cli
+from optbench import rundir
 from optbench import results
 
 TINY = ["device=cpu", "model.hidden=[16]", "data.train_eval_size=500", "data.val_size=1000", "diagnostics=off"]
@@ -93,7 +94,7 @@ def test_health_flags_are_in_the_run_line_and_the_summary(mnist_root, tmp_path):
                    "model.hidden=[64,64,64,64]", "model.activation=sigmoid", "init=normal",
                    "trainer.max_steps=4", f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr[-2000:]
-    flags = results.raised_flags(json.loads((tmp_path / "summary.json").read_text()))
+    flags = rundir.raised_flags(json.loads((tmp_path / "summary.json").read_text()))
     assert "saturated" in flags
     line = next(line for line in (tmp_path / "train.log").read_text().splitlines() if " completed | " in line)
     assert f"flags: {', '.join(flags)}" in line
@@ -135,7 +136,7 @@ def test_live_tensorboard_files_of_a_running_sweep_are_readable_and_carry_the_ex
             for folder in sweep.glob("*/tensorboard"):
                 acc = EventAccumulator(str(folder))
                 acc.Reload()
-                summary = results.read_summary(folder.parent) or {}
+                summary = rundir.read_summary(folder.parent) or {}
                 if {"val/acc", "step/loss"} <= set(acc.Tags()["scalars"]) and summary.get("status") == "running":
                     seen["tags"] = set(acc.Tags()["scalars"])
             time.sleep(0.05)

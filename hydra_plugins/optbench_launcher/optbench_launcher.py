@@ -157,13 +157,19 @@ class OptbenchLauncher(BasicLauncher):
         """Set up each job's directory with Hydra's run_job, training nothing: its JobReturn, and for each run
         still to train (by its position in `configs`) the task config, output dir and group choices."""
         from optbench import jobs
+        from optbench.errors import UserError
 
         prepared = {}
 
         def prepare(cfg):
             """What optbench's train task does before fit, without fit."""
             hydra_cfg = HydraConfig.get()
-            previous = jobs.finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
+            try:
+                previous = jobs.finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
+            except UserError as e:  # a damaged summary.json or config.yaml: this run fails, the others go on
+                log.error("%s: %s", Path(hydra_cfg.runtime.output_dir).name, e)
+                jobs.failed_runs.append(f"{Path(hydra_cfg.runtime.output_dir).name}: {e}")
+                return None
             if previous is not None:  # trainer.skip_completed: this run is already done
                 return previous.get("best_val_acc")
             prepared[len(rets)] = (cfg, hydra_cfg.runtime.output_dir, jobs.choices(hydra_cfg))
@@ -187,19 +193,12 @@ def _finish(rets: list, prepared: dict, outcome) -> bool:
     died; then each run's summary on disk tells what became of it (one still
     `running`, or never started, is marked failed with that error here).
     """
-    from optbench import results
+    from optbench.trainer import unopened
 
     dirs = [Path(d) for _, d, _ in prepared.values()]
     if isinstance(outcome, Exception):
-        reason = f"{type(outcome).__name__}: {outcome}"
-        log.error("pass failed: %s", reason)
-        outcome = []
-        for d in dirs:
-            summary = results.read_summary(d) or {}
-            if summary.get("status") in (None, "running"):
-                summary.update(status="failed", reason=reason)
-                results.write_json_atomic(d / results.SUMMARY, summary)
-            outcome.append(summary)
+        log.error("pass failed: %s: %s", type(outcome).__name__, outcome)
+        outcome = [unopened(d, outcome) for d in dirs]
     for i, summary in zip(prepared, outcome):
         # as optbench's train task returns: a failed run is None, told at the sweep's end (jobs.SweepSummary);
         # a FAILED job would make Hydra's sweeper end the sweep with a traceback
