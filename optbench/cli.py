@@ -8,6 +8,7 @@ Nothing here imports torch at module level: `optbench --help` and
 this module.
 """
 
+import errno
 import logging
 import os
 import sys
@@ -15,10 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from optbench import config_dirs
+from optbench.rundir import DISK_FULL
 from optbench.compose import (CONF, check_group_choices, check_sweep, compose_config, group_options, groups, suggest,
                               validate_overrides)
 from optbench.errors import UserError
 
+# a full disk, a quota, a read-only or forbidden folder: the user's to choose another place
+CANNOT_WRITE = (*DISK_FULL, errno.EACCES, errno.EROFS, errno.EPERM)
 USAGE = """\
 usage: optbench <command> [args]
 
@@ -83,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `optbench list | head`: the reader has gone, nothing went wrong
         sys.stdout = open(os.devnull, "w")  # so the interpreter's own flush at exit stays quiet
         return 0
+    except OSError as e:
+        if e.errno not in CANNOT_WRITE:
+            raise
+        return _fail(f"cannot write {e.filename or 'the output folder'}: {e.strerror}; give another folder "
+                     "(--out DIR, --dir DIR, hydra.run.dir=DIR or hydra.sweep.dir=DIR)")
     except SystemExit as e:  # Hydra's and argparse's exits: a return code for callers in process too
         if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
@@ -103,6 +112,7 @@ def train(args: list[str]) -> int:
         return dry_run([a for a in args if a != "--dry-run"])
     schema.register()
     rundir.new_folders()
+    _writable(args)
     variants = validate_overrides(args)  # also every group option a sweep names
     if len(variants) > 1:
         check_sweep(variants)
@@ -112,6 +122,23 @@ def train(args: list[str]) -> int:
     for line in jobs.failed_runs:
         print(f"optbench: error: {line}", file=sys.stderr)
     return 1 if jobs.failed_runs else 0
+
+
+def _writable(args: list[str]) -> None:
+    """The folder the runs go into can be made: a read-only or full one is one line here, not Hydra's traceback."""
+    if {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(args):
+        return  # nothing is trained
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [a.split("=", 1)[1] for a in args if a.startswith(key)]
+    folder = Path(given[-1]) if given else Path("multirun" if multirun else "outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno not in CANNOT_WRITE:
+            raise
+        raise UserError(f"cannot make {folder}: {e.strerror}; give another folder with "
+                        f"{key}DIR") from None
 
 
 @contextmanager
@@ -374,7 +401,7 @@ def report_command(args: list[str]) -> int:
                                  notes=lines, tuning=cost if tuned else None)
         (out / "report.html").write_text(page, encoding="utf-8")
         print(f"wrote {out / 'report.html'}: open it in a browser (offline, figures included)")
-    return 0
+    return _skipped(runs)
 
 
 def _where(opts) -> str:
@@ -412,7 +439,7 @@ def plot_command(args: list[str]) -> int:
         fig.savefig(out / f"{name}.{opts.format}", dpi=plots.DPI)
     print(f"{len(runs)} runs from {', '.join(opts.dirs)}; wrote {len(figures)} figures into {out}{_where(opts)}: "
           + ", ".join(f"{name}.{opts.format}" for name in figures))
-    return 0
+    return _skipped(runs)
 
 
 def export_command(args: list[str]) -> int:
@@ -431,7 +458,17 @@ def export_command(args: list[str]) -> int:
     out = Path(opts.out or Path(opts.dir) / "tensorboard")
     written = results.export_tensorboard(runs, results.load_metrics(runs), out, _by(opts.by))
     print(f"wrote {len(written)} runs to {out}; view with: tensorboard --logdir {out}")
-    return 0
+    return _skipped(runs)
+
+
+def _skipped(runs) -> int:
+    """1 when damaged runs were left out (each named in a warning line already), so scripts notice; else 0."""
+    skipped = runs.attrs.get("skipped", [])
+    for line in skipped:
+        print(f"optbench: warning: skipped {line}", file=sys.stderr)
+    if skipped:
+        print(f"optbench: {len(skipped)} damaged run(s) left out; the rest is done", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def train_task(cfg) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # the sweep goes on; the run's summary says failed (a held or damaged run's is left alone), and the
             # sweep's end says so again
-            log.error("%s: %s", Path(hydra_cfg.runtime.output_dir).name, e)
+            from optbench.trainer import unopened
+
+            unopened(Path(hydra_cfg.runtime.output_dir), e)  # its summary says failed (not a stale "interrupted")
             failed_runs.append(f"{Path(hydra_cfg.runtime.output_dir).name}: {e}")
             return None
         print(f"optbench: error: {e}", file=sys.stderr)

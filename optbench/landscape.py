@@ -17,39 +17,66 @@ All grid points are evaluated in batches with torch.func: `vmap` over
 `functional_call`, so one call runs a chunk of models on the whole subset.
 """
 
+import inspect
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from torch.func import functional_call, vmap
 
-from optbench import data
+from optbench import data, rundir
+from optbench.compose import CONF
 from optbench.errors import UserError
 from optbench.models import build_mlp
-from optbench.trainer import CHECKPOINT, make_splits, normalise, select_device
+from optbench.trainer import make_splits, normalise, select_device
 
-INIT = "init.pt"
+# what a run's own loss config may add to the package's option: plain values, passed as keyword arguments
+PLAIN = (int, float, bool, str, type(None))
 
 
 def load_run(run_dir, which: str = "final", device: str | None = None):
-    """(cfg, model, init_state, final_state) of a run; the model holds `which` ("final" or "init") weights, in eval mode."""
+    """(cfg, model, init_state, final_state) of a run; the model holds `which` ("final" or "init") weights, in eval mode.
+
+    Only data is read from the folder: tensors with weights_only, the config's values; what is instantiated
+    (the loss) is the package's own option, by the name the run recorded (`loss_of`)."""
     run_dir = Path(run_dir)
-    missing = [f for f in ("config.yaml", INIT, CHECKPOINT) if not (run_dir / f).is_file()]
+    missing = [f for f in (rundir.CONFIG, rundir.INIT, rundir.CHECKPOINT) if not (run_dir / f).is_file()]
     if missing:
         raise UserError(f"{run_dir} is not a finished run directory: no {', '.join(missing)} "
                         "(runs write them from optbench train; checkpoint.pt at the end of each epoch)")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    dev = select_device(device or cfg.device)
-    init = torch.load(run_dir / INIT, map_location=dev, weights_only=True)
-    final = torch.load(run_dir / CHECKPOINT, map_location=dev, weights_only=True)["model"]
-    model = build_mlp(**cfg.model).to(dev)
-    model.load_state_dict(final if which == "final" else init)
+    cfg = rundir.read_config(run_dir)
+    way_out = "landscape needs the run's own files: train the run again"
+    dev = select_device(device or cfg.get("device", "auto"))
+    init = rundir.read_tensors(run_dir / rundir.INIT, way_out, dev)
+    final = rundir.read_tensors(run_dir / rundir.CHECKPOINT, way_out, dev)
+    try:
+        model = build_mlp(**cfg.model).to(dev)
+        model.load_state_dict(final["model"] if which == "final" else init)
+    except (TypeError, KeyError, RuntimeError, AttributeError) as e:
+        raise rundir.DamagedFile(run_dir / rundir.CONFIG, f"does not describe the weights beside it ({e})",
+                                 way_out) from None
     model.eval()  # batch norm uses its running statistics, dropout is off: L(w) is a function of w alone
-    return cfg, model, init, final
+    return cfg, model, init, final["model"]
+
+
+def loss_of(run_dir: Path, cfg):
+    """The run's loss, built from the package's own conf/loss/<name>.yaml (the name from its summary), with the
+    run's plain-valued arguments: never a `_target_` read from the folder, which could name any callable."""
+    summary = rundir.read_summary(run_dir) or {}
+    name = (summary.get("choices") or {}).get("loss")
+    options = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
+    if name not in options:
+        raise UserError(f"{run_dir}: its summary names loss {name!r}, not one of optbench's ({', '.join(options)}); "
+                        "landscape rebuilds a run only from optbench's own options")
+    option = OmegaConf.load(CONF / "loss" / f"{name}.yaml")
+    takes = inspect.signature(get_class(option._target_)).parameters  # arguments meant for another class: left out
+    extra = {k: v for k, v in OmegaConf.to_container(cfg.get("loss") or {}).items()
+             if k in takes and isinstance(v, PLAIN)}
+    return instantiate(option, **extra)
 
 
 def training_subset(cfg, samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +147,7 @@ def landscape(run_dir, points: int = 41, span: float = 1.0, samples: int = 10000
     cfg, model, init, final = load_run(run_dir, which, device)
     dev = next(model.parameters()).device
     x, y = training_subset(cfg, samples, dev)
-    loss_fn = instantiate(cfg.loss)
+    loss_fn = loss_of(Path(run_dir), cfg)
     base = {n: p.detach() for n, p in model.named_parameters()}
     gen = torch.Generator(device="cpu").manual_seed(seed)
     d1, d2 = filter_normalised_direction(base, gen), filter_normalised_direction(base, gen)

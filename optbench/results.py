@@ -50,9 +50,9 @@ def _flat(d: dict) -> dict:
 
 
 def skip(table, error: DamagedFile) -> None:
-    """Leave a damaged run out of `table`'s analysis with one warning line; table.attrs["skipped"] lists them, so
-    a command can end non-zero once it has done the rest."""
-    log.warning("skipped: %s", error)
+    """Leave a damaged run out of `table`'s analysis: table.attrs["skipped"] lists them (the command line prints
+    one warning line each and ends non-zero once it has done the rest)."""
+    log.debug("skipped: %s", error)
     table.attrs.setdefault("skipped", []).append(str(error))
 
 

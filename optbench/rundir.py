@@ -318,18 +318,18 @@ def read_metrics(run_dir: Path):
 
     path = Path(run_dir) / METRICS
     way_out = "move the run directory away (or delete its metrics.csv) and run the command again"
-    try:
-        table = pd.read_csv(path, on_bad_lines="skip", encoding_errors="strict")
+    try:  # as text first: a value written as "nan" (a diverged run) is a number, an empty field is half a row
+        table = pd.read_csv(path, on_bad_lines="skip", dtype=str, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise DamagedFile(path, f"cannot be read ({_reason(e)})", way_out) from None
     if list(table.columns) != list(COLUMNS):
-        raise DamagedFile(path, f"has columns {list(table.columns)[:5]}, not {', '.join(COLUMNS)}", way_out)
+        raise DamagedFile(path, f"is not an optbench metrics table (its first line is not {','.join(COLUMNS)})",
+                          way_out)
     numbers = {c: pd.to_numeric(table[c], errors="coerce") for c in ("step", "epoch", "value")}
-    keep = numbers["step"].notna() & numbers["epoch"].notna() & table["split"].notna() & table["metric"].notna()
-    keep &= numbers["value"].notna() | table["value"].isna() | table["value"].astype(str).str.lower().isin(
-        ["nan", "inf", "-inf"])
-    table = table[keep].assign(step=numbers["step"][keep].astype("int64"), epoch=numbers["epoch"][keep].astype("int64"),
-                               value=numbers["value"][keep].astype(float))
+    keep = numbers["step"].notna() & numbers["epoch"].notna() & (table["split"] != "") & (table["metric"] != "")
+    keep &= numbers["value"].notna() | table["value"].str.lower().isin(["nan", "inf", "-inf"])
+    table = table[keep].assign(step=numbers["step"][keep].astype("int64"),
+                               epoch=numbers["epoch"][keep].astype("int64"), value=numbers["value"][keep])
     return table.reset_index(drop=True)
 
 
@@ -360,6 +360,13 @@ def holder(run_dir: Path) -> dict | None:
     if not isinstance(record, dict) or record.get("released"):
         return None
     return record if _alive(record, beat) else None
+
+
+def held_elsewhere(run_dir: Path) -> dict | None:
+    """The record of a live process other than this one that holds run_dir, or None."""
+    record = holder(run_dir)
+    mine = record is not None and record.get("host") == socket.gethostname() and record.get("pid") == os.getpid()
+    return None if mine else record
 
 
 def _alive(record: dict, heartbeat: float) -> bool:

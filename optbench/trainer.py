@@ -421,7 +421,7 @@ def unopened(run_dir: Path, error: BaseException) -> dict:
     "skipped"), or failed: marked so where its summary can still be read and written, unless the trainer
     already ended it. Never "interrupted" or "running" from an earlier attempt: that would read as a stop."""
     log.error("%s: %s", run_dir.name, error)
-    if isinstance(error, rundir.Held) or rundir.holder(run_dir) is not None:
+    if isinstance(error, rundir.Held) or rundir.held_elsewhere(run_dir) is not None:
         return {"status": "skipped", "reason": str(error)}
     summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
     with contextlib.suppress(UserError, OSError):
