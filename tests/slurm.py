@@ -84,6 +84,8 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={folder}/jobcomp.txt
 MpiDefault=none
+# a requeued job becomes eligible by the clock, which only the periodic scheduling pass notices (every 60 s)
+SchedulerParameters=sched_interval=1
 ReturnToService=2
 # the node is what this file says (a VM's topology may not match what slurmd detects): never drained for it
 SlurmdParameters=config_overrides
