@@ -96,8 +96,8 @@ PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="module")
 def slurm_cluster():
-    """The cluster's environment (SLURM_CONF, the folder of its logs as OPTBENCH_TEST_SLURM), set in os.environ for
-    the module's tests and the processes they start; the daemons are stopped and the folder deleted afterwards."""
+    """The cluster's environment ({"SLURM_CONF": path}), set in os.environ for the module's tests and the processes
+    they start (sbatch passes it on to the jobs); the daemons are stopped and the folder deleted afterwards."""
     missing = [p for p in PROGRAMS if _program(p) is None]
     if missing:
         pytest.skip(f"SLURM programs not found ({', '.join(missing)}): apt-get install slurmctld slurmd munge "
@@ -116,7 +116,7 @@ def slurm_cluster():
     node = socket.gethostname().split(".")[0]
     conf = folder / "slurm.conf"
     conf.write_text(slurm_conf(folder, node, os.cpu_count() or 1, _memory_mb(), _free_port(), _free_port()))
-    env = {"SLURM_CONF": str(conf), "OPTBENCH_TEST_SLURM": str(folder)}
+    env = {"SLURM_CONF": str(conf)}
     daemon_env = {**os.environ, **env}
     daemons = []
     patch = pytest.MonkeyPatch()

@@ -18,7 +18,7 @@ import torch
 
 from conftest import optbench, run_cli
 from optbench import results
-from slurm import slurm_cluster  # noqa: F401 - the module's fixture
+from slurm import slurm_cluster  # noqa: F401 (fixture)
 
 # tiny runs: the cluster, submitit and the requeue are under test, not the training
 TINY = ("device=cpu", "diagnostics=off", "model.hidden=[32]", "data.train_eval_size=500", "data.val_size=1000")
@@ -56,7 +56,7 @@ def submitit_job(run_dir) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """The test's own process on one torch thread: the jobs train beside it on a 2-core machine."""
+    """The in-process twins on one torch thread, as the jobs' (cpus_per_job=1): the same sums in the same order."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
