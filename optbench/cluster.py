@@ -8,7 +8,8 @@ SLURM warns a job before its time limit with the signal submitit asks for
 trains, stops it after its current step with a checkpoint of every run
 (the trainer's own stop, as on Ctrl-C); then the job asks submitit to
 requeue it: `PassJob.checkpoint` resubmits the same call, and the requeued
-job's `fit_pass` resumes each run from its checkpoint, row for row.
+job's `fit_pass` resumes each run from its checkpoint, row for row. A
+pass that raised is never requeued, whatever its runs' summaries say.
 """
 
 import logging

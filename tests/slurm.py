@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "slurmstepd", "sbatch", "srun", "sinfo", "squeue", "scontrol",
-            "scancel", "sacct")
+            "scancel")
 # a requeued job waits for the job credential's lifetime before it may start again: 120 s by default, a test's
 # whole budget; 10 s still leaves a loaded 2-core machine time to launch a step with it
 CRED_EXPIRE_S = 10
