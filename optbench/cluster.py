@@ -8,11 +8,14 @@ SLURM warns a job before its time limit with the signal submitit asks for
 trains, stops it after its current step with a checkpoint of every run
 (the trainer's own stop, as on Ctrl-C); then the job asks submitit to
 requeue it: `PassJob.checkpoint` resubmits the same call, and the requeued
-job's `fit_pass` resumes each run from its checkpoint, row for row.
+job's `fit_pass` resumes each run from its checkpoint, row for row. A
+pass that raised is never requeued, whatever its runs' summaries say.
 """
 
 import logging
+import os
 import signal
+from contextlib import contextmanager
 
 import submitit
 
@@ -48,14 +51,44 @@ class PassJob(submitit.helpers.Checkpointable):
                 requeue(signum, frame)  # not training yet (or any more): nothing to save, requeue at once
 
         signal.signal(warning, stop)
-        try:
-            summaries = executors.train_pass(cfgs, dirs, choices, job=f"submitit {env.job_id}")
-        finally:
-            signal.signal(warning, requeue)
-        if any(s["status"] == "interrupted" for s in summaries) and callable(requeue):
-            log.warning("the pass was stopped and checkpointed: requeueing job %s", env.job_id)
+        with _signals_received() as received:
+            try:
+                summaries = executors.train_pass(cfgs, dirs, choices, job=f"submitit {env.job_id}")
+            finally:
+                signal.signal(warning, requeue)
+        # only a stop this job was asked for: a pass that raised returns the summaries on disk, and one left
+        # `interrupted` by an earlier attempt would requeue the same error for ever
+        stopped = received & {warning, signal.SIGTERM}
+        if stopped and any(s["status"] == "interrupted" for s in summaries) and callable(requeue):
+            log.warning("the pass was stopped by %s and checkpointed: requeueing job %s",
+                        "/".join(sorted(signal.Signals(s).name for s in stopped)), env.job_id)
             requeue(warning, None)  # exits this process; the requeued job resumes the pass
         return summaries
+
+
+@contextmanager
+def _signals_received():
+    """The set of signals that reach any Python handler while the block runs, filled in as it ends.
+
+    While it trains, the trainer's own handler takes SIGTERM (and a handler
+    of ours would never run); Python's wakeup fd hears every signal whatever
+    handles it.
+    """
+    received = set()
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    try:
+        yield received
+    finally:
+        signal.set_wakeup_fd(previous)
+        try:
+            received.update(os.read(read_end, 4096))  # one byte, the signal's number, per signal
+        except BlockingIOError:
+            pass  # none came
+        os.close(read_end)
+        os.close(write_end)
 
 
 def parameters(conf) -> dict:
