@@ -1,8 +1,10 @@
 """A search's settings: presets, defaults, search.yaml (what a resumed search may change), and its budget."""
 
+import dataclasses
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from optbench import rundir
 from optbench.compose import CONF, check_group_choices, compose_config
@@ -94,10 +96,19 @@ def check_spec(spec: dict) -> None:
     schedules = [f"schedule={name}" for name in spec.get("schedules") or []]
     check_group_choices(schedules)
     first = trial_overrides(grid(space, 2)[0])
-    compose_config([*spec["overrides"], *schedules[:1], *first, f"seed={spec['seeds'][0]}"])
+    cfg = compose_config([*spec["overrides"], *schedules[:1], *first, f"seed={spec['seeds'][0]}"])
+    for key in space:
+        # a trial sets a key with ++ (optimizer arguments its YAML file does not list), which adds a misspelt
+        # key to a typed node (trainer, data, model) too: the run would ignore it
+        parent, _, leaf = key.rpartition(".")
+        typed = OmegaConf.get_type(OmegaConf.select(cfg, parent)) if parent else None
+        if dataclasses.is_dataclass(typed) and leaf not in {f.name for f in dataclasses.fields(typed)}:
+            keys = ", ".join(f.name for f in dataclasses.fields(typed))
+            raise UserError(f"search space key {key}: {parent} has no key {leaf}; its keys: {keys}")
 
 
 def save_spec(search_dir: Path, spec: dict) -> None:
+    """search.yaml, written atomically (the folder made if need be)."""
     search_dir.mkdir(parents=True, exist_ok=True)
     # atomic: a parallel process of the same search may be reading it
     rundir.write_bytes(search_dir / SAVED, yaml.safe_dump(spec, sort_keys=False).encode())
