@@ -2,12 +2,16 @@
 agree which trials run (the claim protocol).
 
 `--storage` takes
-  postgresql://user:password@host:5432/db   any SQLAlchemy URL (mysql+pymysql://..., sqlite:///...):
+  postgresql://user@host:5432/db            any SQLAlchemy URL (mysql+pymysql://..., sqlite:///...):
                                             Optuna's RDBStorage; the driver comes with an extra
   /shared/path/study.log                    Optuna's JournalStorage in one file (JournalFileBackend), for clusters
                                             whose machines share only a file system; the form optuna-dashboard takes
 
 Without it a search keeps its study in DIR/study.db (SQLite), shared only by processes of one machine.
+
+No password is written anywhere: split_password takes it out of the URL at the command line, Shared holds the
+URL without it, and open_storage puts it back in memory from PASSWORD_ENV, which the submitting process sets
+for the workers it starts (the package docstring says how a user passes one).
 
 A worker that dies leaves its trial RUNNING. An RDB storage records each
 running trial's heartbeat in the database (Optuna's heartbeat_interval); a
@@ -62,6 +66,7 @@ class Shared:
 
 
 def is_journal(url: str) -> bool:
+    """A journal file (PATH.log) rather than a database URL."""
     return "://" not in url and url.endswith(".log")
 
 
