@@ -272,3 +272,20 @@ def test_the_database_password_reaches_no_file_and_no_output(postgres_server, po
     assert done.returncode == 0, printed[-3000:].decode(errors="replace")
     assert password.encode() not in printed
     assert not [p for p in t.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+
+
+def test_a_url_without_password_takes_it_from_the_environment(postgres_server, postgres_url, monkeypatch):
+    # what a worker does with the URL it was given: the password is in its environment, never in its job file
+    password = postgres_server[2]
+    bare = postgres_url.replace(f":{password}@", "@")
+    for name in (PASSWORD_ENV, "PGPASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError, match="cannot connect"):
+        open_storage(Shared(bare, "s"))
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    storage = open_storage(Shared(bare, "s"))
+    assert storage.get_all_studies() == []
+    monkeypatch.setenv(PASSWORD_ENV, "n0t-it")
+    with pytest.raises(UserError, match="password authentication failed") as wrong:
+        open_storage(Shared(bare, "s"))
+    assert "n0t-it" not in str(wrong.value)
