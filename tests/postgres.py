@@ -1,7 +1,9 @@
 """A throwaway PostgreSQL server for tests: Debian's server programs, a cluster in a temporary folder.
 
 The server listens on a free port of 127.0.0.1 only, with its socket in the
-same folder, and trusts local connections (user `postgres`, no password).
+same folder. Connections over TCP need the password (user `postgres`,
+scram-sha-256, a new random password per server), as a real server's do;
+only the socket trusts local connections.
 It refuses to run as root, so under root (tests and CI) it runs as `nobody`.
 Skips where the server programs are missing (.ci/run installs Debian's
 postgresql there).
@@ -59,13 +61,20 @@ def postgres_server():
                               env=env, timeout=120)
         assert done.returncode == 0, f"{' '.join(cmd)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
 
-    run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
+    password = f"pw-{uuid.uuid4().hex}"  # unique: a test looks for it in every file a search wrote
+    pwfile = folder / "pwfile"
+    pwfile.write_text(password + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, UNPRIVILEGED)
+    run("initdb", "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+        f"--pwfile={pwfile}", "--encoding=UTF8", "--locale=C", "--no-sync")
+    pwfile.unlink()
     # durability off: a test database is thrown away
     options = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
                "-c full_page_writes=off -c max_connections=50")
     run("pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-o", options, "-w", "-t", "60", "start")
     try:
-        yield "127.0.0.1", port
+        yield "127.0.0.1", port, password
     finally:
         subprocess.run(_as_server_user([str(programs / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
                        capture_output=True, env=env, timeout=120)
@@ -74,12 +83,13 @@ def postgres_server():
 
 @pytest.fixture
 def postgres_url(postgres_server) -> str:
-    """The SQLAlchemy URL of a new, empty database on the throwaway server, one per test."""
+    """The SQLAlchemy URL (with the password) of a new, empty database on the throwaway server, one per test."""
     import psycopg
 
-    host, port = postgres_server
+    host, port, password = postgres_server
     name = f"t_{uuid.uuid4().hex[:12]}"
     # autocommit: CREATE DATABASE cannot run in a transaction
-    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True) as connection:
+    with psycopg.connect(host=host, port=port, user="postgres", password=password, dbname="postgres",
+                         autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://postgres@{host}:{port}/{name}"
+    return f"postgresql://postgres:{password}@{host}:{port}/{name}"

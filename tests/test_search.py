@@ -17,6 +17,7 @@ from optbench.errors import UserError
 
 optuna = pytest.importorskip("optuna")
 from optbench import profiles, search  # noqa: E402
+from optbench.search import figures, running, scoring, settings, shared, spaces  # noqa: E402
 
 
 def test_space_forms_become_optuna_distributions():
@@ -65,8 +66,8 @@ def _drawn(tmp_path, name: str, sampler_seed: int, trials: int = 4) -> list[floa
     spec = {"sampler": "random", "sampler_seed": sampler_seed}
     drawn = []
     for _ in range(trials):
-        trial = search._next_trial(study, spec, target=trials, lock=tmp_path / f"{name}.lock")
-        drawn.append(search.suggest(trial, "optimizer.lr", space["optimizer.lr"]))
+        trial = running.next_trial(study, spec, target=trials, lock=tmp_path / f"{name}.lock")
+        drawn.append(spaces.suggest(trial, "optimizer.lr", space["optimizer.lr"]))
         study.tell(trial, 0.5)
     return drawn
 
@@ -81,32 +82,32 @@ def test_searches_with_neighbouring_sampler_seeds_draw_different_points(tmp_path
 def test_a_search_resumes_and_is_shared_with_its_data_elsewhere(tmp_path):
     # where the data is and what runs it are not the experiment: a resume, or a worker on another machine,
     # may name them differently (the study's settings compared before were every override, data.root too)
-    from optbench.storage import Shared
+    from optbench.search.shared import Shared
 
     spec = {"space": {"optimizer.lr": "log(1e-3, 1)"}, "overrides": ["optimizer=sgd", "data.root=/a"]}
-    search._settle_spec(tmp_path / "s", spec)
-    moved = search._settle_spec(tmp_path / "s", {**spec, "overrides": ["optimizer=sgd", "data.root=/b", "device=cpu"]})
+    settings.settle_spec(tmp_path / "s", spec)
+    moved = settings.settle_spec(tmp_path / "s", {**spec, "overrides": ["optimizer=sgd", "data.root=/b", "device=cpu"]})
     assert moved["overrides"] == ["optimizer=sgd", "data.root=/b", "device=cpu"]
     with pytest.raises(UserError, match="other overrides"):
-        search._settle_spec(tmp_path / "s", {**spec, "overrides": ["optimizer=adam", "data.root=/b"]})
+        settings.settle_spec(tmp_path / "s", {**spec, "overrides": ["optimizer=adam", "data.root=/b"]})
     journal = str(tmp_path / "study.log")
-    search.open_study(Shared(journal, "j"), search._settle_spec(tmp_path / "one", {**spec, "storage": journal}))
+    shared.open_study(Shared(journal, "j"), settings.settle_spec(tmp_path / "one", {**spec, "storage": journal}))
     elsewhere = {**spec, "overrides": ["optimizer=sgd", "data.root=/mnt/mnist"], "storage": journal}
-    search.open_study(Shared(journal, "j"), search._settle_spec(tmp_path / "two", elsewhere))
+    shared.open_study(Shared(journal, "j"), settings.settle_spec(tmp_path / "two", elsewhere))
     with pytest.raises(UserError, match="holds a search with other overrides"):
         other = {**spec, "overrides": ["optimizer=adam"], "storage": journal}
-        search.open_study(Shared(journal, "j"), search._settle_spec(tmp_path / "three", other))
+        shared.open_study(Shared(journal, "j"), settings.settle_spec(tmp_path / "three", other))
 
 
 def test_trial_score_is_mean_validation_accuracy_and_ignores_test():
     # trial A wins on validation, trial B would win on test: the objective must pick A
     a = [{"best_val_acc": 0.90, "test_acc_at_best_val": 0.50}, {"best_val_acc": 0.92, "test_acc_at_best_val": 0.52}]
     b = [{"best_val_acc": 0.80, "test_acc_at_best_val": 0.99}, {"best_val_acc": 0.82, "test_acc_at_best_val": 0.99}]
-    assert search.score(a) == pytest.approx((0.91, 0.01))
-    assert search.score(b) == pytest.approx((0.81, 0.01))
-    assert search.score(a)[0] > search.score(b)[0]
+    assert scoring.score(a) == pytest.approx((0.91, 0.01))
+    assert scoring.score(b) == pytest.approx((0.81, 0.01))
+    assert scoring.score(a)[0] > scoring.score(b)[0]
     # changing the test figures changes nothing
-    assert search.score([{**s, "test_acc_at_best_val": 0.0} for s in a]) == search.score(a)
+    assert scoring.score([{**s, "test_acc_at_best_val": 0.0} for s in a]) == scoring.score(a)
 
 
 def test_performance_profile_matches_a_hand_computed_table():
@@ -279,7 +280,7 @@ def test_parallel_searches_share_one_study_without_extra_or_lost_trials(mnist_ro
 
 
 def test_crowded_valley_compares_one_shot_with_budgets_chosen_on_validation(mnist_root, tmp_path):
-    preset = search.load_spec("crowded_valley")
+    preset = settings.load_spec("crowded_valley")
     assert preset["schedules"] == ["constant", "cosine", "warm_restarts", "trapezoidal"]
     assert preset["sampler"] == "random" and preset["budgets"] == sorted(preset["budgets"])
     space = tmp_path / "valley.yaml"
@@ -331,9 +332,7 @@ def test_slice_plot_is_white_with_one_title_and_a_colour_per_trial(tmp_path):
     from matplotlib.colors import to_rgba
 
     from figure_checks import overlaps, wcag_contrast
-    from optbench import search
-
-    axes = search.plot_slice(_toy_study(2))
+    axes = figures.plot_slice(_toy_study(2))
     fig = axes[0].figure
     assert [ax.get_title() for ax in fig.axes] == ["", ""]  # the figure's title is the only one (save_plots sets it)
     assert all(to_rgba(ax.get_facecolor()) == to_rgba("white") for ax in fig.axes)
@@ -343,8 +342,8 @@ def test_slice_plot_is_white_with_one_title_and_a_colour_per_trial(tmp_path):
     assert len(points) == 2 and all(wcag_contrast(c.get_facecolor()[0], "white") >= 3 for c in points)
     assert axes[0].get_xlabel().startswith("learning rate") and not overlaps(fig)
 
-    many = search.plot_slice(_toy_study(15))[0].figure
+    many = figures.plot_slice(_toy_study(15))[0].figure
     assert len(many.axes) == 3 and not many.legends  # two panels and a colour bar of trial numbers
     assert "trial number" in many.axes[-1].get_ylabel()
-    saved = search.save_plots(_toy_study(2), tmp_path)
+    saved = figures.save_plots(_toy_study(2), tmp_path)
     assert [p.name for p in saved] == ["history.png", "slice.png", "importance.png"]

@@ -2,6 +2,7 @@
 journal file, run exactly the trials asked for, and rerun a trial whose worker was killed."""
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -13,12 +14,14 @@ import warnings
 import pandas as pd
 import pytest
 
+from conftest import optbench
 from postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 optuna = pytest.importorskip("optuna")
 from optbench import search  # noqa: E402
 from optbench.errors import UserError  # noqa: E402
-from optbench.storage import Shared, open_storage  # noqa: E402
+from optbench.search import running, settings, shared, spaces  # noqa: E402
+from optbench.search.shared import PASSWORD_ENV, Shared, masked, open_storage, split_password  # noqa: E402
 
 TRAIN = ["optimizer=sgd", "trainer.max_steps=10", "trainer.checkpoint_every=0", "model.hidden=[32]", "diagnostics=off",
          "data.train_eval_size=500", "data.val_size=1000"]
@@ -138,13 +141,16 @@ def test_submitit_workers_share_the_study(postgres_url, mnist_root, tmp_path):
 
 
 def test_storage_mistakes_are_one_line_errors(tmp_path, postgres_server):
-    host, port = postgres_server
+    host, port, password = postgres_server
     spec = {"space": {"optimizer.lr": "log(1e-3, 1)"}}
-    with pytest.raises(UserError, match=r"optbench\[mysql\]"):
+    with pytest.raises(UserError, match=r"optbench\[mysql\]") as no_driver:
         open_storage(Shared("mysql+pymysql://u:secret@127.0.0.1/x", "s"))
+    assert "secret" not in str(no_driver.value)
     with pytest.raises(UserError, match="cannot connect") as wrong:
-        open_storage(Shared(f"postgresql://postgres@{host}:{port}/no_such_database", "s"))
-    assert "secret" not in str(wrong.value)
+        open_storage(Shared(f"postgresql://postgres:{password}@{host}:{port}/no_such_database", "s"))
+    assert password not in str(wrong.value)
+    with pytest.raises(UserError, match="cannot connect.*password authentication failed"):
+        open_storage(Shared(f"postgresql://postgres:wrong@{host}:{port}/postgres", "s"))
     with pytest.raises(UserError, match="journal file"):
         open_storage(Shared("study.json", "s"))
     with pytest.raises(UserError, match="needs --dir"):
@@ -160,10 +166,10 @@ def test_storage_mistakes_are_one_line_errors(tmp_path, postgres_server):
             search.main([*workers, "--cluster", "slurm"])
     # one study name, another search: refused instead of mixing trials
     journal = str(tmp_path / "study.log")
-    search.open_study(Shared(journal, "s"), search._settle_spec(tmp_path / "a", {**spec, "storage": journal}))
+    shared.open_study(Shared(journal, "s"), settings.settle_spec(tmp_path / "a", {**spec, "storage": journal}))
     other = {"space": {"optimizer.lr": "log(1e-2, 1)"}}
     with pytest.raises(UserError, match="other space"):
-        search.open_study(Shared(journal, "s"), search._settle_spec(tmp_path / "b", other))
+        shared.open_study(Shared(journal, "s"), settings.settle_spec(tmp_path / "b", other))
     # a directory whose study is on a storage does not quietly start a new SQLite study
     with pytest.raises(UserError, match="pass --storage"):
         search.main(["--dir", str(tmp_path / "a")])
@@ -171,36 +177,115 @@ def test_storage_mistakes_are_one_line_errors(tmp_path, postgres_server):
 
 def test_claim_runs_the_first_trials_by_number_and_one_of_a_doubled_grid_point(tmp_path):
     # the race itself, without timing: trials asked for at once, then each decided by the rule a worker applies
-    study = search.open_study(Shared(str(tmp_path / "study.log"), "s"),
-                              search._settle_spec(tmp_path / "s", {"space": {"optimizer.lr": [0.1, 0.2]}}))
+    study = shared.open_study(Shared(str(tmp_path / "study.log"), "s"),
+                              settings.settle_spec(tmp_path / "s", {"space": {"optimizer.lr": [0.1, 0.2]}}))
     spec = {"sampler": "random", "sampler_seed": 0}
     asked = [study.ask() for _ in range(3)]  # three workers asked when one trial was left of a budget of 2
     study.tell(asked[0], 0.5)
-    search._claim(asked[1], spec, target=2)
-    with pytest.raises(search.NotClaimed, match="had its 2 trials"):
-        search._claim(asked[2], spec, target=2)
+    shared.claim(asked[1], spec, target=2)
+    with pytest.raises(shared.NotClaimed, match="had its 2 trials"):
+        shared.claim(asked[2], spec, target=2)
     # two workers queued the grid at once: the point's first trial runs, its double does not
     study.enqueue_trial({"optimizer.lr": 0.1})
     study.enqueue_trial({"optimizer.lr": 0.1})
     first, double = study.ask(), study.ask()
     assert first.number < double.number
-    with pytest.raises(search.NotClaimed, match="same grid point"):
-        search._claim(double, spec, target=10)
+    with pytest.raises(shared.NotClaimed, match="same grid point"):
+        shared.claim(double, spec, target=10)
     study.tell(double, state=optuna.trial.TrialState.FAIL)  # as study.optimize does with a trial not claimed
-    search._claim(first, spec, target=10)
+    shared.claim(first, spec, target=10)
     # a point is free again once its trial failed (a dead worker's point, queued again)
     study.tell(first, state=optuna.trial.TrialState.FAIL)
     study.enqueue_trial({"optimizer.lr": 0.1})
-    search._claim(study.ask(), spec, target=10)
+    shared.claim(study.ask(), spec, target=10)
 
 
 def test_queueing_the_grid_again_adds_no_point_already_queued(tmp_path):
     # every worker (and every resume) queues the grid: only what is neither finished nor queued yet
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'g.db'}")
     points = search.grid(search.parse_space({"optimizer.lr": "log(1e-3, 1)"}), 4)
-    assert search._enqueue_grid(study, points) == 4
-    assert search._enqueue_grid(study, points) == 4 and len(study.trials) == 4
+    assert running.enqueue_grid(study, points) == 4
+    assert running.enqueue_grid(study, points) == 4 and len(study.trials) == 4
     trial = study.ask()
-    search.suggest(trial, "optimizer.lr", search.parse_space({"optimizer.lr": "log(1e-3, 1)"})["optimizer.lr"])
+    spaces.suggest(trial, "optimizer.lr", search.parse_space({"optimizer.lr": "log(1e-3, 1)"})["optimizer.lr"])
     study.tell(trial, 0.5)
-    assert search._enqueue_grid(study, points) == 3 and len(study.trials) == 4
+    assert running.enqueue_grid(study, points) == 3 and len(study.trials) == 4
+
+
+# (URL given to --storage, the password the driver would use): user-info, the query string, both (the query's
+# wins, as in SQLAlchemy's drivers), and characters a URL must escape
+URLS = [("postgresql://ana:s3cret@db.example:5432/optuna", "s3cret"),
+        ("postgresql://ana@db.example/optuna?password=s3cret&sslmode=require", "s3cret"),
+        ("postgresql+psycopg://ana:0ther@db.example/optuna?password=s3cret", "s3cret"),
+        ("mysql+pymysql://ana:p%40ss%2Fw0rd@db.example/optuna", "p@ss/w0rd")]
+
+
+@pytest.mark.parametrize("url, password", URLS)
+def test_a_storage_url_loses_its_password_before_it_is_recorded_and_masked_in_messages(url, password):
+    clean, secret = split_password(url)
+    assert secret == password
+    for text in (clean, masked(url)):
+        assert not [w for w in ("s3cret", "0ther", "p%40ss", "p@ss") if w in text], text
+        assert text.startswith(url.split(":")[0]) and "db.example" in text and "ana" in text, text
+    assert "***" in masked(url)
+    assert ("sslmode=require" in url) == ("sslmode=require" in clean)  # the rest of the query stays
+
+
+@pytest.mark.parametrize("url", ["postgresql://ana:s3cret@db.example:54x2/optuna",
+                                 "postgresql://ana:s3cret@db.example:99999/optuna",
+                                 "postgresql://ana:s3c@ret@db.example/optuna", "postgres ql://ana:s3cret@db/optuna"])
+def test_a_malformed_storage_url_is_one_line_that_shows_no_password_and_records_nothing(url, tmp_path):
+    with pytest.raises(UserError) as refused:
+        split_password(url)
+    message = str(refused.value)
+    assert "\n" not in message and "s3c" not in message and "ret@" not in message and "--storage" in message
+    out = optbench("search", "--dir", str(tmp_path / "s"), "--space", "lr", "--storage", url)
+    assert out.returncode == 2 and "s3c" not in out.stderr + out.stdout, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "s").exists()  # nothing recorded, so the corrected command starts afresh
+
+
+def test_the_database_password_reaches_no_file_and_no_output(postgres_server, postgres_url, mnist_root, tmp_path):
+    # the README's form, postgresql://user:password@host/db, with two submitit workers: before, the password was in
+    # .submitit/*_submitted.pkl (each worker's pickled arguments) and search.yaml
+    pytest.importorskip("submitit")
+    password = postgres_server[2]
+    assert f":{password}@" in postgres_url
+    env = {k: v for k, v in os.environ.items() if k not in (PASSWORD_ENV, "PGPASSWORD")}
+    s = tmp_path / "s"
+    cmd = _command(s, postgres_url, mnist_root, "--trials", "2", "--workers", "2", "--cluster", "local",
+                   "--submitit", "timeout_min=10")
+    done = subprocess.run(cmd, capture_output=True, timeout=300, env=env)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-3000:].decode(errors="replace")
+    assert password.encode() not in printed
+    files = [p for p in s.rglob("*") if p.is_file()]
+    assert [p for p in files if p.name.endswith("_submitted.pkl")], "no worker was submitted"
+    assert not [p for p in files if password.encode() in p.read_bytes()]
+    assert b"postgres@127.0.0.1" in (s / "search.yaml").read_bytes()  # the URL is recorded, its password is not
+    assert len(_study(postgres_url, "s").get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+    # ?password= in the query string: taken out as well (here on one machine, no workers)
+    query = postgres_url.replace(f":{password}@", "@") + f"?password={password}"
+    t = tmp_path / "t"
+    done = subprocess.run(_command(t, query, mnist_root, "--trials", "1"), capture_output=True, timeout=300, env=env)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-3000:].decode(errors="replace")
+    assert password.encode() not in printed
+    assert not [p for p in t.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+
+
+def test_a_url_without_password_takes_it_from_the_environment(postgres_server, postgres_url, monkeypatch):
+    # what a worker does with the URL it was given: the password is in its environment, never in its job file
+    password = postgres_server[2]
+    bare = postgres_url.replace(f":{password}@", "@")
+    for name in (PASSWORD_ENV, "PGPASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError, match="cannot connect"):
+        open_storage(Shared(bare, "s"))
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    storage = open_storage(Shared(bare, "s"))
+    assert storage.get_all_studies() == []
+    monkeypatch.setenv(PASSWORD_ENV, "n0t-it")
+    with pytest.raises(UserError, match="password authentication failed") as wrong:
+        open_storage(Shared(bare, "s"))
+    assert "n0t-it" not in str(wrong.value)
