@@ -189,6 +189,15 @@ def log_handler(run_dir: Path) -> logging.FileHandler:
     return handler
 
 
+def log_line(run_dir: Path, message: str, level: int = logging.ERROR) -> None:
+    """One line in the run's train.log, from outside its training (why it could not train)."""
+    handler = log_handler(run_dir)
+    try:
+        handler.emit(logging.LogRecord("optbench", level, __file__, 0, message, None, None))
+    finally:
+        handler.close()
+
+
 def provenance() -> dict:
     import torch
 

@@ -425,6 +425,7 @@ def unopened(run_dir: Path, error: BaseException) -> dict:
         return {"status": "skipped", "reason": str(error)}
     summary = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
     with contextlib.suppress(UserError, OSError):
+        rundir.log_line(run_dir, f"run failed: {summary['reason']}")
         found = rundir.read_summary(run_dir) or {}
         if found.get("status") in ("failed", *rundir.FINISHED):
             return found

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import optbench, run_cli
-from optbench import results
+from optbench import rundir
 from slurm import slurm_cluster  # noqa: F401 (fixture)
 
 # tiny runs: the cluster, submitit and the requeue are under test, not the training
@@ -79,7 +79,7 @@ def test_a_sweep_runs_its_passes_as_jobs_of_a_slurm_array(slurm_cluster, mnist_r
         assert summary["status"] == "completed", summary
         assert summary["torch_threads"] == 1  # cpus_per_job
         assert summary["vectorized"]["models"] == 2
-        assert results.run_line(run.name, summary).rsplit(" | ", 1)[0] in (run / "train.log").read_text()
+        assert rundir.run_line(run.name, summary).rsplit(" | ", 1)[0] in (run / "train.log").read_text()
         jobs.setdefault(submitit_job(run), []).append(run.name)
     # two passes of two runs: two tasks of one array, each run by SLURM to completion on this cluster's node
     assert len(jobs) == 2 and all(len(names) == 2 for names in jobs.values())
