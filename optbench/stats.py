@@ -26,6 +26,7 @@ POWER = 0.8  # the chance a study with the estimated number of seeds resolves th
 MAX_SEEDS = 1000  # seeds_needed answers "more than this" beyond
 MARGIN = 0.005  # equivalence margin of the ranking (half a point of accuracy): "equivalent within +-0.005"
 POWER_SETS = 20000  # simulated studies per seed count for Welch's power: its standard error is 0.003 at 80%
+SIMULATE_UP_TO = 10  # Welch's power is simulated below this many seeds per group, from the noncentral t above
 SEED = 0
 
 
@@ -135,9 +136,9 @@ def seeds_needed(difference: float, spread: float, alpha: float, paired: bool, p
 
     Paired: the paired t-test on differences of standard deviation `spread`; its power comes from the
     noncentral t, exact for normal differences. Unpaired: Welch's test, groups of `spread` and `spread_b`
-    with equal seeds each; its degrees of freedom are themselves estimated, so its power is simulated
-    (POWER_SETS seeded studies). At least 2, the fewest a t-test can use; inf when there is no difference
-    to resolve or more than MAX_SEEDS are needed.
+    with equal seeds each (_welch_power: simulated at few seeds, where its estimated df matters). At
+    least 2, the fewest a t-test can use; inf when there is no difference to resolve or more than
+    MAX_SEEDS are needed.
     """
     if not np.isfinite(difference) or difference == 0:
         return np.inf
@@ -162,9 +163,13 @@ def seeds_needed(difference: float, spread: float, alpha: float, paired: bool, p
 
 
 def _paired_power(n: int, effect: float, alpha: float) -> float:
+    return _t_power(n - 1, effect * np.sqrt(n), alpha)
+
+
+def _t_power(df: float, noncentral: float, alpha: float) -> float:
+    """P(|T| > t_{1-alpha/2, df}) for T noncentral t: a two-sided t-test's power."""
     from scipy import stats
 
-    df, noncentral = n - 1, effect * np.sqrt(n)
     critical = stats.t.ppf(1 - alpha / 2, df)
     with np.errstate(invalid="ignore"):
         upper, lower = stats.nct.sf(critical, df, noncentral), stats.nct.cdf(-critical, df, noncentral)
@@ -175,14 +180,20 @@ def _paired_power(n: int, effect: float, alpha: float) -> float:
 
 
 def _welch_power(n: int, difference: float, spread_a: float, spread_b: float, alpha: float) -> float:
-    """Share of POWER_SETS simulated normal studies of n seeds per group that Welch's test resolves, drawn
-    from the sufficient statistics (the mean difference and each group's variance) so n costs nothing."""
+    """Welch's power with n seeds per group. From SIMULATE_UP_TO seeds on, the noncentral t at the true
+    Welch-Satterthwaite df; below, where the df the test estimates from 2 to 10 values often falls far
+    short of that, the share of POWER_SETS simulated normal studies it resolves, drawn from the sufficient
+    statistics (the mean difference and each group's variance)."""
+    v_a, v_b = spread_a**2 / n, spread_b**2 / n
+    if n >= SIMULATE_UP_TO:
+        df = (v_a + v_b) ** 2 / (v_a**2 / (n - 1) + v_b**2 / (n - 1))
+        return _t_power(df, difference / np.sqrt(v_a + v_b), alpha)
     rng = np.random.default_rng([SEED, n])
-    mean = difference + np.sqrt((spread_a**2 + spread_b**2) / n) * rng.standard_normal(POWER_SETS)
-    v_a = spread_a**2 * rng.chisquare(n - 1, POWER_SETS) / (n - 1) / n
-    v_b = spread_b**2 * rng.chisquare(n - 1, POWER_SETS) / (n - 1) / n
-    df = (v_a + v_b) ** 2 / (v_a**2 / (n - 1) + v_b**2 / (n - 1))
-    return float(np.mean(t_p(mean, np.sqrt(v_a + v_b), df) <= alpha))
+    mean = difference + np.sqrt(v_a + v_b) * rng.standard_normal(POWER_SETS)
+    s_a = v_a * rng.chisquare(n - 1, POWER_SETS) / (n - 1)
+    s_b = v_b * rng.chisquare(n - 1, POWER_SETS) / (n - 1)
+    df = (s_a + s_b) ** 2 / (s_a**2 / (n - 1) + s_b**2 / (n - 1))
+    return float(np.mean(t_p(mean, np.sqrt(s_a + s_b), df) <= alpha))
 
 
 def compare(a, b, level: float = LEVEL, comparisons: int = 1) -> dict:
