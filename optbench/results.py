@@ -515,8 +515,8 @@ def comparisons(values: dict, pairs: list[tuple[str, str]], level: float = stats
     """One row per pair (a, b) of groups: the difference a - b over seeds, the test's p-value and Holm's
     adjusted p-value across these pairs (one family), whether that resolves it at `level`, and its
     t-interval at the level Holm tested it at (`interval_level`), so the interval excludes 0 exactly when
-    the row is resolved. `equivalent`: not resolved, and that interval lies within +-`margin` (a TOST at
-    half Holm's alpha per side)."""
+    the row is resolved. `equivalent`: that interval lies within +-`margin` (a TOST at half Holm's alpha
+    per side); a difference can be resolved and still smaller than the margin."""
     import pandas as pd
 
     rows = [{"a": a, "b": b, **stats.compare(values[a], values[b], level, len(pairs))} for a, b in pairs]
@@ -527,8 +527,7 @@ def comparisons(values: dict, pairs: list[tuple[str, str]], level: float = stats
         alphas = stats.holm_alphas(frame["p"], 1 - level)
         frame["interval_level"] = 1 - alphas
         frame["low"], frame["high"] = stats.t_interval(frame["difference"], frame["se"], frame["df"], alphas)
-    frame["equivalent"] = (~frame["resolved"] & (frame["low"] > -margin) & (frame["high"] < margin)
-                           if margin else False)
+    frame["equivalent"] = (frame["low"] > -margin) & (frame["high"] < margin) if margin else False
     frame.attrs.update(level=level, margin=margin)
     return frame
 
@@ -580,7 +579,8 @@ def pair_lines(families: dict) -> list[str]:
 
 def _pair_word(row, margin) -> str:
     if row.resolved:
-        return f"resolved: {row.a} {'better' if row.difference > 0 else 'worse'}"
+        return f"resolved: {row.a} {'better' if row.difference > 0 else 'worse'}" + (
+            f", within +-{margin:g}" if row.equivalent else "")
     return f"equivalent within +-{margin:g}" if row.equivalent else "not resolved"
 
 
@@ -662,8 +662,9 @@ def _ranks(labels: list[str], best: str | None, equivalent: set) -> list[int]:
 
 
 def _verdict(group: str, reference: str | None, kind: str, found, margin: float | None) -> str:
-    """'resolved: better' or 'resolved: worse' (than the reference), 'equivalent within +-margin', or 'not
-    resolved at N seeds' (the seeds that would resolve it stand in their own column)."""
+    """'resolved: better' or 'resolved: worse' (than the reference; ', within +-margin' when the difference
+    is also smaller than the margin), 'equivalent within +-margin', or 'not resolved at N seeds' (the seeds
+    that would resolve it stand in their own column)."""
     if group == reference:
         return kind
     if group not in found.index:
@@ -672,7 +673,8 @@ def _verdict(group: str, reference: str | None, kind: str, found, margin: float 
     if row["test"] == "none":
         return "too few runs"
     if row["resolved"]:
-        return f"resolved: {'better' if row['difference'] > 0 else 'worse'}"
+        return f"resolved: {'better' if row['difference'] > 0 else 'worse'}" + (
+            f", within +-{margin:g}" if row["equivalent"] else "")
     if row["equivalent"]:
         return f"equivalent within +-{margin:g}"
     over = f"{row['seeds']:.0f} seeds" if row["test"] == "paired t" else f"{row['n_a']:.0f} vs {row['n_b']:.0f} runs"
