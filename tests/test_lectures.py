@@ -209,7 +209,7 @@ def test_tiny_claim_gives_a_verdict_row_with_an_interval(tiny):
     result = json.loads((out / "tiny" / "verdict.json").read_text())
     assert result["verdict"] == lectures.SUPPORTED and "tiny: supported" in stdout
     row = result["comparisons"][0]
-    assert row["paired"] and row["seeds"] == 6 and row["test"] == "sign-flip"
+    assert row["paired"] and row["seeds"] == 6 and row["test"] == "paired t"
     assert 0 < row["low"] <= row["difference"] <= row["high"]  # too_small's loss is higher, the interval says so
     for group in result["groups"]:
         assert group["n"] == 6 and group["low"] <= group["mean"] <= group["high"]
