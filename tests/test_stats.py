@@ -61,6 +61,8 @@ def test_intervals_at_the_edges_of_their_domain():
     constant = stats.compare(dict.fromkeys(range(3), 0.95), dict.fromkeys(range(3), 0.9))
     assert constant["p"] == 0 and constant["low"] == constant["high"] == pytest.approx(0.05)
     assert constant["seeds_needed"] == 2
+    unpaired = stats.compare({0: 0.95, 1: 0.95}, {5: 0.9, 6: 0.9, 7: 0.9})  # Welch's df is 0/0 here: no NaN out
+    assert unpaired["test"] == "Welch" and unpaired["p"] == 0 and unpaired["low"] == pytest.approx(0.05)
     # identical groups: nothing to resolve, p 1, the interval [0, 0], no seed count would resolve it
     same = stats.compare(dict.fromkeys(range(3), 0.9), dict.fromkeys(range(3), 0.9))
     assert same["p"] == 1 and same["low"] == same["high"] == 0 and same["seeds_needed"] == np.inf
