@@ -3,6 +3,7 @@
     python bench/stats_reference.py                    # this checkout's optbench/stats.py
     python bench/stats_reference.py --rev facf4e0      # stats.py as it was at a commit (the "before" of issue #26)
     python bench/stats_reference.py --sets 2000        # more simulated data sets per seed count (slower)
+    python bench/stats_reference.py --sweep DIR        # also the ranking and verdict lines of a sweep (this checkout)
 
 Coverage: per seed count, `--sets` normal data sets (true mean 0); the share whose group interval
 (`stats.mean_interval`) contains 0, and, taking each data set as paired per-seed differences with no true
@@ -128,6 +129,19 @@ def seeds_table(stats, power_sets: int, deciding_paired: str) -> None:
                       f"{statsmodels_n(effect, paired, alpha):.0f} | {power:.3f} | {fewer:.3f} |", flush=True)
 
 
+def issue_example(stats) -> None:
+    """Issue #26's sgd/adam case: 3 paired seeds, sgd 0.0886 below adam, spread such that a paired t-test
+    gives p = 0.016."""
+    from scipy import stats as sps
+
+    spread = 0.0886 / sps.t.isf(0.008, 2) * np.sqrt(3)
+    adam = {0: 0.9712, 1: 0.9695, 2: 0.9730}
+    sgd = {s: v - 0.0886 + spread * k for (s, v), k in zip(adam.items(), (-1, 0, 1))}
+    row = stats.compare(sgd, adam)
+    print(f"sgd - adam over 3 paired seeds: {row['difference']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}] "
+          f"({row['interval']}), {row['test']} p = {row['p']:.2g}, seeds_needed {row['seeds_needed']:.0f}")
+
+
 def sweep_report(directory: str) -> None:
     from optbench import results
 
@@ -153,6 +167,8 @@ def main() -> None:
     deciding = "sign-flip" if "sign-flip" in stats.compare({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0})["test"] \
         else "t"
     seeds_table(stats, args.power_sets, deciding)
+    print()
+    issue_example(stats)
     if args.sweep:
         print()
         sweep_report(args.sweep)
