@@ -10,7 +10,7 @@ Coverage: per seed count, `--sets` normal data sets (true mean 0); the share who
 difference, how often `stats.compare` resolves it (p <= alpha) and how often its interval excludes 0 while
 its test leaves it unresolved. Seeds needed: `stats.seeds_needed` on a grid of effects (difference / spread,
 spread 1, alpha 0.05 and 0.05 / 3, power 0.8) against statsmodels' power calculation for the t-test (ceil of
-`solve_power`, blank where it does not converge) and the power that the deciding test reaches at the
+`solve_power`, nan where it does not converge) and the power that the deciding test reaches at the
 returned count and one seed fewer, by simulation (`--power-sets` data sets).
 """
 
