@@ -43,7 +43,8 @@ FIGURES = {
                         "at the start, middle and end of training, each layer on its own scale, fractions on a log "
                         "axis."),
     "differences": ("Differences with their intervals", "Each group's difference in best validation accuracy from "
-                    "the reference, with its bootstrap interval; filled: resolved by the test, open: tied."),
+                    "the reference, with its t-interval at the level Holm's correction tested it at; filled: resolved "
+                    "by the test, open: not resolved."),
     "rank_over_seeds": ("Rank within each seed", "How often each group takes each rank when the groups are compared "
                         "seed by seed: a stable ranking puts its weight on the diagonal."),
     "tuning_cost": ("Tuning cost: expected best of n trials", "The expected best validation accuracy after n trials "

@@ -485,7 +485,7 @@ def chosen_trial(trials: list[dict], spec: dict) -> dict | None:
 
 
 def judge(claim: dict, values: dict, level: float | None = None) -> dict:
-    """Per group: mean and bootstrap interval; per prediction: the paired comparison and its outcome; the verdict.
+    """Per group: mean and t-interval; per prediction: the paired comparison and its outcome; the verdict.
 
     combine 'all': supported when every prediction is resolved as predicted, not supported when any is
     resolved the other way. 'any' (Holm-corrected over the predictions): supported when one is resolved as
@@ -504,10 +504,15 @@ def judge(claim: dict, values: dict, level: float | None = None) -> dict:
             for a, op, b in claim["predict"]]
     pvalues = [r["p"] for r in rows]
     adjusted = stats.holm(pvalues) if claim["combine"] == "any" else np.asarray(pvalues, float)
-    for row, p in zip(rows, adjusted):
+    # each interval at the level its prediction is tested at, so it excludes 0 exactly when resolved
+    alphas = stats.holm_alphas(pvalues, 1 - level) if claim["combine"] == "any" else np.full(len(rows), 1 - level)
+    for row, p, alpha in zip(rows, adjusted, alphas):
         sign = 1 if row["op"] == ">" else -1
         resolved = bool(np.isfinite(p) and p <= 1 - level)
         row["p_adjusted"] = float(p)
+        if np.isfinite(alpha):
+            row["low"], row["high"] = map(float, stats.t_interval(row["difference"], row["se"], row["df"], alpha))
+            row["interval_level"] = float(1 - alpha)
         row["outcome"] = (UNRESOLVED if not resolved or row["difference"] == 0 else
                           SUPPORTED if sign * row["difference"] > 0 else OPPOSITE)
     outcomes = [r["outcome"] for r in rows]
@@ -535,13 +540,15 @@ def verdict_text(result: dict) -> str:
 
 
 def comparison_text(row: dict, label: str) -> str:
-    """'momentum - sgd: +0.0123 [+0.0100, +0.0150], sign-flip p = 0.031 over 6 seeds: supported'."""
+    """'momentum > sgd (best val acc): difference +0.0123 [+0.0100, +0.0150], paired t p = 0.0021 (sign-flip
+    0.031) over 6 paired seeds: supported'."""
     if row["test"] == "none":
         return f"{row['a']} {row['op']} {row['b']}: too few runs to compare"
     over = f"{row['seeds']} paired seeds" if row["paired"] else f"{row['n_a']} vs {row['n_b']} runs"
     return (f"{row['a']} {row['op']} {row['b']} ({label}): difference {_num(row['difference'], True)} "
             f"[{_num(row['low'], True)}, {_num(row['high'], True)}], {row['test']} p = {row['p']:.2g}"
             + (f" (Holm {row['p_adjusted']:.2g})" if row["p_adjusted"] != row["p"] else "")
+            + (f" (sign-flip {row['p_sign_flip']:.2g})" if row["paired"] and "p_sign_flip" in row else "")
             + f" over {over}: {row['outcome']}")
 
 

@@ -486,8 +486,10 @@ RESOLVED, TIED = "tab:blue", "0.45"
 def forest(comparisons: pd.DataFrame, kind: str = "best", metric: str = "best validation accuracy") -> Figure:
     """Each group's difference from the reference with its interval (results.comparisons' rows, a - b).
 
-    Filled: resolved at the level (Holm-adjusted); open: tied. The right
-    margin says which test and what it found.
+    Filled: resolved at the level (Holm-adjusted); open: not resolved. Each
+    interval is at the level Holm tested its comparison at, so it crosses 0
+    exactly when the marker is open. The right margin says which test, at
+    which level, and what it found.
     """
     from matplotlib.lines import Line2D
 
@@ -496,7 +498,7 @@ def forest(comparisons: pd.DataFrame, kind: str = "best", metric: str = "best va
     reference = rows["b"].iloc[0] if rows["b"].nunique() == 1 else None
     fig = _new_figure(10, 1.6 + 0.55 * len(rows),
                       f"Difference in {metric} against the {kind}" + (f" ({reference})" if reference else "")
-                      + f": mean over seeds, {100 * level:g}% bootstrap interval")
+                      + f": mean over seeds, t-interval at Holm's level for {100 * level:g}% overall")
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
     for yi, row in zip(y, rows.itertuples()):
@@ -512,13 +514,14 @@ def forest(comparisons: pd.DataFrame, kind: str = "best", metric: str = "best va
     ax.grid(alpha=0.3, axis="x")
     notes = ax.twinx()
     notes.set_ylim(ax.get_ylim())
-    notes.set_yticks(y, [f"{'paired, %d seeds' % row.seeds if row.test == 'sign-flip' else 'Welch, %d vs %d runs' % (row.n_a, row.n_b)}"
-                         f"; p (Holm) = {row.p_holm:.2g}: {'resolved' if row.resolved else 'tied'}"
-                         for row in rows.itertuples()], fontsize="small")
+    notes.set_yticks(y, [f"{'paired t, %d seeds' % row.seeds if row.paired else 'Welch, %d vs %d runs' % (row.n_a, row.n_b)}"
+                         f", {100 * row.interval_level:.3g}% interval; p (Holm) = {row.p_holm:.2g}: "
+                         f"{'resolved' if row.resolved else 'not resolved'}" for row in rows.itertuples()],
+                     fontsize="small")
     notes.tick_params(length=0)
     handles = [Line2D([], [], color=RESOLVED, marker="o", lw=2.2, ms=8),
                Line2D([], [], color=TIED, marker="o", markerfacecolor="white", markeredgewidth=2, lw=2.2, ms=8)]
-    fig.legend(handles, [f"resolved (p <= {1 - level:.2g} after Holm)", f"tied with the {kind}"],
+    fig.legend(handles, [f"resolved (p <= {1 - level:.2g} after Holm)", f"not resolved against the {kind}"],
                loc="outside lower center", ncols=2, fontsize="small")
     return fig
 
