@@ -31,7 +31,7 @@ def train(optimizer="adam", overrides=(), run_dir=None, **optimizer_args) -> dic
 
     lines = [*optimizer_overrides(optimizer, optimizer_args), *overrides]
     cfg, choices = _compose(lines)
-    run_dir = Path(run_dir or Path("outputs") / _stamp())
+    run_dir = Path(run_dir or _new_folder("outputs"))
     return trainer.fit(cfg, run_dir, choices)
 
 
@@ -44,10 +44,10 @@ def sweep(grid: dict, overrides=(), sweep_dir=None):
     Runs that differ only in seed, optimizer, schedule or init train in one
     vectorized pass (trainer.vectorize=auto), each into its own folder.
     """
-    from optbench import results, trainer, vectorized
+    from optbench import results, rundir, trainer, vectorized
 
     keys = list(grid)
-    sweep_dir = Path(sweep_dir or Path("multirun") / _stamp())
+    sweep_dir = Path(sweep_dir or _new_folder("multirun"))
     cfgs, choices, dirs = [], [], []
     for i, values in enumerate(itertools.product(*(list(grid[k]) for k in keys))):
         point = dict(zip(keys, values))
@@ -58,7 +58,7 @@ def sweep(grid: dict, overrides=(), sweep_dir=None):
         cfgs.append(cfg)
         choices.append(chosen)
         name = ",".join(f"{k}={_name(v)}" for k, v in zip(keys, values) if len(grid[k]) > 1)
-        dirs.append(sweep_dir / f"{i}_{name}".replace("/", "_").rstrip("_"))
+        dirs.append(sweep_dir / f"{i}_{rundir.folder_name(name)}".rstrip("_"))
     for members in vectorized.plan(cfgs):
         trainer.fit_pass([cfgs[i] for i in members], [dirs[i] for i in members], [choices[i] for i in members])
     return results.load_runs(sweep_dir)
@@ -120,5 +120,9 @@ def _compose(overrides: list[str]):
     return cfg, {k: v for k, v in runtime.choices.items() if not k.startswith("hydra")}
 
 
-def _stamp() -> str:
-    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+def _new_folder(parent: str) -> str:
+    """parent/<time stamp>, made now: the same name as the command line's, -2, -3, ... when it is taken."""
+    from optbench import rundir
+
+    rundir.new_folders()  # each call its own folder, also twice in one second
+    return rundir.new_folder(f"{parent}/{datetime.now():%Y-%m-%d_%H-%M-%S}")

@@ -112,10 +112,10 @@ def train(args: list[str]) -> int:
         return dry_run([a for a in args if a != "--dry-run"])
     schema.register()
     rundir.new_folders()
-    _writable(args)
     variants = validate_overrides(args)  # also every group option a sweep names
     if len(variants) > 1:
         check_sweep(variants)
+    _writable(args)
     jobs.failed_runs.clear()
     with _hydra_app(args):
         hydra.main(config_path="conf", config_name="config", version_base="1.3")(jobs.train_task)()
@@ -132,13 +132,15 @@ def _writable(args: list[str]) -> None:
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     given = [a.split("=", 1)[1] for a in args if a.startswith(key)]
     folder = Path(given[-1]) if given else Path("multirun" if multirun else "outputs")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    probe = existing / f".optbench-probe-{os.getpid()}"
+    try:  # a real write: root passes every permission check, but not a read-only or full file system
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
         if e.errno not in CANNOT_WRITE:
             raise
-        raise UserError(f"cannot make {folder}: {e.strerror}; give another folder with "
-                        f"{key}DIR") from None
+        raise UserError(f"cannot write into {existing}: {e.strerror}; give another folder with {key}DIR") from None
 
 
 @contextmanager
