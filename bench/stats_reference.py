@@ -30,9 +30,9 @@ ALPHAS = (0.05, 0.05 / 3)  # one comparison; the strictest Holm step of three
 
 
 def load_stats(rev: str | None):
-    """optbench.stats from this checkout, or its text at git revision `rev`."""
+    """optbench.results.stats from this checkout, or its text at git revision `rev`."""
     if rev is None:
-        from optbench import stats
+        from optbench.results import stats
 
         return stats
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:optbench/stats.py"], check=True,

@@ -44,7 +44,8 @@ def sweep(grid: dict, overrides=(), sweep_dir=None):
     Runs that differ only in seed, optimizer, schedule or init train in one
     vectorized pass (trainer.vectorize=auto), each into its own folder.
     """
-    from optbench import results, rundir, trainer, vectorized
+    from optbench import results, trainer, vectorized
+    from optbench.results import rundir
 
     keys = list(grid)
     sweep_dir = Path(sweep_dir or _new_folder("multirun"))
@@ -122,7 +123,7 @@ def _compose(overrides: list[str]):
 
 def _new_folder(parent: str) -> str:
     """parent/<time stamp>, made now: the same name as the command line's, -2, -3, ... when it is taken."""
-    from optbench import rundir
+    from optbench.results import rundir
 
     rundir.new_folders()  # each call its own folder, also twice in one second
     return rundir.new_folder(f"{parent}/{datetime.now():%Y-%m-%d_%H-%M-%S}")

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from optbench import config_dirs
-from optbench.rundir import DISK_FULL
-from optbench.compose import (CONF, check_group_choices, check_sweep, compose_config, group_options, groups, suggest,
+from optbench.results.rundir import DISK_FULL
+from optbench.compose import (CONF, check_group_choices, check_sweep, compose_config, groups, suggest,
                               validate_overrides)
 from optbench.errors import UserError
 
@@ -106,7 +106,8 @@ def _fail(message: str) -> int:
 def train(args: list[str]) -> int:
     import hydra
 
-    from optbench import jobs, rundir, schema
+    from optbench import jobs, schema
+    from optbench.results import rundir
 
     if "--dry-run" in args:
         return dry_run([a for a in args if a != "--dry-run"])
@@ -327,7 +328,7 @@ def _by(value: str | None) -> list[str] | None:
 def report_command(args: list[str]) -> int:
     import argparse
 
-    from optbench.stats import LEVEL
+    from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
         prog="optbench report",
@@ -391,11 +392,11 @@ def report_command(args: list[str]) -> int:
         print(cost.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     print(f"wrote {len(written)} files into {out}{_where(opts)}: {', '.join(p.name for p in written)}")
     if opts.profile:
-        from optbench import profiles
+        from optbench.results import profiles
 
         profiles.write_profile(runs, metrics, _by(opts.by), opts.target, out)
     if opts.html:
-        from optbench import html_report, plots
+        from optbench.results import html as html_report, plots
 
         figures = plots.figures(runs, metrics, by, "step", opts.level, opts.baseline)
         page = html_report.build(runs, table, figures, html_report.sweep_commands(runs),
@@ -414,7 +415,7 @@ def _where(opts) -> str:
 def plot_command(args: list[str]) -> int:
     import argparse
 
-    from optbench.stats import LEVEL
+    from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
         prog="optbench plot",
@@ -430,7 +431,8 @@ def plot_command(args: list[str]) -> int:
     opts = parser.parse_args(args)
     if not 0.5 <= opts.level < 1:
         raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")
-    from optbench import plots, results
+    from optbench import results
+    from optbench.results import plots
 
     runs = results.load_runs(*opts.dirs)
     metrics = results.load_metrics(runs)

@@ -15,7 +15,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from optbench import rundir
+from optbench.results import rundir
 from optbench.errors import UserError
 
 EXECUTORS = ("in_process", "workers", "slurm", "submitit_local")

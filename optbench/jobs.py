@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from optbench import rundir
+from optbench.results import rundir
 from optbench.errors import UserError
 
 log = logging.getLogger("optbench")

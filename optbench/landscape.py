@@ -28,7 +28,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 from torch.func import functional_call, vmap
 
-from optbench import data, rundir
+from optbench import data
+from optbench.results import rundir
 from optbench.compose import CONF
 from optbench.errors import UserError
 from optbench.models import build_mlp
@@ -208,7 +209,7 @@ def plot_curves(results: list[dict]):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from optbench.plots import log_y, palette
+    from optbench.results.plots import log_y, palette
 
     names, shared = titles(results)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")

@@ -428,7 +428,7 @@ def _read_run(run_dir: Path) -> dict:
     import pandas as pd
     import yaml
 
-    from optbench import results
+    from optbench.results import rundir
 
     summary = rundir.read_summary(run_dir) or {}
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
@@ -491,7 +491,7 @@ def judge(claim: dict, values: dict, level: float | None = None) -> dict:
     resolved the other way. 'any' (Holm-corrected over the predictions): supported when one is resolved as
     predicted, not supported when all are resolved the other way. Otherwise not resolved at this many seeds.
     """
-    from optbench import stats
+    from optbench.results import stats
 
     level = stats.LEVEL if level is None else level
     groups = []
@@ -728,7 +728,7 @@ def write_page(claims: list[dict], results: list[dict], out: Path, title: str) -
     """index.md and index.html (self-contained: figures as data URIs, html_report's CSS) for every claim given."""
     import pandas as pd
 
-    from optbench import html_report
+    from optbench.results import html as html_report
 
     table = pd.DataFrame(summary_rows(claims, results))
     md = [f"# {title}", "", _markdown_table(table), ""] + [markdown_section(c, r) for c, r in zip(claims, results)]
@@ -786,7 +786,7 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     result = judge(claim, values, level)
     fig = figure(claim, result, runs)
     result["figure"] = f"{claim['name']}/{claim['name']}.png"
-    from optbench.plots import DPI
+    from optbench.results.plots import DPI
 
     fig.savefig(out / result["figure"], dpi=DPI)
     import matplotlib.pyplot as plt
@@ -842,7 +842,7 @@ def _json(x):
 def main(args: list[str]) -> int:
     import argparse
 
-    from optbench.stats import LEVEL
+    from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
         prog="optbench lectures",

@@ -89,7 +89,7 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from optbench import rundir
+    from optbench.results import rundir
 
     ConfigStore.instance().store(name="optbench_schema", node=Config)
     # conf/optimizer/momentum_ema.yaml: torch's lr for the lecture's step size alpha and average weight beta

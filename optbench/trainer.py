@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from optbench import data, diagnostics, optimizers, rundir, vectorized
+from optbench import data, diagnostics, optimizers, vectorized
+from optbench.results import rundir
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
 from optbench.schedules import warmup_factor

@@ -231,7 +231,7 @@ DASHES = ("-", (0, (5, 1.5)), "-", (0, (1.5, 1.2)), "-", (0, (6, 2, 2, 2)), "-",
 
 def _styles(results: list[dict]) -> list[dict]:
     """Per path (in the given order, which sets its colour): colour, width, dashes and drawing order."""
-    from optbench.plots import palette
+    from optbench.results.plots import palette
 
     n = len(results)
     length = [np.nansum(np.linalg.norm(np.diff(r["path"], axis=0), axis=1)) for r in results]

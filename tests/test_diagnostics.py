@@ -160,7 +160,8 @@ def test_gradcheck_passes_on_the_mlp_and_catches_a_broken_backward():
 
 def test_diagnostics_figures_show_each_layer_for_each_group(mnist_root, tmp_path):
     from conftest import compose
-    from optbench import plots, results
+    from optbench import results
+    from optbench.results import plots
     from optbench.trainer import fit
 
     for init in ("normal", "xavier_uniform"):

@@ -14,8 +14,7 @@ from omegaconf import OmegaConf
 
 import optbench as optbench_package
 from conftest import compose, optbench
-from optbench import rundir
-from optbench import results
+from optbench.results import rundir
 from optbench.executors import default_workers, worker_setup
 from optbench.vectorized import plan
 

@@ -2,7 +2,6 @@
 nothing earlier lost; no code from a results folder runs (a planted checkpoint would create a file)."""
 
 import json
-import os
 import pickle
 import shutil
 import subprocess

@@ -221,7 +221,7 @@ def test_a_class_by_its_dotted_path_joins_a_pass_and_is_named_by_its_class(mnist
     assert "1 vectorized pass" in out.stdout + out.stderr
     runs = results.load_runs(tmp_path / "m")
     assert list(runs["optimizer.name"]) == ["SignSGD", "SignSGD"] and set(runs["status"]) == {"completed"}
-    from optbench import plots
+    from optbench.results import plots
 
     both = results.load_runs(tmp_path / "m", tmp_path / "runs" / "alone0")
     both["optimizer.name"] = ["SignSGD", "SignSGD", "adam"]  # a second group, so the legend has something to tell
@@ -294,7 +294,7 @@ def test_an_option_file_in_the_users_folder_sweeps_against_the_roster_and_is_nam
     runs = results.load_runs(sweep)
     assert sorted(zip(runs["optimizer.name"], runs["optimizer._target_"], runs["status"])) == [
         ("lion", "pytorch_optimizer.Lion", "completed"), ("signsgd", "my_optim.SignSGD", "completed")]
-    from optbench import plots
+    from optbench.results import plots
 
     fig = plots.learning_curves(runs, results.load_metrics(runs), by=["optimizer.name"])
     legend = {t.get_text() for leg in fig.legends + [a.get_legend() for a in fig.axes if a.get_legend()]
@@ -342,7 +342,7 @@ def test_the_python_api_trains_a_notebook_class_alone_and_in_a_sweep(mnist_root,
                                                 ("sgd", 0, "completed", "torch.optim.SGD"),
                                                 ("sgd", 1, "completed", "torch.optim.SGD")]
     assert got["models"] == [4, 4, 4, 4]  # one pass of the four runs
-    from optbench import plots
+    from optbench.results import plots
 
     runs = results.load_runs(tmp_path / "sweep")
     fig = plots.learning_curves(runs, results.load_metrics(runs), by=["optimizer.name"])

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from optbench import rundir
+from optbench.results import rundir
 
 TINY = ("device=cpu", "model.hidden=[32]", "data.val_size=1000", "data.train_eval_size=500")
 

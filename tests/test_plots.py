@@ -10,8 +10,9 @@ from PIL import Image
 
 from conftest import optbench
 from figure_checks import drawn, labelled_ticks, overlaps, pale_lines
-from optbench import rundir
-from optbench import plots, results
+from optbench.results import rundir
+from optbench import results
+from optbench.results import plots
 from test_results import write_run
 
 FIGURES = ("learning_curves", "gradient_norms", "learning_rates", "final_metrics", "activations", "histograms_act", "histograms_grad")

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import optbench
-from optbench import rundir
-from optbench import profiles, results
+from optbench.results import rundir
+from optbench import results
+from optbench.results import profiles
 from test_results import write_run
 
 TARGET = 0.9

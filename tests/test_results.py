@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import SWEEP, compose, optbench
 from optbench.compose import compose_config
-from optbench import rundir
+from optbench.results import rundir
 from optbench import results
 from optbench.errors import UserError
 

@@ -10,14 +10,13 @@ import json
 import re
 import subprocess
 import threading
-import time
 
 import pandas as pd
 import pytest
 import torch
 
 from conftest import optbench, run_cli
-from optbench import rundir
+from optbench.results import rundir
 from slurm import slurm_cluster  # noqa: F401 (fixture)
 
 # tiny runs: the cluster, submitit and the requeue are under test, not the training

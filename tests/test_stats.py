@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from conftest import optbench
-from optbench import results, stats
+from optbench import results
+from optbench.results import stats
 from optbench.errors import UserError
 
 # --- the paired test and interval, small enough to enumerate -------------------------------------------
@@ -236,7 +237,7 @@ def test_report_shows_intervals_and_verdicts_and_unpairing_changes_them(sweep, t
 def test_figures_and_page_show_the_comparisons(sweep):
     from matplotlib.colors import to_rgba
 
-    from optbench import html_report, plots
+    from optbench.results import html as html_report, plots
 
     runs = results.load_runs(sweep)
     values = results.group_values(runs, ["optimizer.name"])
@@ -267,7 +268,7 @@ def test_figures_and_page_show_the_comparisons(sweep):
 
 
 def test_time_to_target_ranking_at_looser_targets(tmp_path):
-    from optbench import profiles
+    from optbench.results import profiles
     from test_results import write_run
 
     # validation accuracy rises linearly to its last evaluation (step 30): a ends at 0.97, b at 0.965.

@@ -1,4 +1,4 @@
-"""optbench.stats against independent implementations (statsmodels, scipy, exact enumeration) and against
+"""optbench.results.stats against independent implementations (statsmodels, scipy, exact enumeration) and against
 simulation: intervals cover what their label says, tests resolve no more often than alpha when there is
 nothing to resolve, interval and test never disagree, and the seeds it advises reach the power it promises.
 
@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from optbench import results, stats
+from optbench import results
+from optbench.results import ranking, stats
 
 pytest.importorskip("statsmodels")
 from statsmodels.stats.multitest import multipletests  # noqa: E402
@@ -206,14 +207,14 @@ def test_ranks_follow_the_means_and_share_1_only_with_equivalence():
     labels = list(values)
     best, vs = results.against_reference(values, margin=0.005)
     assert best == "best" and dict(zip(vs.a, vs.equivalent)) == {"close": True, "noisy": False}
-    assert results._ranks(labels, best, set(vs.a[vs.equivalent])) == [1, 1, 3]
+    assert ranking._ranks(labels, best, set(vs.a[vs.equivalent])) == [1, 1, 3]
     _, strict = results.against_reference(values, margin=None)
-    assert results._ranks(labels, best, set(strict.a[strict.equivalent])) == [1, 2, 3]
+    assert ranking._ranks(labels, best, set(strict.a[strict.equivalent])) == [1, 2, 3]
     # the noisy group is not resolved, and its verdict says so with the seeds it had
     found = strict.set_index("a")
-    assert results._verdict("noisy", best, "best", found, None) == "not resolved at 6 seeds"
-    assert results._verdict("close", best, "best", vs.set_index("a"), 0.005) == "resolved: worse, within +-0.005"
-    assert results._verdict("close", best, "best", found, None) == "resolved: worse"
+    assert ranking._verdict("noisy", best, "best", found, None) == "not resolved at 6 seeds"
+    assert ranking._verdict("close", best, "best", vs.set_index("a"), 0.005) == "resolved: worse, within +-0.005"
+    assert ranking._verdict("close", best, "best", found, None) == "resolved: worse"
     # the noisy group's interval reaches past the margin: not equivalent, and its rank stays below the close one
     assert not found.loc["noisy", "equivalent"] and found.loc["noisy", "low"] < -0.005
 
@@ -221,7 +222,7 @@ def test_ranks_follow_the_means_and_share_1_only_with_equivalence():
 @pytest.mark.xfail(strict=True, reason="profiles.performance_ratios divides by a best cost of 0 (target reached at "
                                        "the step-0 evaluation): 0/0 is NaN and every solver counts as unsolved")
 def test_target_reached_at_the_first_evaluation_counts_as_solved():
-    from optbench import profiles
+    from optbench.results import profiles
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

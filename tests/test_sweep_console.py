@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import optbench, run_cli
-from optbench import rundir
+from optbench.results import rundir
 from optbench import results
 
 TINY = ["device=cpu", "model.hidden=[16]", "data.train_eval_size=500", "data.val_size=1000", "diagnostics=off"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optbench import rundir
+from optbench.results import rundir
 from optbench.results import key_words
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def plot_slice(study, target_name: str = "mean best val acc"):
 
     import pandas as pd
 
-    from optbench.plots import log_y, palette, visible  # matplotlib
+    from optbench.results.plots import log_y, palette, visible  # matplotlib
 
     trials = [t for t in study.trials if t.value is not None]
     names = list(dict.fromkeys(name for t in trials for name in t.params))
@@ -88,7 +88,7 @@ def save_plots(study, search_dir: Path) -> list[Path]:
     from matplotlib.ticker import MaxNLocator, NullFormatter
     from optuna.visualization import matplotlib as ovm
 
-    from optbench.plots import visible  # matplotlib
+    from optbench.results.plots import visible  # matplotlib
 
     complete = [t for t in study.trials if t.value is not None]
     if len(complete) < 2:

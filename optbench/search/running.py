@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf, open_dict
 
-from optbench import jobs, rundir
+from optbench import jobs
+from optbench.results import rundir
 from optbench.compose import compose_config
 from optbench.search.figures import save_plots
 from optbench.search.scoring import METRIC, score, write_table

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optbench import rundir
+from optbench.results import rundir
 
 METRIC = "best_val_acc"  # the objective: validation only, maximised
 

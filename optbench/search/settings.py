@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from optbench import rundir
+from optbench.results import rundir
 from optbench.compose import CONF, check_group_choices, compose_config
 from optbench.errors import UserError
 from optbench.results import RUN_SETTINGS

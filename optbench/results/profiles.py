@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from optbench import plots, results
+from optbench import results
+from optbench.results import plots
 from optbench.errors import UserError
 
 

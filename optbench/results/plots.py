@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from optbench import stats
+from optbench.results import stats
 from optbench.results import group_label, key_words
 
 DPI = 150

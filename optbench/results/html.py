@@ -82,7 +82,7 @@ def sweep_commands(runs) -> list[str]:
 
 
 def png_data_uri(fig) -> str:
-    from optbench.plots import DPI
+    from optbench.results.plots import DPI
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
