@@ -110,7 +110,7 @@ def test_a_planted_checkpoint_runs_no_code_in_resume_or_landscape(mnist_root, tm
     created = tmp_path / "pwned"
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
-    (run / "checkpoint.pt").write_bytes(pickle.dumps({"model": Planted(created)}))
+    (run / "checkpoint.pt").write_bytes(pickle.dumps({"model": Planted(created)}, protocol=2))  # as torch.save writes
     out = optbench(*base)
     assert out.returncode == 2 and "checkpoint.pt" in one_line_error(out)
     assert "could run code" in one_line_error(out)
