@@ -314,9 +314,10 @@ def read_tensors(path: Path, way_out: str, device="cpu"):
         raise DamagedFile(path, "is missing", way_out) from None
     except pickle.UnpicklingError as e:
         # torch names a class it refused as an "Unsupported global"; bytes that are no pickle at all fail sooner
-        cause = next((line.strip() for line in str(e).splitlines() if line.startswith("Unsupported")), "")
+        cause = next((line[line.index("Unsupported"):].split(" was ")[0] for line in str(e).splitlines()
+                      if "Unsupported" in line), type(e).__name__)
         what = ("holds objects other than tensors (refused: loading them could run code)"
-                if cause.startswith("Unsupported global") else f"is not a checkpoint ({cause or _reason(e)})")
+                if cause.startswith("Unsupported global") else f"is not a checkpoint ({cause})")
         raise DamagedFile(path, what, way_out) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
         raise DamagedFile(path, f"cannot be read ({_reason(e)})", way_out) from None
