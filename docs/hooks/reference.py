@@ -12,6 +12,7 @@ Nothing here names a module inside optbench beyond the entry point (`optbench.cl
 (where conf/ lives), so the pages follow the code as it is redesigned.
 """
 
+import html
 import io
 import re
 from contextlib import redirect_stderr, redirect_stdout
@@ -82,7 +83,9 @@ def yaml_keys(path: Path) -> list[tuple[str, object, str]]:
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Plain text in a Markdown table cell: shown as written (lr*wd*w stays, not italics)."""
+    text = re.sub(r"([\\`*_\[\]|])", r"\\\1", text.replace("\n", " "))
+    return text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def value_text(value) -> str:
@@ -90,7 +93,7 @@ def value_text(value) -> str:
         text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     else:
         text = yaml.safe_dump(value).strip().removesuffix("...").strip()
-    return f"`{cell(text)}`"
+    return f"`{text}`" if "`" not in text and "|" not in text else f"<code>{html.escape(text).replace('|', '&#124;')}</code>"
 
 
 def key_table(rows) -> str:

@@ -1,0 +1,287 @@
+"""The documentation: the site builds with --strict, its reference pages are generated from the code, it renders in a
+real headless Chromium with a working search, and every shell command on its pages (and the README's) runs.
+
+The commands' rule, the one the pages follow (docs/get-started/install.md says it too):
+- every line of a ```bash block is a command (a line ending in a backslash goes on on the next line), except
+  comment lines of their own;
+- a command ending in `# not run in tests: <reason>` is not run, and the reason must say something (the README's
+  two set-up commands, whose form CI reads, are the only others not run here: SETUP);
+- every other command must start with `optbench ` and runs here, in process (optbench.cli.main), one temporary
+  folder per page, a page's commands in their order, exit status 0, with a tiny budget added by subcommand
+  (TINY; `landscape` gets a 5x5 grid on 500 images; `data` the tests' MNIST folder);
+- a `train` command that names no folder gets `hydra.sweep.dir=multirun/cmd<N>` and `hydra.run.dir=outputs/cmd<N>`,
+  and the placeholders `multirun/<stamp>` and `outputs/<stamp>` in later commands of that page are that folder.
+"""
+
+import http.server
+import re
+import shlex
+import shutil
+import socketserver
+import subprocess
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, optbench
+
+DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+MARKER = "# not run in tests:"
+# the tiny budget every training command gets (appended: on Hydra's command line the last value of a key wins)
+TINY = ["trainer.max_steps=20", "trainer.eval_every=10", "data.train_eval_size=500", "data.val_size=1000"]
+TRAINS = {"train", "search", "gradcheck", "lectures"}  # subcommands whose arguments take training overrides
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def bash_commands(path: Path) -> list[tuple[int, str]]:
+    """(line number, command) for every command in the ```bash blocks of a Markdown file, continuations joined."""
+    commands, block, pending, start = [], False, "", 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            block = stripped == "```bash" if not block else False
+            continue
+        if not block or (not stripped and not pending) or (stripped.startswith("#") and not pending):
+            continue  # outside a block, blank, or a comment line of its own
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        commands.append((start, pending + stripped))
+        pending = ""
+    return commands
+
+
+COMMANDS = [(path, number, command) for path in DOC_FILES for number, command in bash_commands(path)]
+# the README's two set-up commands keep the exact form CI reads (no marker fits there): CI runs the test command
+# as it stands, and the first one's `optbench train` is run below from the tour's commands
+SETUP = [c for c in COMMANDS if c[0].name == "README.md" and c[2].startswith("python3 -m venv .venv && ")]
+RUN = [(path, number, command) for path, number, command in COMMANDS
+       if MARKER not in command and (path, number, command) not in SETUP]
+PAGES = sorted({path for path, _, _ in RUN})
+
+
+def test_the_pages_have_commands_and_every_command_runs_or_says_why_not():
+    assert len(RUN) >= 15 and len(COMMANDS) > len(RUN)  # the collection found the pages' blocks
+    assert len(SETUP) == 2
+    for path, number, command in (c for c in COMMANDS if c not in SETUP):
+        where = f"{path.relative_to(REPO)}:{number}: {command}"
+        if MARKER in command:
+            assert len(command.split(MARKER, 1)[1].strip().split()) >= 2, f"{where}: give a reason"
+        else:
+            assert command.startswith("optbench "), f"{where}: run it in a test, or end it with '{MARKER} <why>'"
+
+
+def shell_words(command: str) -> list[str]:
+    return shlex.split(command, comments=True)
+
+
+def prepared(words: list[str], mnist_root: Path, n: int, stamps: dict) -> list[str]:
+    """The command as the test runs it: placeholders filled, the tiny budget and the test's data added."""
+    words = [re.sub(r"(multirun|outputs)/<stamp>", lambda m: stamps.get(m.group(1), m.group(0)), w) for w in words]
+    assert not any("<" in w and ">" in w for w in words), f"a placeholder without a rule: {words}"
+    command = words[1]
+    trains = command == "train" and not {"--cfg", "--dry-run", "--help"} & set(words)
+    if trains and not any(w.startswith(("hydra.sweep.dir=", "hydra.run.dir=")) for w in words):
+        words += [f"hydra.sweep.dir=multirun/cmd{n}", f"hydra.run.dir=outputs/cmd{n}"]
+        stamps.update(multirun=f"multirun/cmd{n}", outputs=f"outputs/cmd{n}")
+    for w in words:
+        if w.startswith("hydra.sweep.dir="):
+            stamps["multirun"] = w.split("=", 1)[1]
+        elif w.startswith("hydra.run.dir="):
+            stamps["outputs"] = w.split("=", 1)[1]
+    if command in TRAINS and not (command == "lectures" and words[2:3] != ["run"]):
+        words += [f"data.root={mnist_root}", *TINY]
+    elif command == "landscape":
+        words += ["--points", "5", "--samples", "500"]
+    elif command == "data":
+        words += ["--root", str(mnist_root)]
+    return words[1:]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_the_commands_on_the_page_run(page, mnist_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stamps: dict = {}
+    for n, (path, number, command) in enumerate(c for c in RUN if c[0] == page):
+        args = prepared(shell_words(command), mnist_root, n, stamps)
+        out = optbench(*args)
+        assert out.returncode == 0, f"{page.name}:{number}: optbench {' '.join(args)}\n{out.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built once with --strict: a broken link, a missing page or a stale anchor fails here."""
+    out = tmp_path_factory.mktemp("site")
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-5000:]
+    return out
+
+
+def page_text(site: Path, page: str) -> str:
+    html = (site / page / "index.html").read_text()
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&amp;", "&").replace("&lt;", "<") \
+        .replace("&gt;", ">").replace("&quot;", '"').replace("&#39;", "'")
+
+
+def test_every_page_of_the_nav_is_built(site):
+    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text().replace("!!python", "#"))["nav"]
+
+    def pages(items):
+        for item in items:
+            for value in item.values():
+                yield from pages(value) if isinstance(value, list) else [value]
+
+    for source in pages(nav):
+        built = site / ("" if source == "index.md" else re.sub(r"(index)?\.(md|ipynb)$", "", source)) / "index.html"
+        assert built.is_file(), source
+    assert len(list(pages(nav))) >= 25
+
+
+def test_the_config_reference_has_every_option_with_its_help_and_every_default(site):
+    from optbench.compose import CONF
+
+    html = (site / "reference/config/index.html").read_text()
+    text = page_text(site, "reference/config")
+    listed = optbench("list").stdout
+    groups = re.findall(r"^(\S+):$", listed, re.M)
+    assert {"optimizer", "init", "schedule", "trainer", "data", "experiment"} <= set(groups)
+    for line in listed.splitlines():
+        if line.startswith("  "):
+            option, _, help_text = line.strip().partition(" ")
+            assert help_text.strip() in text, (option, help_text)
+    for group in groups:
+        for option in re.findall(rf"^{group}:\n((?:  .*\n)+)", listed, re.M)[0].split("\n"):
+            if option.strip():
+                name = option.split()[0]
+                assert f'id="{group}-{name.replace("_", "-")}"' in html, (group, name)
+    trainer = yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())
+    section = text.split("trainer=default", 2)[-1]
+    for key, value in trainer.items():
+        shown = yaml.safe_dump(value).strip().removesuffix("...").strip()
+        assert f"{key} {shown}" in section, (key, shown)
+
+
+def test_the_command_reference_has_every_subcommand_and_its_options(site):
+    text = page_text(site, "reference/cli")
+    usage = optbench("--help").stdout
+    commands = re.findall(r"^  ([a-z]+)\b", usage.split("commands:", 1)[1].split("\n\n", 1)[0], re.M)
+    assert {"train", "report", "plot", "search", "lectures"} <= set(commands)
+    for command in commands:
+        assert f"optbench {command} --help" in text
+        for flag in set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", optbench(command, "--help").stdout)):
+            assert flag in text, (command, flag)
+
+
+def test_the_api_reference_documents_what_optbench_exports(site):
+    import inspect
+
+    import optbench as package
+
+    text = page_text(site, "reference/api")
+    assert package.__all__
+    for name in package.__all__:
+        first_line = inspect.getdoc(getattr(package, name)).splitlines()[0].replace("`", "")
+        assert name in text and " ".join(first_line.split()[:6]) in text, name
+
+
+def test_the_changelog_page_includes_the_changelog(site):
+    text = page_text(site, "changelog")
+    assert "Keep a Changelog" in text and "Unreleased" in text
+
+
+@pytest.fixture(scope="module")
+def served(site):
+    """The site on http://127.0.0.1:PORT: material's search runs in a web worker, which file:// URLs do not allow."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = socketserver.TCPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def chromium(tmp_path, *args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=timeout, check=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (CI installs Debian's chromium)")
+@pytest.mark.parametrize("page", ["", "reference/config/"])
+def test_the_home_and_a_reference_page_render_in_chromium(served, page, tmp_path):
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", "--virtual-time-budget=5000",
+             f"{served}/{page}")
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (900, 1280)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # text, a header bar, a figure: not a blank page
+    header = pixels[:40].reshape(-1, 3)
+    assert (np.abs(header.astype(int) - [63, 81, 181]).sum(axis=1) < 30).mean() > 0.5  # the theme's indigo bar loaded
+    dom = chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000", f"{served}/{page}").stdout
+    assert 'class="md-nav' in dom and "Reference" in dom
+
+
+def evaluate_until(url: str, expression: str, profile: Path, timeout: float = 60):
+    """Open `url` in headless Chromium and evaluate `expression` in the page (DevTools protocol) every 0.5 s until
+    it gives something, or `timeout` seconds. Material's search builds its index in a web worker in real time,
+    which --dump-dom with --virtual-time-budget does not wait for (virtual time runs ahead of the worker)."""
+    import asyncio
+    import json
+    import time
+    import urllib.request
+
+    from tornado.websocket import websocket_connect  # Jupyter's own dependency (the docs extra)
+
+    browser = subprocess.Popen([CHROMIUM, *FLAGS, "--remote-debugging-port=0", f"--user-data-dir={profile}", url],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in browser.stderr:
+            if match := re.search(r"DevTools listening on ws://([\d.]+:\d+)/", line):
+                break
+        else:
+            pytest.fail("chromium did not open its DevTools port")
+        pages = json.load(urllib.request.urlopen(f"http://{match.group(1)}/json/list", timeout=30))
+        page = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
+
+        async def poll():
+            ws = await websocket_connect(page, max_message_size=1 << 26)
+            deadline, n = time.monotonic() + timeout, 0
+            while True:
+                n += 1
+                ws.write_message(json.dumps({"id": n, "method": "Runtime.evaluate",
+                                             "params": {"expression": expression, "returnByValue": True}}))
+                while (reply := json.loads(await ws.read_message())).get("id") != n:
+                    pass
+                value = reply["result"]["result"].get("value")
+                if value or time.monotonic() > deadline:
+                    ws.close()
+                    return value
+                await asyncio.sleep(0.5)
+
+        return asyncio.run(poll())
+    finally:
+        browser.terminate()
+        browser.wait(30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (CI installs Debian's chromium)")
+def test_the_search_box_finds_muon(served, tmp_path):
+    """`?q=Muon` opens material's search with that query, as a user's typing does; the results must name Muon."""
+    items = evaluate_until(f"{served}/?q=Muon", "[...document.querySelectorAll('.md-search-result__item')]"
+                           ".map(e => e.querySelector('a').href + ' ' + e.textContent.replace(/\\s+/g, ' '))",
+                           tmp_path / "profile")
+    assert items and any("Muon" in item for item in items), items
+    assert any("/reference/config/" in item and "optimizer=muon" in item for item in items), items
+    assert any("/tutorials/own-optimizer/" in item for item in items), items  # the page that explains Muon in a pass
