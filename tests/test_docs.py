@@ -191,3 +191,14 @@ def test_the_search_box_finds_muon(served, tmp_path):
     assert items and any("Muon" in item for item in items), items
     assert any("/reference/config/" in item and "optimizer=muon" in item for item in items), items
     assert any("/tutorials/own-optimizer/" in item for item in items), items  # the page that explains Muon in a pass
+
+
+def test_the_readme_is_short_links_into_the_docs_and_shows_a_figure_first():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    links = re.findall(r"\]\(((?!https?:)[^)#]+)(?:#[^)]*)?\)", readme)
+    assert len([link for link in links if link.startswith("docs/")]) >= 10
+    for link in links:
+        assert (REPO / link).exists(), link  # GitHub renders these; mkdocs checks only the pages under docs/
+    first_screen = "\n".join(readme.splitlines()[:15])
+    assert re.search(r"!\[[^\]]+\]\(docs/gallery/\w+\.png\)", first_screen)
