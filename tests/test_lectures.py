@@ -267,3 +267,84 @@ def test_page_renders_in_headless_chromium(tiny, tmp_path):
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'b'}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert dom.count("<img") == 2 and dom.count("<table") == 3 and "tiny_wrong: not supported" in dom
+
+
+# --- a damaged run (#27): named in one line, skipped, and the exit says so; nothing in it is executed -------------
+
+
+class Planted:
+    """Unpickling this creates a file: what a checkpoint from someone else's results folder could do instead."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+UNITS = TINY.replace("PREDICTION", "'too_small < good'").replace("final_train_loss", "distinct_units")
+
+
+@pytest.fixture
+def copied(tiny, tmp_path):
+    """The tiny claim's 12 runs under a claim that reads each run's checkpoint, in a folder of this test's own."""
+    out, _, _ = tiny
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    (catalogue / "units.yaml").write_text(UNITS)
+    shutil.copytree(out / "tiny" / "runs", tmp_path / "out" / "units" / "runs")
+    runs = sorted(p.parent for p in (tmp_path / "out" / "units" / "runs").rglob("summary.json"))
+    assert len(runs) == 12 and all((r / "checkpoint.pt").is_file() for r in runs)
+    return catalogue, tmp_path / "out", runs
+
+
+def _report(catalogue, out):
+    return optbench("lectures", "report", "units", "--catalogue", str(catalogue), "--out", str(out))
+
+
+def _warnings(stderr: str, path: Path) -> list[str]:
+    return [line for line in stderr.splitlines() if str(path) in line]
+
+
+def test_an_intact_folder_reports_with_exit_zero(copied):
+    catalogue, out, _ = copied
+    report = _report(catalogue, out)
+    assert report.returncode == 0 and "warning" not in report.stderr, report.stderr[-2000:]
+    assert [g["n"] for g in json.loads((out / "units" / "verdict.json").read_text())["groups"]] == [6, 6]
+
+
+def test_a_planted_checkpoint_is_named_and_never_run(copied, tmp_path):
+    import torch
+
+    catalogue, out, runs = copied
+    marker = tmp_path / "planted-ran"
+    torch.save({"model": Planted(marker)}, runs[0] / "checkpoint.pt")
+    report = _report(catalogue, out)
+    assert not marker.exists()
+    assert report.returncode == 1 and "skipped 1 damaged run" in report.stdout
+    [line] = _warnings(report.stderr, runs[0] / "checkpoint.pt")
+    assert "objects other than tensors" in line
+    assert sorted(g["n"] for g in json.loads((out / "units" / "verdict.json").read_text())["groups"]) == [5, 6]
+    torch.load(runs[0] / "checkpoint.pt", weights_only=False)  # the plant is live: loading it as before runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("damaged", ["summary.json", "config.yaml", "metrics.csv", "checkpoint.pt",
+                                     ".hydra/overrides.yaml"])
+def test_a_damaged_run_is_skipped_with_one_line_and_a_nonzero_exit(copied, damaged):
+    catalogue, out, runs = copied
+    (runs[3] / damaged).write_bytes(b"{\xff\x00 not what it should be: [")
+    report = _report(catalogue, out)
+    assert report.returncode == 1 and "skipped 1 damaged run" in report.stdout, report.stderr[-2000:]
+    assert len(_warnings(report.stderr, runs[3] / damaged)) == 1
+    assert "Traceback" not in report.stderr
+    # the other eleven runs still give the verdict
+    assert sorted(g["n"] for g in json.loads((out / "units" / "verdict.json").read_text())["groups"]) == [5, 6]
+
+
+def test_search_folder_names_stay_inside_and_are_capped(tmp_path):
+    claim = lectures.load("random_search_beats_grid")
+    runs = tmp_path / claim["name"] / "runs"
+    for extra in (["optimizer.lr=../../../escaped"], [f"model.hidden=[{','.join(['128'] * 60)}]"]):
+        folder = lectures.search_dir(claim, tmp_path, "default", extra, "grid", 0)
+        assert folder.parent.parent == runs and len(folder.parent.name.encode()) <= 120

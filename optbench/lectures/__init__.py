@@ -29,9 +29,9 @@ from optbench.errors import UserError
 from optbench.lectures.catalogue import (CATALOGUE, SCALES, compositions, experiment, load, merge_overrides, names,
                                          parse_prediction)
 from optbench.lectures.command import main
-from optbench.lectures.running import chosen_trial, group_of, load_claim_runs, measure
+from optbench.lectures.running import chosen_trial, group_of, load_claim_runs, measure, search_dir
 from optbench.lectures.verdicts import OPPOSITE, SUPPORTED, UNRESOLVED, comparison_text, judge, verdict_text
 
 __all__ = ["CATALOGUE", "OPPOSITE", "SCALES", "SUPPORTED", "UNRESOLVED", "UserError", "chosen_trial",
            "comparison_text", "compositions", "experiment", "group_of", "judge", "load", "load_claim_runs", "main",
-           "measure", "merge_overrides", "names", "parse_prediction", "verdict_text"]
+           "measure", "merge_overrides", "names", "parse_prediction", "search_dir", "verdict_text"]

@@ -15,9 +15,10 @@ from optbench.lectures.running import load_claim_runs, measure, train
 from optbench.lectures.verdicts import comparison_text, judge, verdict_text
 
 def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, log=print,
-              train_first: bool = True) -> dict | None:
+              train_first: bool = True, damaged: list | None = None) -> dict | None:
     """Train (what is missing; nothing with train_first=False), measure, judge, draw; the result saved as
-    out/<claim>/verdict.json. None when a multirun failed or a group has no finished run to measure."""
+    out/<claim>/verdict.json. None when a multirun failed or a group has no finished run to measure. A run
+    with a damaged file is skipped with a warning and named in `damaged`."""
     import os
     import shlex
 
@@ -25,8 +26,8 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     previous = out / claim["name"] / "verdict.json"
     previous = json.loads(previous.read_text()) if previous.is_file() else {}
     trained = train(claim, out, scale, extra, log) if train_first else True
-    runs = load_claim_runs(claim, out, scale, extra)
-    values = measure(claim, runs)
+    runs = load_claim_runs(claim, out, scale, extra, damaged)
+    values = measure(claim, runs, damaged)
     empty = [g for g, v in values.items() if not v.notna().any()]
     if empty or not trained:
         log(f"{claim['name']}: could not be run" + (f" (no finished run in {', '.join(empty)})" if empty else ""))
@@ -96,10 +97,11 @@ def main(args: list[str]) -> int:
         check(claim, opts.scale, extra)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    done, failed, started = [], [], time.perf_counter()
+    done, failed, damaged, started = [], [], [], time.perf_counter()
     for claim in claims:
         print(f"{claim['name']}: {claim['description']}")
-        result = run_claim(claim, out, opts.scale, extra, opts.level, train_first=opts.action == "run")
+        result = run_claim(claim, out, opts.scale, extra, opts.level, train_first=opts.action == "run",
+                           damaged=damaged)
         if result is None:
             failed.append(claim["name"])
             continue
@@ -112,6 +114,7 @@ def main(args: list[str]) -> int:
         for path in write_page(*page, out, title="The lectures, tested: optbench on MNIST"):
             print(f"wrote {path}")
     print(f"{len(done)} claim{'s' * (len(done) != 1)} in {time.perf_counter() - started:.0f} s"
-          + (f"; could not be run: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+          + (f"; could not be run: {', '.join(failed)}" if failed else "")
+          + (f"; skipped {len(damaged)} damaged run{'s' * (len(damaged) != 1)} (warnings above)" if damaged else ""))
+    return 1 if failed or damaged else 0
 

@@ -91,7 +91,12 @@ def distinct_units(run, claim) -> float:
     differ somewhere by more than TOLERANCE of the largest weight. Units that never broke symmetry count once."""
     import torch
 
-    state = torch.load(Path(run["dir"]) / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    path = Path(run["dir"]) / rundir.CHECKPOINT
+    state = rundir.read_tensors(path, "move the run directory away, or delete it to train the run again")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise rundir.DamagedFile(path, "holds no model weights", "move the run directory away, or delete it "
+                                 "to train the run again")
+    state = state["model"]
     weight = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 2)
     bias = next(v for k, v in state.items() if k.endswith("bias"))
     rows = torch.cat([weight, bias[:, None]], 1).double().numpy()

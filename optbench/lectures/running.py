@@ -71,7 +71,7 @@ def search_dir(claim: dict, out: Path, scale: str, extra, group: str, seed: int)
     """out/<claim>/runs/<group>[,full][,<extra overrides>]/seed=<s>: another scale or other command-line
     overrides are another search (a search directory refuses new settings), where-to-run settings are not."""
     tags = ["full"] * (scale == "full") + [e for e in extra if override_key(e) not in rundir.RUN_SETTINGS]
-    return out / claim["name"] / "runs" / ",".join([group, *tags]).replace("/", "-") / f"seed={seed}"
+    return out / claim["name"] / "runs" / rundir.folder_name(",".join([group, *tags])) / f"seed={seed}"
 
 
 def _search(claim: dict, out: Path, scale: str, extra, group: str, spec: dict, seed: int, log) -> bool:
@@ -132,56 +132,103 @@ def group_of(run_overrides: list[str], groups: dict) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=()) -> list[dict]:
+def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=(), damaged: list | None = None) -> list[dict]:
     """Every run below out/<claim>/runs/ that belongs to one of the claim's groups at `scale` with the command
     line's `extra` overrides: group, seed, status, summary, config and metrics. A search claim's runs are its
-    searches' trials, each with the seed of its search and its trial number."""
+    searches' trials, each with the seed of its search and its trial number. A run with a damaged file is
+    left out, one warning naming the file, and its message appended to `damaged`."""
     groups, seeds = experiment(claim, scale, extra)
-    if "search" in claim:
-        return [{**_read_run(run_dir), "group": group, "seed": seed, "trial": int(run_dir.name.split("_", 1)[0])}
-                for group in groups for seed in seeds
-                for run_dir in _run_dirs(search_dir(claim, out, scale, extra, group, seed) / "search" / "runs")]
+    damaged = [] if damaged is None else damaged
     runs = []
+    if "search" in claim:
+        for group in groups:
+            for seed in seeds:
+                for run_dir in _run_dirs(search_dir(claim, out, scale, extra, group, seed) / "search" / "runs"):
+                    run = _unless_damaged(read_run, run_dir, damaged)
+                    if run is not None:
+                        runs.append({**run, "group": group, "seed": seed, "trial": int(run_dir.name.split("_", 1)[0])})
+        return runs
     for run_dir in _run_dirs(out / claim["name"] / "runs"):
-        overrides = run_dir / ".hydra" / "overrides.yaml"
-        group = group_of(yaml.safe_load(overrides.read_text()) or [], groups) if overrides.exists() else None
-        if group is not None:
-            run = _read_run(run_dir)
+        group = _unless_damaged(lambda d: group_of(_overrides(d), groups), run_dir, damaged)
+        run = _unless_damaged(read_run, run_dir, damaged) if group is not None else None
+        if run is not None:
             runs.append({**run, "group": group, "seed": run["config"].get("seed")})
     return runs
+
+
+def _unless_damaged(read, run_dir: Path, damaged: list):
+    """read(run_dir), or None with a one-line warning when a file of the run is damaged."""
+    try:
+        return read(run_dir)
+    except rundir.DamagedFile as e:
+        warn_damaged(e, damaged)
+        return None
+
+
+def warn_damaged(error: rundir.DamagedFile, damaged: list) -> None:
+    damaged.append(str(error))
+    print(f"optbench: warning: skipped a damaged run: {error}", file=sys.stderr)
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    """The overrides Hydra saved for the run ([] when there is no such file)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    way_out = "move the run directory away, or delete it to train the run again"
+    try:
+        lines = yaml.safe_load(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise rundir.DamagedFile(path, f"cannot be read ({type(e).__name__})", way_out) from None
+    if lines is not None and not (isinstance(lines, list) and all(isinstance(x, str) for x in lines)):
+        raise rundir.DamagedFile(path, "is not a list of overrides", way_out)
+    return lines or []
 
 
 def _run_dirs(folder: Path) -> list[Path]:
     return sorted(p.parent for p in folder.rglob(rundir.SUMMARY))
 
 
-def _read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path) -> dict:
+    """One run's summary, config (plain dicts), metrics and status; DamagedFile when one of them is damaged."""
     import pandas as pd
+    from omegaconf import OmegaConf
+
     summary = rundir.read_summary(run_dir) or {}
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    config = rundir.read_config(run_dir)
     metrics = rundir.read_metrics(run_dir) if (run_dir / rundir.METRICS).exists() else pd.DataFrame(
         columns=rundir.COLUMNS)
-    return {"dir": str(run_dir), "summary": summary, "config": config, "metrics": metrics,
-            "status": rundir.status(run_dir, summary)}
+    return {"dir": str(run_dir), "summary": summary, "metrics": metrics, "status": rundir.status(run_dir, summary),
+            "config": OmegaConf.to_container(config) if config is not None else {}}
 
 
-def measure(claim: dict, runs: list[dict]) -> dict:
+def measure(claim: dict, runs: list[dict], damaged: list | None = None) -> dict:
     """group -> Series(seed -> the claim's quantity) over the finished runs (completed or diverged); for a
-    search claim, over the searches that finished their budget, each read at its chosen trial."""
+    search claim, over the searches that finished their budget, each read at its chosen trial. A run whose
+    quantity needs a damaged file (a checkpoint) is left out with a warning, as load_claim_runs does."""
     import pandas as pd
 
     function = QUANTITIES[claim["quantity"]][0]
+    damaged = [] if damaged is None else damaged
+
+    def value(run):
+        try:
+            return function(run, claim)
+        except rundir.DamagedFile as e:
+            warn_damaged(e, damaged)
+            return None
+
     values = {}
     for group in claim["groups"]:
         mine = [r for r in runs if r["group"] == group and r["status"] in rundir.FINISHED]
         if "search" in claim:
             chosen = chosen_trials(claim, mine)
             seeds = sorted(seed for _, seed in chosen)
-            values[group] = pd.Series([np.nan if chosen[group, s] is None else function(chosen[group, s], claim)
-                                       for s in seeds], index=seeds, dtype=float)
+            found = {s: np.nan if chosen[group, s] is None else value(chosen[group, s]) for s in seeds}
         else:
-            values[group] = pd.Series([function(r, claim) for r in mine], index=[r["seed"] for r in mine],
-                                      dtype=float)
+            found = {r["seed"]: value(r) for r in mine}
+        found = {s: v for s, v in found.items() if v is not None}
+        values[group] = pd.Series(list(found.values()), index=list(found), dtype=float)
     return values
 
 
