@@ -104,24 +104,57 @@ def _values(*means, spread=0.01, seeds=6):
 def test_verdicts_follow_the_paired_test():
     values = _values(0.9, 0.8, 0.9)
     assert lectures.judge(_claim(["a > b"]), values)["verdict"] == lectures.SUPPORTED
-    assert lectures.judge(_claim(["a < b"]), values)["verdict"] == lectures.OPPOSITE
+    assert lectures.judge(_claim(["a < b"]), values)["verdict"] == lectures.CONTRADICTED
     values["c"] = values["a"] + np.resize([0.01, -0.006], 6)  # c a little above a on average, not in every seed
     unresolved = lectures.judge(_claim(["c > a"]), values)
     assert unresolved["verdict"] == lectures.UNRESOLVED and 6 < unresolved["seeds_needed"] < 1000
-    assert lectures.verdict_text(unresolved) == f"not resolved at 6 seeds (~{unresolved['seeds_needed']:.0f} would resolve it)"
-    # 5 seeds: the smallest sign-flip p is 2/2^5 = 0.0625, so even a large difference stays unresolved
+    smallest = unresolved["comparisons"][0]["smallest_effect"]
+    assert abs(unresolved["comparisons"][0]["difference"]) < smallest < 0.02
+    assert lectures.verdict_text(unresolved) == f"not resolved (at 6 seeds it could resolve differences beyond {smallest:.4g})"
+    # 5 seeds: the smallest sign-flip p is 2/2^5 = 0.0625, so even a large difference stays unresolved, and no
+    # difference could have been resolved
     few = lectures.judge(_claim(["a > b"]), _values(0.9, 0.8, 0.9, seeds=5))
     assert few["verdict"] == lectures.UNRESOLVED and few["seeds_needed"] == 6
+    assert lectures.verdict_text(few) == "not resolved (at 5 seeds this test cannot resolve any difference)"
+
+
+def test_smallest_resolvable_effect_by_hand():
+    # paired differences 0.01, 0.03, 0.02, 0.04, 0.00, 0.02: mean 0.02, squared deviations sum to 0.001, so
+    # sd = sqrt(0.001 / 5) = 0.0141421 and sd / sqrt(6) = 0.0057735; t(0.975, 5) = 2.570582: 0.0148413
+    a = pd.Series([0.51, 0.53, 0.52, 0.54, 0.50, 0.52])
+    b = pd.Series([0.50] * 6)
+    assert lectures.smallest_effect(a, b, 0.95, paired=True) == pytest.approx(0.0148413, abs=1e-6)
+    # unpaired, equal spreads (sd 0.0141421 and 0) and sizes: se = 0.0057735, Welch df = 5: the same number
+    assert lectures.smallest_effect(a, b, 0.95, paired=False) == pytest.approx(0.0148413, abs=1e-6)
+    # paired on the seeds both sides have: seed 5 missing on one side leaves 5 differences
+    assert lectures.smallest_effect(a, b.drop(5), 0.95, paired=True) == pytest.approx(
+        2.776445 * np.std([0.01, 0.03, 0.02, 0.04, 0.00], ddof=1) / np.sqrt(5), abs=1e-6)
+    assert lectures.smallest_effect(a, b.drop(5), 0.95, paired=True, test="sign-flip") == np.inf  # 2/32 > 0.05
+
+
+def test_each_of_the_four_verdicts_arises_where_it_should(tmp_path):
+    values = _values(0.9, 0.8, 0.9)
+    assert lectures.judge(_claim(["a > b"]), values)["verdict"] == "supported"
+    assert lectures.judge(_claim(["a < b"]), values)["verdict"] == "contradicted"
+    values["c"] = values["a"] + np.array([0.01, -0.01, 0.02, -0.02, 0.005, -0.004])  # signs both ways
+    unresolved = lectures.judge(_claim(["c > a"]), values)
+    assert unresolved["verdict"] == "not resolved" and np.isfinite(unresolved["comparisons"][0]["smallest_effect"])
+    (tmp_path / "short.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                         + "not_testable: {default: 20 steps cannot tell}\n")
+    claim = lectures.load("short", tmp_path)
+    assert lectures.untestable(claim) == "20 steps cannot tell" and lectures.untestable(claim, "middle") is None
+    result = {"verdict": lectures.UNTESTABLE, "reason": lectures.untestable(claim), "comparisons": []}
+    assert lectures.verdict_text(result) == "not testable at this scale: 20 steps cannot tell"
 
 
 def test_all_and_any_combine_predictions():
     values = _values(0.9, 0.8, 0.95)
     assert lectures.judge(_claim(["a > b", "c > a"]), values)["verdict"] == lectures.SUPPORTED
-    assert lectures.judge(_claim(["a > b", "a > c"]), values)["verdict"] == lectures.OPPOSITE
+    assert lectures.judge(_claim(["a > b", "a > c"]), values)["verdict"] == lectures.CONTRADICTED
     # any: one prediction resolved as predicted is enough, but only after Holm over both (7 seeds: 2/128 < 0.025)
     seven = _values(0.9, 0.8, 0.95, seeds=7)
     assert lectures.judge(_claim(["a > b", "a > c"], "any"), seven)["verdict"] == lectures.SUPPORTED
-    assert lectures.judge(_claim(["b > a", "a > c"], "any"), seven)["verdict"] == lectures.OPPOSITE
+    assert lectures.judge(_claim(["b > a", "a > c"], "any"), seven)["verdict"] == lectures.CONTRADICTED
     six = lectures.judge(_claim(["a > b", "a > c"], "any"), values)
     assert six["verdict"] == lectures.UNRESOLVED  # 2/64 = 0.031 is above 0.05 / 2
 
@@ -172,7 +205,7 @@ TINY = """\
 quote: "If the learning rate is too low, learning proceeds slowly."
 lecture: 000_8417a3012551713b.txt
 condition: a tiny net, 20 steps
-overrides: [diagnostics=off, optimizer=sgd, "model.hidden=[16]", trainer.max_steps=20, trainer.eval_every=10,
+overrides: [diagnostics=off, optimizer=sgd, "model.hidden=[16]", trainer.max_steps=20, trainer.eval_every=2,
             data.train_eval_size=500, data.val_size=1000, device=cpu]
 groups:
   good: [optimizer.lr=0.1]
@@ -213,10 +246,59 @@ def test_tiny_claim_gives_a_verdict_row_with_an_interval(tiny):
         assert image.size[0] > 1000
 
 
+def _outside(ax) -> list:
+    """Every drawn point (lines, scatter offsets, band vertices) of `ax` outside its view: none may enter from off
+    the axis."""
+    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    points = [np.column_stack(line.get_data()).astype(float) for line in ax.get_lines()]
+    from matplotlib.collections import PathCollection
+
+    # a scatter's points are its offsets (its paths are the marker's shape); a band's and an error bar's are paths
+    points += [np.asarray(c.get_offsets(), float) for c in ax.collections if isinstance(c, PathCollection)]
+    points += [p.vertices for c in ax.collections if not isinstance(c, PathCollection) for p in c.get_paths()]
+    points = np.vstack([p for p in points if len(p)])
+    points = points[np.isfinite(points).all(axis=1)]
+    slack = 1e-9 * max(abs(x1 - x0), abs(y1 - y0), 1)
+    return [tuple(p) for p in points if not (x0 - slack <= p[0] <= x1 + slack and y0 * (1 - 1e-9) - slack <= p[1]
+                                             <= y1 * (1 + 1e-9) + slack)]
+
+
+def test_tiny_claim_has_curves_to_project(tiny, tmp_path):
+    from figure_checks import drawn
+
+    from optbench.lectures.figures import figure
+
+    out, _, _ = tiny
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'"))
+    claim = lectures.load("tiny", tmp_path)
+    result = json.loads((out / "tiny" / "verdict.json").read_text())
+    assert result["condition"] == "a tiny net, 20 steps" and result["verdict"] == "supported"
+    assert result["scale"] == "default"
+    runs = lectures.load_claim_runs(claim, out)
+    assert len(runs) == 12
+    for run in runs:  # at least 10 evaluations after the start, so that a curve is a curve
+        steps = run["metrics"].query("split == 'val' and metric == 'acc'").step.unique()
+        assert len(steps[steps > 0]) >= 10
+    fig = drawn(figure(claim, result, runs))
+    assert "condition: a tiny net, 20 steps" in fig._suptitle.get_text()
+    # the same runs judged on validation accuracy: the curve is then an error from chance (0.9) down, on a log axis
+    (tmp_path / "acc.yaml").write_text(TINY.replace("PREDICTION", "'good > too_small'")
+                                       .replace("final_train_loss", "best_val_acc"))
+    acc = lectures.load("acc", tmp_path)
+    judged = {**lectures.judge(acc, lectures.measure(acc, runs)), "condition": "c", "scale": "default"}
+    for fig in (fig, drawn(figure(acc, judged, runs))):
+        left, right = fig.axes[:2]
+        for ax in (left, right):
+            assert not _outside(ax), _outside(ax)[:5]
+        assert right.get_yscale() == "log" and len(right.collections) >= 2 * 6 + 2  # rings per seed and bands
+        assert any("read here" in text.get_text() for text in right.get_legend().get_texts())
+    assert max(right.get_ylim()) >= 0.85  # step 0's error (about 0.9) is in view, not cut off below
+
+
 def test_the_wrong_direction_gets_the_opposite_verdict_from_the_same_runs(tiny):
     out, _, stdout = tiny
     result = json.loads((out / "tiny_wrong" / "verdict.json").read_text())
-    assert result["verdict"] == lectures.OPPOSITE and "tiny_wrong: not supported" in stdout
+    assert result["verdict"] == lectures.CONTRADICTED and "tiny_wrong: contradicted" in stdout
     assert result["comparisons"][0]["high"] < 0
     # one multirun sweeping the learning rate, and nothing trained again: skip_completed found every run
     log = (out / "tiny_wrong" / "runs" / "all" / "lectures.log").read_text()
@@ -252,7 +334,8 @@ def test_page_has_every_claim_and_figure(tiny):
             image.verify()
     assert not re.search(r'(src|href)="(https?:)?//', page)
     md = (out / "index.md").read_text()
-    assert "| tiny | 000 |" in md and "| tiny_wrong | 000 |" in md and "not supported" in md
+    assert "| [tiny](tiny/handout.md) | 000 |" in md and "| [tiny_wrong](tiny_wrong/handout.md) | 000 |" in md
+    assert "contradicted" in md and "**Condition:** a tiny net, 20 steps." in md
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (CI installs Debian's chromium)")
@@ -266,7 +349,7 @@ def test_page_renders_in_headless_chromium(tiny, tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # text, tables and plots, not a blank page
     dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'b'}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout
-    assert dom.count("<img") == 2 and dom.count("<table") == 3 and "tiny_wrong: not supported" in dom
+    assert dom.count("<img") == 2 and dom.count("<table") == 3 and "tiny_wrong: contradicted" in dom
 
 
 # --- a damaged run (#27): named in one line, skipped, and the exit says so; nothing in it is executed -------------

@@ -26,12 +26,14 @@ functions that use them, everything else at the top of each module.
 """
 
 from optbench.errors import UserError
-from optbench.lectures.catalogue import (CATALOGUE, SCALES, compositions, experiment, load, merge_overrides, names,
-                                         parse_prediction)
+from optbench.lectures.catalogue import (CATALOGUE, SCALES, compositions, condition, experiment, load, merge_overrides,
+                                         names, parse_prediction, untestable)
 from optbench.lectures.command import main
 from optbench.lectures.running import chosen_trial, group_of, load_claim_runs, measure, search_dir
-from optbench.lectures.verdicts import OPPOSITE, SUPPORTED, UNRESOLVED, comparison_text, judge, verdict_text
+from optbench.lectures.verdicts import (CONTRADICTED, SUPPORTED, UNRESOLVED, UNTESTABLE, comparison_text, judge,
+                                        smallest_effect, verdict_text)
 
-__all__ = ["CATALOGUE", "OPPOSITE", "SCALES", "SUPPORTED", "UNRESOLVED", "UserError", "chosen_trial",
-           "comparison_text", "compositions", "experiment", "group_of", "judge", "load", "load_claim_runs", "main",
-           "measure", "merge_overrides", "names", "parse_prediction", "search_dir", "verdict_text"]
+__all__ = ["CATALOGUE", "CONTRADICTED", "SCALES", "SUPPORTED", "UNRESOLVED", "UNTESTABLE", "UserError", "chosen_trial",
+           "comparison_text", "compositions", "condition", "experiment", "group_of", "judge", "load", "load_claim_runs",
+           "main", "measure", "merge_overrides", "names", "parse_prediction", "search_dir", "smallest_effect",
+           "untestable", "verdict_text"]

@@ -12,14 +12,14 @@ from optbench.lectures.measures import QUANTITIES
 CATALOGUE = CONF / "lectures"
 
 
-SCALES = ("default", "full")
-
-
+# default: this 2-core CPU runs the whole catalogue in about 15 minutes; middle: a laptop over a lunch break
+# (about an hour here); full: a GPU
+SCALES = ("default", "middle", "full")
 OUT = "lectures"
-
-
-KEYS = {"quote", "lecture", "condition", "overrides", "groups", "seeds", "quantity", "predict", "combine", "target",
-        "x", "full", "search"}
+KEYS = {"quote", "lecture", "condition", "design", "differs", "overrides", "groups", "seeds", "quantity", "predict",
+        "combine", "target", "x", "scales", "not_testable", "search"}
+# what a larger scale may change: its own condition, seeds, shared overrides and per-group overrides on top
+SCALE_KEYS = {"condition", "seeds", "overrides", "groups"}
 
 
 # what a search claim's group may set: the rest of the search is the claim's (`search`, `overrides`, the seeds)
@@ -68,6 +68,7 @@ def load(name: str, catalogue: Path = CATALOGUE) -> dict:
     claim["predict"] = [parse_prediction(p, claim["groups"], path) for p in claim["predict"]]
     if "search" in claim:
         _check_search_claim(claim, path)
+    _check_scales(claim, path)
     claim.update(name=name, path=str(path), description=_first_comment(path))
     return claim
 
@@ -94,6 +95,38 @@ def _check_search_claim(claim: dict, path) -> None:
                             f"{', '.join(SEARCH_GROUP_KEYS)}" + (f", not {sorted(unknown)}" if unknown else ""))
 
 
+def _check_scales(claim: dict, path) -> None:
+    scales, untestable = claim.get("scales") or {}, claim.get("not_testable") or {}
+    if not isinstance(scales, dict) or not isinstance(untestable, dict):
+        raise UserError(f"{path}: scales and not_testable are mappings from a scale ({', '.join(SCALES)})")
+    for scale in scales:
+        if scale not in SCALES[1:]:
+            raise UserError(f"{path}: scales.{scale}: a larger scale is one of {', '.join(SCALES[1:])} "
+                            "(the default scale is the claim's own keys)")
+    for scale in untestable:
+        if scale not in SCALES:
+            raise UserError(f"{path}: not_testable.{scale}: the scales are {', '.join(SCALES)}")
+    for scale, block in scales.items():
+        unknown = set(block or {}) - SCALE_KEYS
+        if unknown:
+            raise UserError(f"{path}: scales.{scale} sets {sorted(unknown)}; it may set {', '.join(sorted(SCALE_KEYS))}")
+        extra = set((block or {}).get("groups") or {}) - set(claim["groups"])
+        if extra:
+            raise UserError(f"{path}: scales.{scale}.groups names {sorted(extra)}, not groups of the claim")
+    if not all(isinstance(v, str) and v.strip() for v in untestable.values()):
+        raise UserError(f"{path}: not_testable gives per scale the reason, a sentence")
+
+
+def condition(claim: dict, scale: str = "default") -> str:
+    """The experiment's condition at `scale`: what the verdict holds under, printed next to it."""
+    return ((claim.get("scales") or {}).get(scale) or {}).get("condition") or claim.get("condition", "")
+
+
+def untestable(claim: dict, scale: str = "default") -> str | None:
+    """Why no fair test of the claim fits `scale`'s budget, or None when one does."""
+    return (claim.get("not_testable") or {}).get(scale)
+
+
 def _first_comment(path: Path) -> str:
     for line in path.read_text().splitlines():
         if line.startswith("#"):
@@ -102,15 +135,18 @@ def _first_comment(path: Path) -> str:
 
 
 def experiment(claim: dict, scale: str = "default", extra=()) -> tuple[dict, list[int]]:
-    """(group -> its full override list, seeds) at `scale`; 'full' adds the claim's `full` block on top, and
-    `extra` (the command line's overrides) wins over both. A search claim's group is its search's settings."""
-    bigger = claim.get("full") or {} if scale == "full" else {}
+    """(group -> its full override list, seeds) at `scale`; a larger scale's block (`scales: {middle: ...}`)
+    adds its overrides on top of the claim's, its per-group ones on top of the group's, and `extra` (the
+    command line's overrides) wins over all. A search claim's group is its search's settings."""
+    bigger = (claim.get("scales") or {}).get(scale) or {}
     seeds = list(range(int(bigger.get("seeds", claim["seeds"]))))
     shared = [*(claim.get("overrides") or []), *(bigger.get("overrides") or [])]
+    per_group = bigger.get("groups") or {}
     if "search" in claim:
         return {g: {**claim["search"], **(settings or {}), "overrides": merge_overrides(shared, list(extra))}
                 for g, settings in claim["groups"].items()}, seeds
-    return {g: merge_overrides(shared, list(o or []), list(extra)) for g, o in claim["groups"].items()}, seeds
+    return {g: merge_overrides(shared, list(o or []), list(per_group.get(g) or []), list(extra))
+            for g, o in claim["groups"].items()}, seeds
 
 
 def override_key(line: str) -> str:

@@ -1,55 +1,70 @@
 """`optbench lectures list | run | report`: the argparse front and one claim's run from training to verdict.json."""
 
 import json
+import os
+import shlex
 import time
 from pathlib import Path
 
 import numpy as np
 
 from optbench.errors import UserError
-from optbench.lectures.catalogue import CATALOGUE, OUT, SCALES, check, load, names
+from optbench.lectures.catalogue import CATALOGUE, OUT, SCALES, check, condition, load, names, untestable
 from optbench.lectures.figures import figure
 from optbench.lectures.measures import QUANTITIES
-from optbench.lectures.page import collect, write_page
+from optbench.lectures.page import collect, handout, write_page
 from optbench.lectures.running import load_claim_runs, measure, train
-from optbench.lectures.verdicts import comparison_text, judge, verdict_text
+from optbench.lectures.verdicts import UNTESTABLE, comparison_text, judge, verdict_text
+
 
 def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, log=print,
               train_first: bool = True, damaged: list | None = None) -> dict | None:
     """Train (what is missing; nothing with train_first=False), measure, judge, draw; the result saved as
-    out/<claim>/verdict.json. None when a multirun failed or a group has no finished run to measure. A run
-    with a damaged file is skipped with a warning and named in `damaged`."""
-    import os
-    import shlex
-
+    out/<claim>/verdict.json with the experiment's condition, and the claim's handout beside it. A claim not
+    testable at `scale` trains nothing and says why. None when a multirun failed or a group has no finished
+    run to measure. A run with a damaged file is skipped with a warning and named in `damaged`."""
     started, load = time.perf_counter(), os.getloadavg()[0]
-    previous = out / claim["name"] / "verdict.json"
-    previous = json.loads(previous.read_text()) if previous.is_file() else {}
-    trained = train(claim, out, scale, extra, log) if train_first else True
-    runs = load_claim_runs(claim, out, scale, extra, damaged)
-    values = measure(claim, runs, damaged)
-    empty = [g for g, v in values.items() if not v.notna().any()]
-    if empty or not trained:
-        log(f"{claim['name']}: could not be run" + (f" (no finished run in {', '.join(empty)})" if empty else ""))
-        return None
-    result = judge(claim, values, level)
-    fig = figure(claim, result, runs)
-    result["figure"] = f"{claim['name']}/{claim['name']}.png"
-    from optbench.plots import DPI
-
-    fig.savefig(out / result["figure"], dpi=DPI)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     command = shlex.join(["optbench", "lectures", "run", claim["name"], *(["--scale", scale] * (scale != "default")),
                           *extra])
-    if train_first or not previous:  # what the training took, and the 1-minute load average before and after it
-        result.update(seconds=time.perf_counter() - started, load=[load, os.getloadavg()[0]], command=command)
-    else:  # a report of runs trained before: their time and command stay
-        result.update({k: previous[k] for k in ("seconds", "load", "command") if k in previous})
-    result["scale"] = scale
+    (out / claim["name"]).mkdir(parents=True, exist_ok=True)
+    why = untestable(claim, scale)
+    if why:
+        result = {"verdict": UNTESTABLE, "reason": why, "groups": [], "comparisons": [], "seconds": 0.0,
+                  "command": command}
+    else:
+        previous = out / claim["name"] / "verdict.json"
+        previous = json.loads(previous.read_text()) if previous.is_file() else {}
+        trained = train(claim, out, scale, extra, log) if train_first else True
+        runs = load_claim_runs(claim, out, scale, extra, damaged)
+        values = measure(claim, runs, damaged)
+        empty = [g for g, v in values.items() if not v.notna().any()]
+        if empty or not trained:
+            log(f"{claim['name']}: could not be run" + (f" (no finished run in {', '.join(empty)})" if empty else ""))
+            return None
+        result = judge(claim, values, level)
+        result.update(scale=scale, condition=condition(claim, scale))  # the figure prints them
+        result["figure"] = _draw(claim, result, runs, out)
+        if train_first or previous.get("scale") != scale:  # the training's time, the load average before and after
+            result.update(seconds=time.perf_counter() - started, load=[load, os.getloadavg()[0]], command=command)
+        else:  # a report of runs trained before: their time and command stay
+            result.update({k: previous[k] for k in ("seconds", "load", "command") if k in previous})
+    result.update(scale=scale, condition=condition(claim, scale))
     (out / claim["name"] / "verdict.json").write_text(json.dumps(result, indent=1, default=_json))
+    (out / claim["name"] / "handout.md").write_text(handout(claim, result))
     return result
+
+
+def _draw(claim: dict, result: dict, runs: list[dict], out: Path) -> str:
+    """The claim's figure saved beside its verdict; its path relative to `out`."""
+    import matplotlib.pyplot as plt
+
+    from optbench.plots import DPI
+
+    fig = figure(claim, result, runs)
+    path = f"{claim['name']}/{claim['name']}.png"
+    fig.savefig(out / path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 def _json(x):
@@ -72,7 +87,8 @@ def main(args: list[str]) -> int:
     parser.add_argument("claims", nargs="*", metavar="NAME", help="claims to run (then any train overrides: key=value)")
     parser.add_argument("--all", action="store_true", help="run every claim in the catalogue")
     parser.add_argument("--scale", choices=SCALES, default="default",
-                        help="default: minutes on a laptop CPU; full: more seeds and longer runs, for a GPU")
+                        help="default: a 2-core CPU, the catalogue in about 15 minutes; middle: a laptop over a lunch "
+                             "break (about an hour); full: more seeds and longer runs, for a GPU")
     parser.add_argument("--out", default=OUT, help=f"folder for the runs, figures and the page (default: ./{OUT})")
     parser.add_argument("--level", type=float, default=LEVEL, help=f"confidence level (default: {LEVEL:g})")
     parser.add_argument("--catalogue", default=str(CATALOGUE),
@@ -106,7 +122,7 @@ def main(args: list[str]) -> int:
             failed.append(claim["name"])
             continue
         done.append((claim, result))
-        print(f"{claim['name']}: {verdict_text(result)} ({result['seconds']:.0f} s)")
+        print(f"{claim['name']}: {verdict_text(result)} ({result['seconds']:.0f} s; condition: {result['condition']})")
         for row in result["comparisons"]:
             print("  " + comparison_text(row, QUANTITIES[claim["quantity"]][1]))
     page = collect(out, catalogue)

@@ -42,45 +42,84 @@ def figure(claim: dict, result: dict, runs: list[dict]):
         _curves_panel(right, claim, runs, colours, split, metric, x, log_y)
     verdict = verdict_text(result)
     fig.suptitle(f"{claim['name']}: {verdict}\n\u201c" + textwrap.shorten(" ".join(claim["quote"].split()), 110)
-                 + f"\u201d ({claim['lecture'][:3]})", fontsize=11)
+                 + f"\u201d ({claim['lecture'][:3]})\n" + textwrap.shorten(f"condition: {result['condition']}", 150),
+                 fontsize=11)
     fig.tight_layout()
     return fig
 
 
+# per quantity, which evaluations (indices into a run's plotted curve, in the curve's own values) the verdict's
+# quantity is read at: marked with a ring on the curve, so the figure shows where the number comes from
+READ_AT = {
+    "best_val_acc": lambda ys, claim: [int(np.nanargmax(ys))] if np.isfinite(ys).any() else [],
+    "test_acc": lambda ys, claim: [int(np.nanargmax(ys))] if np.isfinite(ys).any() else [],
+    "examples_to_target": lambda ys, claim: list(np.flatnonzero(ys >= claim["target"])[:1]),
+    "loss_rise": lambda ys, claim: list(np.flatnonzero(np.diff(ys) > 0) + 1),
+    "update_shrink": lambda ys, claim: [0, len(ys) - 1],
+    "act_std_drift": lambda ys, claim: [0, len(ys) - 1],
+    "saturated_at_init": lambda ys, claim: list(range(len(ys))),
+}
+READ_LAST = lambda ys, claim: [len(ys) - 1]  # noqa: E731 - the final training loss, the gap, the units: at the end
+# what the ring means, in the legend
+READ_WHERE = {"best_val_acc": "the evaluation validation chose", "test_acc": "the evaluation validation chose",
+              "examples_to_target": "first evaluation at the target", "loss_rise": "each rise of the loss",
+              "update_shrink": "the two update sizes compared", "act_std_drift": "the two layers compared",
+              "saturated_at_init": "each layer averaged"}
+# accuracies are drawn as errors (1 - accuracy) on a log axis: the whole curve from chance to the top is in
+# view, and the differences at the top, where they decide, are as wide as those at the start
+FLOOR = 1e-4
+
+
 def _curves_panel(right, claim: dict, runs: list[dict], colours, split: str, metric: str, x: str, log_y: bool):
-    """The learning curve (or per-layer diagnostic) the quantity comes from, one line per seed."""
+    """The learning curve (or per-layer diagnostic) the quantity comes from: each seed a thin line, the groups'
+    median a thick one in a band from the lowest to the highest seed, a ring where the quantity is read."""
+    import pandas as pd
+
+    error = metric == "acc"
+    read_at = READ_AT.get(claim["quantity"], READ_LAST)
     for i, group in enumerate(claim["groups"]):
+        colour = colours[i % len(colours)]
         mine = [r for r in runs if r["group"] == group and r["status"] != "failed"]
         diverged = sum(r["status"] == "diverged" for r in mine)
-        legend = f"{group} ({diverged} of {len(mine)} diverged)" if diverged else group
-        for j, r in enumerate(mine):
+        curves = {}
+        for r in mine:
             xs, ys = _curve(r, split, metric, x)
-            right.plot(xs, ys, color=colours[i % len(colours)], alpha=0.6, lw=1.2,
-                       marker="o" if x == "layer" or len(xs) == 1 else None, ms=3, label=legend if j == 0 else None)
-    if log_y:
+            shown = np.clip(1 - ys, FLOOR, None) if error else ys
+            right.plot(xs, shown, color=colour, alpha=0.45, lw=0.8, marker="o" if len(xs) == 1 else None, ms=3)
+            read = [j for j in read_at(ys, claim) if 0 <= j < len(xs) and np.isfinite(shown[j])]
+            right.scatter(xs[read], shown[read], s=42, facecolors="none", edgecolors=colour, lw=1.4, zorder=3)
+            curves[r["seed"]] = pd.Series(shown, index=np.round(xs, 9))
+        if not curves:
+            continue
+        table = pd.DataFrame(curves).sort_index()
+        if table.shape[1] > 1:
+            right.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=colour, alpha=0.18, lw=0)
+        legend = f"{group}: median of {len(curves)} seeds" + (f", {diverged} diverged" if diverged else "")
+        right.plot(table.index, table.median(axis=1), color=colour, lw=2.2, label=legend,
+                   marker="o" if x == "layer" else None, ms=4)
+    right.scatter([], [], s=42, facecolors="none", edgecolors="black", lw=1.4,
+                  label=f"read here: {READ_WHERE.get(claim['quantity'], 'the last evaluation')}")
+    if claim.get("target") and error:
+        right.axhline(1 - claim["target"], color="black", ls="--", lw=1, label=f"target accuracy {claim['target']:g}")
+    if log_y or error:
         right.set_yscale("log")
-    if metric == "acc":  # from the first evaluation after the start: the differences are at the top
-        later = []  # a run that diverged before its second evaluation keeps its one point in view
-        for line in right.get_lines():
-            xs, ys = (np.asarray(v, float) for v in line.get_data())
-            later += [y for y in (ys[xs > 0] if (xs > 0).any() else ys) if np.isfinite(y)]
-        if later:
-            low = min(later)
-            right.set_ylim(max(low - 0.05 * (1 - low), 0), min(1, max(later) + 0.1 * (1 - low)))
+    _curve_labels(right, split, metric, x, error)
+
+
+def _curve_labels(right, split: str, metric: str, x: str, error: bool):
     right.set_xlabel({"step": "optimisation step", "examples": "training examples seen", "epoch": "epoch",
                       "layer": "hidden layer (at initialisation)"}[x])
     names = {"act_std": "activation std", "saturated": "saturated fraction", "update_size": "update size (all layers)",
-             "acc": "accuracy"}
+             "acc": "error (1 - accuracy), log scale", "loss": "loss, log scale"}
     right.set_ylabel(f"{ {'val': 'validation', 'train': 'training', 'diag': ''}.get(split, split)} "
                      f"{names.get(metric, metric)}".strip())
     if x == "layer":
         from matplotlib.ticker import MaxNLocator
 
         right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.set_title("each line one seed" + (", zoomed to the evaluations after step 0" if metric == "acc" else ""),
-                    fontsize=10)
-    right.legend(title="group")
-    right.grid(alpha=0.3)
+    right.set_title("thin: each seed; thick and band: median, lowest to highest seed", fontsize=10)
+    right.legend(fontsize=9)
+    right.grid(alpha=0.3, which="both" if error else "major")
 
 
 def _trials_panel(right, claim: dict, runs: list[dict], colours):

@@ -68,9 +68,9 @@ def _logged(command: str, run, folder: Path, what: str, log) -> bool:
 
 
 def search_dir(claim: dict, out: Path, scale: str, extra, group: str, seed: int) -> Path:
-    """out/<claim>/runs/<group>[,full][,<extra overrides>]/seed=<s>: another scale or other command-line
+    """out/<claim>/runs/<group>[,<scale>][,<extra overrides>]/seed=<s>: another scale or other command-line
     overrides are another search (a search directory refuses new settings), where-to-run settings are not."""
-    tags = ["full"] * (scale == "full") + [e for e in extra if override_key(e) not in rundir.RUN_SETTINGS]
+    tags = [scale] * (scale != "default") + [e for e in extra if override_key(e) not in rundir.RUN_SETTINGS]
     return out / claim["name"] / "runs" / rundir.folder_name(",".join([group, *tags])) / f"seed={seed}"
 
 
