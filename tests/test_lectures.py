@@ -54,6 +54,39 @@ def test_claim_loads_and_its_groups_compose(name):
     compose(*next(iter(lectures.compositions(claim, "full").values())))  # the full scale composes too
 
 
+# quantities read from the network at initialisation: their figure is per layer, not a learning curve
+AT_INIT = ("act_std_drift", "saturated_at_init")
+
+
+@pytest.mark.parametrize("name", CLAIMS)
+def test_every_run_has_a_curve_at_every_scale(name):
+    """At least 10 evaluations after the start in every run of every group at every scale (the lengths the
+    trainer computes: an evaluation every eval_every steps and one at the end)."""
+    from optbench.trainer import run_lengths
+
+    claim = lectures.load(name)
+    if claim["quantity"] in AT_INIT:
+        return
+    for scale in lectures.SCALES:
+        if lectures.untestable(claim, scale):
+            continue
+        for group, overrides in lectures.compositions(claim, scale).items():
+            cfg = compose(*overrides)
+            _, _, total, every = run_lengths(cfg, 60000 - cfg.data.val_size)
+            evaluations = total // every + (total % every > 0)
+            assert evaluations >= 10, f"{name} at {scale}, group {group}: {evaluations} evaluations"
+
+
+@pytest.mark.parametrize("name", CLAIMS)
+def test_every_claim_says_how_it_was_designed_and_where_it_may_differ(name):
+    claim = lectures.load(name)
+    assert len(claim.get("design", "").split()) >= 40 and len(claim.get("differs", "").split()) >= 25
+    for scale in lectures.SCALES:  # each scale either tests the claim or says why it cannot
+        assert lectures.untestable(claim, scale) or lectures.condition(claim, scale)
+    assert not lectures.untestable(claim, "full"), "the full scale is where every claim can be tested"
+    assert "middle" in (claim.get("scales") or {}), "the middle scale's budget is declared"
+
+
 def _plain(cfg):
     from omegaconf import OmegaConf
 
@@ -431,3 +464,32 @@ def test_search_folder_names_stay_inside_and_are_capped(tmp_path):
     for extra in (["optimizer.lr=../../../escaped"], [f"model.hidden=[{','.join(['128'] * 60)}]"]):
         folder = lectures.search_dir(claim, tmp_path, "default", extra, "grid", 0)
         assert folder.parent.parent == runs and len(folder.parent.name.encode()) <= 120
+
+
+def test_a_claim_not_testable_at_a_scale_trains_nothing_and_says_why(tmp_path):
+    (tmp_path / "short.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                         + "not_testable: {default: 20 steps cannot tell}\n")
+    out = optbench("lectures", "run", "short", "--catalogue", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "short: not testable at this scale: 20 steps cannot tell (0 s; condition: a tiny net, 20 steps)" in out.stdout
+    result = json.loads((tmp_path / "out" / "short" / "verdict.json").read_text())
+    assert result["verdict"] == "not testable at this scale" and result["reason"] == "20 steps cannot tell"
+    assert result["condition"] == "a tiny net, 20 steps" and not (tmp_path / "out" / "short" / "runs").exists()
+    assert "not testable at this scale: 20 steps cannot tell" in (tmp_path / "out" / "index.md").read_text()
+    handout = (tmp_path / "out" / "short" / "handout.md").read_text()
+    assert "> If the learning rate is too low, learning proceeds slowly." in handout
+
+
+def test_a_scale_block_is_checked(tmp_path):
+    (tmp_path / "odd.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                       + "scales: {lunch: {seeds: 8}}\n")
+    with pytest.raises(lectures.UserError, match="scales.lunch: a larger scale is one of middle, full"):
+        lectures.load("odd", tmp_path)
+    (tmp_path / "odd.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                       + "scales: {middle: {groups: {huge: [seed=1]}}}\n")
+    with pytest.raises(lectures.UserError, match=r"scales.middle.groups names \['huge'\]"):
+        lectures.load("odd", tmp_path)
+    (tmp_path / "odd.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                       + "scales: {middle: {seeds: 8, groups: {good: [trainer.max_steps=40]}}}\n")
+    groups, seeds = lectures.experiment(lectures.load("odd", tmp_path), "middle")
+    assert len(seeds) == 8 and "trainer.max_steps=40" in groups["good"] and "trainer.max_steps=20" in groups["too_small"]

@@ -54,6 +54,7 @@ READ_AT = {
     "best_val_acc": lambda ys, claim: [int(np.nanargmax(ys))] if np.isfinite(ys).any() else [],
     "test_acc": lambda ys, claim: [int(np.nanargmax(ys))] if np.isfinite(ys).any() else [],
     "examples_to_target": lambda ys, claim: list(np.flatnonzero(ys >= claim["target"])[:1]),
+    "gap_at_fit": lambda ys, claim: list(np.flatnonzero(ys >= claim["target"])[:1]),
     "loss_rise": lambda ys, claim: list(np.flatnonzero(np.diff(ys) > 0) + 1),
     "update_shrink": lambda ys, claim: [0, len(ys) - 1],
     "act_std_drift": lambda ys, claim: [0, len(ys) - 1],
@@ -62,7 +63,8 @@ READ_AT = {
 READ_LAST = lambda ys, claim: [len(ys) - 1]  # noqa: E731 - the final training loss, the gap, the units: at the end
 # what the ring means, in the legend
 READ_WHERE = {"best_val_acc": "the evaluation validation chose", "test_acc": "the evaluation validation chose",
-              "examples_to_target": "first evaluation at the target", "loss_rise": "each rise of the loss",
+              "examples_to_target": "first evaluation at the target",
+              "gap_at_fit": "first evaluation at the training target", "loss_rise": "each rise of the loss",
               "update_shrink": "the two update sizes compared", "act_std_drift": "the two layers compared",
               "saturated_at_init": "each layer averaged"}
 # accuracies are drawn as errors (1 - accuracy) on a log axis: the whole curve from chance to the top is in

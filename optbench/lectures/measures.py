@@ -29,6 +29,15 @@ def train_val_gap(run, claim) -> float:
     return float(final.get("train_acc", np.nan)) - float(final.get("val_acc", np.nan))
 
 
+def gap_at_fit(run, claim) -> float:
+    """Training minus validation accuracy at the first evaluation where the training accuracy reaches the
+    claim's target: the gap compared at equal fit, not at equal time (NaN where the run never fits that well)."""
+    train = evaluations(run["metrics"], "train", "acc")
+    val = evaluations(run["metrics"], "val", "acc")
+    fitted = train[train >= claim["target"]]
+    return float(fitted.iloc[0] - val.get(fitted.index[0], np.nan)) if len(fitted) else np.nan
+
+
 def batch_size(run) -> int:
     """The run's batch size; null is the whole training split (MNIST's 60k training images less validation)."""
     size = run["config"]["trainer"]["batch_size"]
@@ -115,6 +124,8 @@ QUANTITIES = {
                  ("val", "acc", "step", False)),
     "final_train_loss": (_final("train_loss"), "final training loss", ("train", "loss", "step", True)),
     "train_val_gap": (train_val_gap, "train - validation accuracy (last evaluation)", ("val", "acc", "step", False)),
+    "gap_at_fit": (gap_at_fit, "train - validation accuracy where training accuracy first reaches the target",
+                   ("train", "acc", "step", False)),
     "examples_to_target": (examples_to_target, "training examples to reach the target validation accuracy",
                            ("val", "acc", "examples", False)),
     "loss_rise": (loss_rise, "total rise of log(training loss) between evaluations", ("train", "loss", "step", True)),
