@@ -458,6 +458,17 @@ def test_a_damaged_run_is_skipped_with_one_line_and_a_nonzero_exit(copied, damag
     assert sorted(g["n"] for g in json.loads((out / "units" / "verdict.json").read_text())["groups"]) == [5, 6]
 
 
+def test_run_judges_the_runs_that_trained_around_a_damaged_one(copied, mnist_root):
+    catalogue, out, runs = copied
+    (runs[3] / "summary.json").write_bytes(b"{broken")
+    run = optbench("lectures", "run", "units", f"data.root={mnist_root}", "--catalogue", str(catalogue), "--out", str(out))
+    assert run.returncode == 1 and len(_warnings(run.stderr, runs[3] / "summary.json")) == 1, run.stderr[-2000:]
+    assert "judged on the runs that trained: units" in run.stdout and "skipped 1 damaged run" in run.stdout
+    result = json.loads((out / "units" / "verdict.json").read_text())
+    assert result["training_failed"] and sorted(g["n"] for g in result["groups"]) == [5, 6]
+    assert (runs[3] / "summary.json").read_bytes() == b"{broken"  # nothing the user might want was replaced
+
+
 def test_search_folder_names_stay_inside_and_are_capped(tmp_path):
     claim = lectures.load("random_search_beats_grid")
     runs = tmp_path / claim["name"] / "runs"

@@ -21,8 +21,8 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
               train_first: bool = True, damaged: list | None = None) -> dict | None:
     """Train (what is missing; nothing with train_first=False), measure, judge, draw; the result saved as
     out/<claim>/verdict.json with the experiment's condition, and the claim's handout beside it. A claim not
-    testable at `scale` trains nothing and says why. None when a multirun failed or a group has no finished
-    run to measure. A run with a damaged file is skipped with a warning and named in `damaged`."""
+    testable at `scale` trains nothing and says why. None when a group has no finished run to measure; when
+    a multirun failed, the runs that finished are judged and the result says training_failed. A run with a damaged file is skipped with a warning and named in `damaged`."""
     started, load = time.perf_counter(), os.getloadavg()[0]
     command = shlex.join(["optbench", "lectures", "run", claim["name"], *(["--scale", scale] * (scale != "default")),
                           *extra])
@@ -38,10 +38,13 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
         runs = load_claim_runs(claim, out, scale, extra, damaged)
         values = measure(claim, runs, damaged)
         empty = [g for g, v in values.items() if not v.notna().any()]
-        if empty or not trained:
-            log(f"{claim['name']}: could not be run" + (f" (no finished run in {', '.join(empty)})" if empty else ""))
+        if empty:
+            log(f"{claim['name']}: could not be run (no finished run in {', '.join(empty)})")
             return None
         result = judge(claim, values, level)
+        if not trained:  # a run that failed or was refused (a damaged one): judged on those that finished
+            result["training_failed"] = True
+            log(f"{claim['name']}: some runs did not train (see the log named above); judged on those that finished")
         result.update(scale=scale, condition=condition(claim, scale))  # the figure prints them
         result["figure"] = _draw(claim, result, runs, out)
         if train_first or previous.get("scale") != scale:  # the training's time, the load average before and after
@@ -113,7 +116,7 @@ def main(args: list[str]) -> int:
         check(claim, opts.scale, extra)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    done, failed, damaged, started = [], [], [], time.perf_counter()
+    done, failed, partial, damaged, started = [], [], [], [], time.perf_counter()
     for claim in claims:
         print(f"{claim['name']}: {claim['description']}")
         result = run_claim(claim, out, opts.scale, extra, opts.level, train_first=opts.action == "run",
@@ -122,6 +125,8 @@ def main(args: list[str]) -> int:
             failed.append(claim["name"])
             continue
         done.append((claim, result))
+        if result.get("training_failed"):
+            partial.append(claim["name"])
         print(f"{claim['name']}: {verdict_text(result)} ({result['seconds']:.0f} s; condition: {result['condition']})")
         for row in result["comparisons"]:
             print("  " + comparison_text(row, QUANTITIES[claim["quantity"]][1]))
@@ -131,6 +136,7 @@ def main(args: list[str]) -> int:
             print(f"wrote {path}")
     print(f"{len(done)} claim{'s' * (len(done) != 1)} in {time.perf_counter() - started:.0f} s"
           + (f"; could not be run: {', '.join(failed)}" if failed else "")
+          + (f"; judged on the runs that trained: {', '.join(partial)}" if partial else "")
           + (f"; skipped {len(damaged)} damaged run{'s' * (len(damaged) != 1)} (warnings above)" if damaged else ""))
-    return 1 if failed or damaged else 0
+    return 1 if failed or partial or damaged else 0
 

@@ -42,8 +42,8 @@ def figure(claim: dict, result: dict, runs: list[dict]):
         _curves_panel(right, claim, runs, colours, split, metric, x, log_y)
     verdict = verdict_text(result)
     fig.suptitle(f"{claim['name']}: {verdict}\n\u201c" + textwrap.shorten(" ".join(claim["quote"].split()), 110)
-                 + f"\u201d ({claim['lecture'][:3]})\n" + textwrap.shorten(f"condition: {result['condition']}", 150),
-                 fontsize=11)
+                 + f"\u201d ({claim['lecture'][:3]})\n"
+                 + textwrap.fill(textwrap.shorten(f"condition: {result['condition']}", 300), 150), fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -104,8 +104,18 @@ def _curves_panel(right, claim: dict, runs: list[dict], colours, split: str, met
     if claim.get("target") and error:
         right.axhline(1 - claim["target"], color="black", ls="--", lw=1, label=f"target accuracy {claim['target']:g}")
     if log_y or error:
-        right.set_yscale("log")
+        _log_axis(right)
     _curve_labels(right, split, metric, x, error)
+
+
+def _log_axis(ax):
+    """A log y axis labelled 0.05, 0.1, 0.2, 0.5, ... in plain numbers: a projected 10^-1 is read by few."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _curve_labels(right, split: str, metric: str, x: str, error: bool):

@@ -22,19 +22,20 @@ def _label(claim: dict) -> str:
 
 
 def experiment_lines(claim: dict, result: dict) -> list[str]:
-    """The experiment in two lines: what is trained, and what decides."""
+    """The experiment in two lines: what is trained and what decides; the condition it holds under."""
     groups = ", ".join(claim["groups"])
     seeds = max((g["n"] for g in result["groups"]), default=None)
-    return [f"Trains {groups}" + (f", {seeds} seeds each" if seeds else "") + f"; {result['condition']}.",
-            f"Decided on the {_label(claim)}; predicted: "
-            + ", ".join(f"{a} {op} {b}" for a, op, b in claim["predict"]) + f" ({claim['combine']} of them)."]
+    combine = {"all": " (all must hold)", "any": " (one suffices, Holm-corrected)"}[claim["combine"]]
+    return [f"Trains {groups} on MNIST" + (f", {seeds} seeds each" if seeds else "") + f"; decided on the "
+            f"{_label(claim)}; predicted: " + ", ".join(f"{a} {op} {b}" for a, op, b in claim["predict"])
+            + (combine if len(claim["predict"]) > 1 else "") + ".",
+            f"Condition: {result['condition']}."]
 
 
 def markdown_section(claim: dict, result: dict) -> str:
     lines = [f"## {claim['name']}: {verdict_text(result)}", "", f"> {_quote(claim)}", "",
              f"**Verdict at the {result['scale']} scale:** {verdict_text(result)}. "
-             f"**Condition:** {result['condition']}.", "",
-             *experiment_lines(claim, result), "",
+             f"**Condition:** {result['condition']}.", "", experiment_lines(claim, result)[0], "",
              f"Lecture file `{claim['lecture']}`. Handout: [{claim['name']}/handout.md]({claim['name']}/handout.md). "
              f"Command: `{result['command']}` ({_took(result)})", ""]
     if result["groups"]:
@@ -50,12 +51,11 @@ def markdown_section(claim: dict, result: dict) -> str:
 def handout(claim: dict, result: dict) -> str:
     """One claim's page for a lecturer to use as is (out/<claim>/handout.md, its figure beside it)."""
     lines = [f"# {claim['description'] or claim['name']}", "", f"> {_quote(claim)}", ">",
-             f"> lecture file `{claim['lecture']}`", "", "**The experiment.** " + " ".join(experiment_lines(claim, result)),
+             f"> lecture file `{claim['lecture']}`", "", "**The experiment.** " + "  \n".join(experiment_lines(claim, result)),
              ""]
     if result.get("figure"):
         lines += [f"![{claim['name']}]({Path(result['figure']).name})", ""]
-    lines += [f"**Verdict at the {result['scale']} scale: {verdict_text(result)}.** Condition: {result['condition']}.",
-              ""]
+    lines += [f"**Verdict at the {result['scale']} scale: {verdict_text(result)}**, under the condition above.", ""]
     lines += [f"- {comparison_text(r, _label(claim))}" for r in result["comparisons"]]
     lines += ["" if result["comparisons"] else None,
               f"**How the experiment was designed.** {' '.join(claim.get('design', '').split())}", "",
@@ -115,7 +115,7 @@ def _html_section(claim: dict, result: dict, out: Path) -> list[str]:
              f"<blockquote>{html.escape(_quote(claim))}</blockquote>",
              f"<p><strong>Verdict at the {html.escape(result['scale'])} scale:</strong> "
              f"{html.escape(verdict_text(result))}. <strong>Condition:</strong> {html.escape(result['condition'])}.</p>",
-             "<p>" + "<br>".join(html.escape(line) for line in experiment_lines(claim, result)) + "</p>",
+             f"<p>{html.escape(experiment_lines(claim, result)[0])}</p>",
              f"<p>Lecture file <code>{html.escape(claim['lecture'])}</code>. "
              f'<a href="{name}/handout.md">Handout</a>.</p>',
              f"<pre>{html.escape(result['command'])}</pre><p>{html.escape(_took(result))}</p>"]
