@@ -10,7 +10,9 @@ from optbench.lectures.running import chosen_trials
 from optbench.lectures.verdicts import verdict_text
 
 def figure(claim: dict, result: dict, runs: list[dict]):
-    """Left: the quantity per group (each seed a dot, the mean and its interval); right: the curve it comes from."""
+    """Left: the quantity per group (each seed a dot, the mean and its interval); right: the curve it comes from.
+    A claim read where curves cross a target gets a third panel, the crossing zoomed: on the whole curve the
+    crossings crowd into a corner."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,12 +21,30 @@ def figure(claim: dict, result: dict, runs: list[dict]):
     _, label, (split, metric, x, log_y) = QUANTITIES[claim["quantity"]]
     x = claim.get("x", x)  # a claim compared at equal epochs draws its curves per epoch
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    zoomed = bool(claim.get("target")) and "search" not in claim
+    fig, axes = plt.subplots(1, 2 + zoomed, figsize=(16 if zoomed else 12, 5.2),
+                             gridspec_kw={"width_ratios": [1, 1.4, 1][: 2 + zoomed]})
+    left, right = axes[:2]
+    _values_panel(left, claim, result, label, colours)
+    if "search" in claim:
+        _trials_panel(right, claim, runs, colours)
+    else:
+        _curves_panel(right, claim, runs, colours, split, metric, x, log_y)
+    if zoomed:
+        _curves_panel(axes[2], claim, runs, colours, split, metric, x, log_y)
+        _zoom_to_rings(axes[2], metric == "acc" and 1 - claim["target"] or claim["target"])
+    fig.suptitle(f"{claim['name']}: {verdict_text(result)}\n\u201c"
+                 + textwrap.shorten(" ".join(claim["quote"].split()), 110) + f"\u201d ({claim['lecture'][:3]})\n"
+                 + textwrap.fill(textwrap.shorten(f"condition: {result['condition']}", 480), 160), fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _values_panel(left, claim: dict, result: dict, label: str, colours):
     for i, g in enumerate(result["groups"]):
-        colour = colours[i % len(colours)]
         values = [v for v in g["values"] if v is not None]
-        left.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, color=colour, alpha=0.5,
-                     s=18, zorder=2)
+        left.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values,
+                     color=colours[i % len(colours)], alpha=0.5, s=18, zorder=2)
         if np.isfinite(g["mean"]):
             low, high = g["low"], g["high"]
             err = [[g["mean"] - low], [high - g["mean"]]] if np.isfinite(low) else None
@@ -36,16 +56,28 @@ def figure(claim: dict, result: dict, runs: list[dict]):
     left.set_ylabel("\n".join(textwrap.wrap(label, 38)))
     left.set_title(f"per seed (dots), mean and {100 * result['level']:g}% interval (black)", fontsize=10)
     left.grid(alpha=0.3)
-    if "search" in claim:
-        _trials_panel(right, claim, runs, colours)
-    else:
-        _curves_panel(right, claim, runs, colours, split, metric, x, log_y)
-    verdict = verdict_text(result)
-    fig.suptitle(f"{claim['name']}: {verdict}\n\u201c" + textwrap.shorten(" ".join(claim["quote"].split()), 110)
-                 + f"\u201d ({claim['lecture'][:3]})\n"
-                 + textwrap.fill(textwrap.shorten(f"condition: {result['condition']}", 300), 150), fontsize=11)
-    fig.tight_layout()
-    return fig
+
+
+def _zoom_to_rings(ax, level: float):
+    """The view around the rings (where each seed is read) and the target `level`, as the curves are drawn."""
+    rings = [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets") and len(c.get_offsets())
+             and not c.get_facecolor().any()]
+    points = np.vstack(rings) if rings else np.empty((0, 2))
+    points = points[np.isfinite(points).all(axis=1)]
+    if not len(points):
+        return
+    (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
+    pad = 0.15 * (x1 - x0) or 0.1 * max(abs(x1), 1)
+    ax.set_xlim(max(x0 - pad, 0), x1 + pad)
+    low, high = min(y0, level), max(y1, level)
+    ax.set_ylim(low / 1.3, high * 1.3) if ax.get_yscale() == "log" else ax.set_ylim(low - 0.1 * (high - low or 1),
+                                                                                   high + 0.1 * (high - low or 1))
+    if ax.get_yscale() == "log":  # a zoom spans less than a decade: label every tenth of it
+        from matplotlib.ticker import LogLocator
+
+        ax.yaxis.set_major_locator(LogLocator(subs=np.arange(1.0, 10.0)))
+    ax.set_title("zoomed: where each seed first reaches the target", fontsize=10)
+    ax.get_legend().remove()
 
 
 # per quantity, which evaluations (indices into a run's plotted curve, in the curve's own values) the verdict's
