@@ -504,3 +504,13 @@ def test_a_scale_block_is_checked(tmp_path):
                                        + "scales: {middle: {seeds: 8, groups: {good: [trainer.max_steps=40]}}}\n")
     groups, seeds = lectures.experiment(lectures.load("odd", tmp_path), "middle")
     assert len(seeds) == 8 and "trainer.max_steps=40" in groups["good"] and "trainer.max_steps=20" in groups["too_small"]
+
+
+def test_each_scale_writes_into_its_own_folder_by_default(tmp_path, monkeypatch):
+    (tmp_path / "short.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                         + "not_testable: {default: too short, middle: still too short}\n")
+    monkeypatch.chdir(tmp_path)
+    for scale in ("default", "middle"):
+        assert optbench("lectures", "run", "short", "--scale", scale, "--catalogue", str(tmp_path)).returncode == 0
+    assert json.loads((tmp_path / "lectures" / "short" / "verdict.json").read_text())["reason"] == "too short"
+    assert json.loads((tmp_path / "lectures-middle" / "short" / "verdict.json").read_text())["reason"] == "still too short"

@@ -92,7 +92,9 @@ def main(args: list[str]) -> int:
     parser.add_argument("--scale", choices=SCALES, default="default",
                         help="default: a 2-core CPU, the catalogue in about 15 minutes; middle: a laptop over a lunch "
                              "break (about an hour); full: more seeds and longer runs, for a GPU")
-    parser.add_argument("--out", default=OUT, help=f"folder for the runs, figures and the page (default: ./{OUT})")
+    parser.add_argument("--out", help=f"folder for the runs, figures and the page (default: ./{OUT}, and "
+                                      f"./{OUT}-middle, ./{OUT}-full at the larger scales: each scale's verdicts "
+                                      "and page stay beside the others)")
     parser.add_argument("--level", type=float, default=LEVEL, help=f"confidence level (default: {LEVEL:g})")
     parser.add_argument("--catalogue", default=str(CATALOGUE),
                         help="folder of claim files (default: optbench's own conf/lectures/)")
@@ -114,7 +116,7 @@ def main(args: list[str]) -> int:
     claims = [load(n, catalogue) for n in wanted]  # every name checked before anything trains
     for claim in claims:
         check(claim, opts.scale, extra)
-    out = Path(opts.out)
+    out = Path(opts.out or (OUT if opts.scale == "default" else f"{OUT}-{opts.scale}"))
     out.mkdir(parents=True, exist_ok=True)
     done, failed, partial, damaged, started = [], [], [], [], time.perf_counter()
     for claim in claims:
