@@ -514,3 +514,21 @@ def test_each_scale_writes_into_its_own_folder_by_default(tmp_path, monkeypatch)
         assert optbench("lectures", "run", "short", "--scale", scale, "--catalogue", str(tmp_path)).returncode == 0
     assert json.loads((tmp_path / "lectures" / "short" / "verdict.json").read_text())["reason"] == "too short"
     assert json.loads((tmp_path / "lectures-middle" / "short" / "verdict.json").read_text())["reason"] == "still too short"
+
+
+def test_the_scales_table_shows_a_verdict_that_changes(tiny, tmp_path):
+    out, _, _ = tiny
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
+                                        + "not_testable: {middle: no middle budget in a test}\n")
+    middle = tmp_path / "middle"
+    assert optbench("lectures", "run", "tiny", "--scale", "middle", "--catalogue", str(tmp_path),
+                    "--out", str(middle)).returncode == 0
+    table = optbench("lectures", "table", str(out), str(middle), "--catalogue", str(tmp_path))
+    assert table.returncode == 0, table.stderr
+    [row] = [line for line in table.stdout.splitlines() if line.startswith("| tiny |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "supported" and cells[2].startswith("+") and cells[3].endswith(" s")
+    assert cells[4] == "not testable at this scale: no middle budget in a test" and cells[5] == ""
+    assert cells[-1] == "supported -> not testable at this scale"
+    assert "default (" in table.stdout.splitlines()[0] and "middle (middle)" in table.stdout.splitlines()[0]
+    assert optbench("lectures", "table", str(tmp_path / "nowhere")).returncode == 2

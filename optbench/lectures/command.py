@@ -12,7 +12,7 @@ from optbench.errors import UserError
 from optbench.lectures.catalogue import CATALOGUE, OUT, SCALES, check, condition, load, names, untestable
 from optbench.lectures.figures import figure
 from optbench.lectures.measures import QUANTITIES
-from optbench.lectures.page import collect, handout, write_page
+from optbench.lectures.page import collect, handout, scales_table, write_page
 from optbench.lectures.running import load_claim_runs, measure, train
 from optbench.lectures.verdicts import UNTESTABLE, comparison_text, judge, verdict_text
 
@@ -84,9 +84,10 @@ def main(args: list[str]) -> int:
         description="The lecture notes' claims (conf/lectures/), each tested by an experiment on MNIST: "
                     "`list` shows them, `run NAME... | --all` trains what they need and writes verdicts, "
                     "figures and one page (index.md, index.html) into --out.")
-    parser.add_argument("action", nargs="?", default="list", choices=["list", "run", "report"],
+    parser.add_argument("action", nargs="?", default="list", choices=["list", "run", "report", "table"],
                         help="list the claims; run: train and judge them; report: judge and draw the runs already "
-                             "in --out again, training nothing")
+                             "in --out again, training nothing; table FOLDER...: the verdicts of several --out "
+                             "folders (one per scale) side by side, as markdown, changes marked")
     parser.add_argument("claims", nargs="*", metavar="NAME", help="claims to run (then any train overrides: key=value)")
     parser.add_argument("--all", action="store_true", help="run every claim in the catalogue")
     parser.add_argument("--scale", choices=SCALES, default="default",
@@ -106,6 +107,13 @@ def main(args: list[str]) -> int:
         for name in names(catalogue):
             claim = load(name, catalogue)
             print(f"{name:<28} {claim['lecture'][:3]}  {claim['description']}")
+        return 0
+    if opts.action == "table":
+        folders = [Path(f) for f in opts.claims] or [Path(OUT), Path(f"{OUT}-middle")]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            raise UserError(f"lectures table: no such folder {', '.join(missing)} (give the --out folders of each scale)")
+        print(scales_table(folders, catalogue), end="")
         return 0
     if not 0.5 <= opts.level < 1:
         raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")

@@ -136,6 +136,31 @@ def _markdown_table(table) -> str:
     return "\n".join(lines)
 
 
+def scales_table(folders: list[Path], catalogue: Path = CATALOGUE) -> str:
+    """Markdown: one row per claim of the catalogue, for each folder (one per scale) its verdict, difference and
+    interval and time, and whether the verdict changes between them: a change is itself a lesson."""
+    found = [{name: json.loads(p.read_text()) for name in names(catalogue) if (p := Path(f) / name / "verdict.json")
+              .is_file()} for f in folders]
+    heads = [next((r.get("scale", "default") for r in results.values()), Path(f).name) + f" ({Path(f).name})"
+             for f, results in zip(folders, found)]
+    lines = ["| claim | " + " | ".join(f"{h}: verdict | difference [interval] | time" for h in heads) + " | changes |",
+             "|---|" + "---|---|---|" * len(folders) + "---|"]
+    for name in names(catalogue):
+        cells, verdicts = [], []
+        for results in found:
+            result = results.get(name)
+            if result is None:
+                cells += ["not run", "", ""]
+                continue
+            verdicts.append(result["verdict"])
+            cells += [verdict_text(result), "; ".join(f"{number(r['difference'], True)} [{number(r['low'], True)}, "
+                                                       f"{number(r['high'], True)}]" for r in result["comparisons"]),
+                      f"{result.get('seconds', 0):.0f} s"]
+        changes = " -> ".join(verdicts) if len(set(verdicts)) > 1 else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {changes} |")
+    return "\n".join(lines) + "\n"
+
+
 def collect(out: Path, catalogue: Path = CATALOGUE):
     """(claims, results) of every claim with a verdict.json below `out`, in catalogue order: the page covers
     every claim run into this folder so far, not only those of the last command."""
