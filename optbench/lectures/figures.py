@@ -119,6 +119,7 @@ def _curves_panel(right, claim: dict, runs: list[dict], colours, split: str, met
         for r in mine:
             xs, ys = _curve(r, split, metric, x)
             shown = np.clip(1 - ys, FLOOR, None) if error else ys
+            shown = np.where(np.isfinite(shown), shown, np.nan)  # a diverged run's inf would stretch the band's axis
             right.plot(xs, shown, color=colour, alpha=0.45, lw=0.8, marker="o" if len(xs) == 1 else None, ms=3)
             read = [j for j in read_at(ys, claim) if 0 <= j < len(xs) and np.isfinite(shown[j])]
             right.scatter(xs[read], shown[read], s=42, facecolors="none", edgecolors=colour, lw=1.4, zorder=3)
