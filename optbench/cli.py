@@ -48,10 +48,10 @@ commands:
                         optimizers from conf/optimizer/ stepping on a 2-D surface (surface=quadratic|...)
   landscape RUN_DIR [RUN_DIR2] [--points 41] [--span 1] [--samples 10000] [--init]
                         training-loss slices around a run's weights (random directions, init->final)
-  lectures [list] | run NAME...|--all [--scale default|full] [--out lectures] [overrides] | report NAME...|--all
-                        the lecture notes' claims (conf/lectures/), each trained and judged: verdicts with
-                        intervals, one figure per claim, one page (index.md, index.html) for them all;
-                        report: judge and draw what is already trained
+  lectures [list] | run NAME...|--all [--scale default|middle|full] [--out DIR] [overrides] | report NAME...|--all
+           | table DIR...  the lecture notes' claims (conf/lectures/), each trained and judged: verdicts with
+                        intervals, a figure and a handout per claim, one page (index.md, index.html) for them all;
+                        report: judge and draw what is already trained; table: the scales' verdicts side by side
   bench [overrides] [--epochs 2] [--rounds 2] [--sweep 8]
                         seconds per epoch: optbench vs a DataLoader loop vs the GEMM floor; vectorized sweep speedup
 
