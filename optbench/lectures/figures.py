@@ -35,7 +35,7 @@ def figure(claim: dict, result: dict, runs: list[dict]):
         _zoom_to_rings(axes[2], metric == "acc" and 1 - claim["target"] or claim["target"])
     fig.suptitle(f"{claim['name']}: {verdict_text(result)}\n\u201c"
                  + textwrap.shorten(" ".join(claim["quote"].split()), 110) + f"\u201d ({claim['lecture'][:3]})\n"
-                 + textwrap.fill(textwrap.shorten(f"condition: {result['condition']}", 480), 160), fontsize=11)
+                 + textwrap.fill(textwrap.shorten(f"condition: {result['condition']}", 480), 120), fontsize=11)
     fig.tight_layout()
     return fig
 
