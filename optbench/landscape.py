@@ -68,12 +68,15 @@ def loss_of(run_dir: Path, cfg):
     """The run's loss, built from the package's own conf/loss/<name>.yaml (the name from its summary), with the
     run's plain-valued arguments: never a `_target_` read from the folder, which could name any callable."""
     summary = rundir.read_summary(run_dir) or {}
+    options = {p.stem: OmegaConf.load(p) for p in sorted((CONF / "loss").glob("*.yaml"))}
     name = (summary.get("choices") or {}).get("loss")
-    options = sorted(p.stem for p in (CONF / "loss").glob("*.yaml"))
+    if name is None:  # trained through the Python API without choices: the option whose class the run names
+        target = (cfg.get("loss") or {}).get("_target_")
+        name = next((n for n, option in options.items() if option.get("_target_") == target), None)
     if name not in options:
-        raise UserError(f"{run_dir}: its summary names loss {name!r}, not one of optbench's ({', '.join(options)}); "
-                        "landscape rebuilds a run only from optbench's own options")
-    option = OmegaConf.load(CONF / "loss" / f"{name}.yaml")
+        raise UserError(f"{run_dir}: its loss is not one of optbench's ({', '.join(options)}); landscape rebuilds a "
+                        "run only from optbench's own options")
+    option = options[name]
     takes = inspect.signature(get_class(option._target_)).parameters  # arguments meant for another class: left out
     extra = {k: v for k, v in OmegaConf.to_container(cfg.get("loss") or {}).items()
              if k in takes and isinstance(v, PLAIN)}
