@@ -30,7 +30,8 @@ from torch.func import functional_call, vmap
 from optbench import data
 from optbench.errors import UserError
 from optbench.models import build_mlp
-from optbench.trainer import CHECKPOINT, make_splits, normalise, select_device
+from optbench.rundir import CHECKPOINT
+from optbench.trainer import make_splits, normalise, select_device
 
 INIT = "init.pt"
 

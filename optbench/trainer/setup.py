@@ -1,0 +1,325 @@
+"""What a run is built from and checked against before its first step: device, lengths, model, optimizer, schedule.
+
+`check` holds the rules a config must satisfy before any data is read; the
+rules that need the training split's size (the batch size against it) are in
+`run_lengths`. `prepare` builds one run as `optbench train --dry-run` shows it.
+"""
+
+import functools
+import importlib.util
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from optbench import data, diagnostics, optimizers, rundir, vectorized
+from optbench.errors import UserError
+from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
+from optbench.trainer.batches import make_splits, train_size
+from optbench.trainer.runs import Run, close
+
+log = logging.getLogger("optbench.trainer")
+
+# schedule lengths that, left null in the YAML, become the run's number of scheduler steps
+SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
+INTERVALS = ("step", "epoch", "eval")
+DIAGNOSTIC_LEVELS = ("off", "basic", "full")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} asked for, but torch sees no CUDA GPU (use device=auto or device=cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device=mps asked for, but this machine has no MPS backend (use device=auto or device=cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device torch knows (auto, cpu, cuda, cuda:N, mps)") from None
+
+
+def build_optimizer(optimizer_cfg, params, model=None):
+    """The optimizer over `params`; with optimizer.fallback, over `model`'s tensors split in two (optimizers.split)."""
+    if "fallback" in optimizer_cfg or "fallback_for" in optimizer_cfg:
+        optimizers.check_groups(optimizer_cfg)
+        if model is None:
+            raise UserError("optimizer.fallback splits a model's tensors; here there is no model")
+        main, rest = optimizers.split(model, optimizer_cfg.get("fallback_for", []))
+        own = OmegaConf.masked_copy(optimizer_cfg, [k for k in optimizer_cfg if k not in ("fallback", "fallback_for")])
+        return optimizers.Combined([build_optimizer(cfg, part) for cfg, part in
+                                    ((own, main), (optimizer_cfg.fallback, rest)) if part])
+    optimizers.check_target(optimizer_cfg)
+    target = optimizer_cfg._target_
+    try:
+        factory = instantiate(optimizer_cfg, _convert_="all")  # plain lists: torch indexes betas itself
+    except InstantiationException as e:
+        raise optimizers.missing_target(str(target), e.__cause__ or e) from None
+    params = list(params)
+    if optimizer_cfg.get("fused") and not fused_works(factory, params[0]):
+        log.warning("fused %s kernel unavailable on %s; using torch's default implementation",
+                    optimizer_cfg._target_, params[0].device)
+        factory = functools.partial(factory, fused=False)
+    try:
+        return factory(params)
+    except (TypeError, ValueError, IndexError) as e:  # torch's own checks, e.g. betas=[0.9] or lr=-1
+        raise UserError(f"optimizer: {e}") from None
+
+
+def fused_works(factory, like: torch.Tensor) -> bool:
+    """Whether a fused kernel runs for tensors like `like`: torch checks only at the first step(), so try one
+    on a one-element parameter of the same device and dtype."""
+    probe = torch.zeros(1, device=like.device, dtype=like.dtype, requires_grad=True)
+    probe.grad = torch.zeros_like(probe)
+    try:
+        factory([probe]).step()
+    except (RuntimeError, NotImplementedError):
+        return False
+    except (TypeError, ValueError, IndexError):
+        return True  # a wrong argument: the real construction reports it
+    return True
+
+
+def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: int):
+    """(torch scheduler, interval, warmup_steps) from the schedule group.
+
+    `interval` (step | epoch | eval) and `warmup_steps` are for the trainer; the
+    rest are the scheduler's constructor arguments. A length left null
+    (T_max, total_iters, total_steps) becomes the run's number of scheduler
+    steps: optimisation steps, or epochs for interval=epoch.
+    """
+    args = OmegaConf.to_container(schedule_cfg, resolve=True)
+    interval = args.pop("interval")
+    warmup_steps = args.pop("warmup_steps")
+    if interval not in INTERVALS:
+        raise UserError(f"schedule.interval={interval!r} is not one of {', '.join(INTERVALS)}")
+    if warmup_steps < 0:
+        raise UserError(f"schedule.warmup_steps={warmup_steps} must be >= 0")
+    length = total_steps if interval == "step" else math.ceil(total_steps / steps_per_epoch)
+    for key in SCHEDULE_LENGTHS:
+        if key in args and args[key] is None:
+            args[key] = max(length, 1)
+    try:
+        return instantiate(args)(optimizer), interval, warmup_steps
+    except (TypeError, ValueError) as e:
+        raise UserError(f"schedule: {e}") from None
+
+
+def optimizer_impl(optimizer) -> str:
+    if optimizer.defaults.get("fused"):
+        return "fused"
+    if optimizer.defaults.get("foreach"):
+        return "foreach"
+    return "default"
+
+
+# (key, allowed values, the rule as the error message states it); null always means "off" for these keys
+TRAINER_RULES = (
+    ("epochs", lambda v: v >= 0, ">= 0"),
+    ("max_steps", lambda v: v >= 0, ">= 0 (or null: epochs decide)"),
+    ("eval_every", lambda v: v >= 1, ">= 1 (or null for once per epoch)"),
+    ("log_every", lambda v: v >= 1, ">= 1"),
+    ("checkpoint_every", lambda v: v >= 0, ">= 0 (0: no checkpoints)"),
+    ("clip_grad_norm", lambda v: v > 0, "> 0 (or null for no clipping)"),
+    ("clip_grad_value", lambda v: v > 0, "> 0 (or null for no clipping)"),
+    ("l1", lambda v: v >= 0, ">= 0"),
+    ("patience", lambda v: v >= 1, ">= 1 (or null for no early stopping)"),
+    ("min_delta", lambda v: v >= 0, ">= 0"),
+    ("compile", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)} (or null: eager)"),
+    ("vectorize", lambda v: v in vectorized.MODES, f"one of {', '.join(vectorized.MODES)}"),
+    ("progress_every", lambda v: v > 0, "> 0 seconds"),
+)
+
+
+def check_trainer(cfg: DictConfig, n_train: int) -> None:
+    """The rules that need the training split's size."""
+    t = cfg.trainer
+    if t.batch_size is not None and not 1 <= t.batch_size <= n_train:
+        raise UserError(f"trainer.batch_size={t.batch_size} must be between 1 and the training split's {n_train} "
+                        "(or null for all of it)")
+    batch_size = t.batch_size or n_train
+    if cfg.model.batchnorm != "none" and (batch_size < 2 or n_train % batch_size == 1):
+        # batch norm's statistics of one image are undefined: torch refuses such a batch mid-run
+        raise UserError(f"model.batchnorm={cfg.model.batchnorm} needs every training batch to hold >= 2 images: "
+                        f"trainer.batch_size={t.batch_size} leaves a batch of 1 of the {n_train} training images")
+
+
+def run_lengths(cfg: DictConfig, n_train: int) -> tuple[int, int, int, int]:
+    """(batch size, steps per epoch, total steps, steps between evaluations) of a run on n_train images."""
+    check_trainer(cfg, n_train)
+    t = cfg.trainer
+    batch_size = t.batch_size or n_train  # null: the whole split (full-batch gradient descent)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = t.epochs * steps_per_epoch
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps)
+    return batch_size, steps_per_epoch, total_steps, t.eval_every or steps_per_epoch
+
+
+def check_diagnostics(d: DictConfig) -> None:
+    if d.level not in DIAGNOSTIC_LEVELS:
+        raise UserError(f"diagnostics.level={d.level!r} is not one of {', '.join(DIAGNOSTIC_LEVELS)}")
+    if d.probe_size < 1 or d.histogram_bins < 1:
+        raise UserError("diagnostics.probe_size and diagnostics.histogram_bins must be >= 1")
+    if not all(0.0 <= p <= 1.0 for p in d.histogram_at):
+        raise UserError(f"diagnostics.histogram_at={list(d.histogram_at)} must hold fractions in [0, 1]")
+
+
+def check(cfg: DictConfig) -> None:
+    """Every rule a config must satisfy before data is loaded; a run and `--dry-run` both call it."""
+    check_diagnostics(cfg.diagnostics)
+    if cfg.data.augment_shift < 0:
+        raise UserError(f"data.augment_shift={cfg.data.augment_shift} must be >= 0")
+    if cfg.data.train_eval_size is not None and cfg.data.train_eval_size < 1:
+        raise UserError(f"data.train_eval_size={cfg.data.train_eval_size} must be >= 1 or null (the whole training split)")
+    t = cfg.trainer
+    for key, allowed, rule in TRAINER_RULES:
+        if t[key] is not None and not allowed(t[key]):
+            raise UserError(f"trainer.{key}={t[key]} must be {rule}")
+    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'optbench[tensorboard]'")
+    if vectorized.needs_closure(cfg) and (t.clip_grad_norm or t.clip_grad_value):
+        # its line search compares losses with the gradient it is given: a clipped one misleads it
+        raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
+
+
+def check_setup(cfg: DictConfig, n_images: int) -> None:
+    """Everything a run checks before its first step, without its data: the rules, the lengths, and the model,
+    optimizer and schedule built on the CPU (torch's own checks, such as lr >= 0, happen there)."""
+    check(cfg)
+    lengths = run_lengths(cfg, train_size(n_images, cfg.data.val_size))
+    model = build_model(cfg, torch.device("cpu"))
+    build_training(cfg, model.parameters(), lengths, model)
+
+
+@dataclass
+class Group:
+    """Runs stepped by one torch optimizer and scheduler: one run, or the rows of runs whose settings agree."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    interval: str
+    warmup_steps: int
+    views: list  # (tensor the optimizer steps, stacked leaf, rows): its gradient is that leaf's gradient rows
+
+
+@dataclass
+class Setup:
+    """One run built and checked from its config, trained nothing: what `optbench train --dry-run` reports."""
+
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    interval: str
+    forward: object  # what a training step calls: the model, or torch.compile of it (trainer.compile)
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def prepare(cfg: DictConfig) -> Setup:
+    """Validate the config and build data, model, optimizer and schedule on the device, as a run does."""
+    check(cfg)
+    device = select_device(cfg.device)
+    split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
+    lengths = run_lengths(cfg, len(split["train"][0]))
+    model = build_model(cfg, device)
+    forward = torch.compile(model, mode=cfg.trainer.compile) if cfg.trainer.compile else model
+    group = build_training(cfg, model.parameters(), lengths, model)
+    return Setup(device, model, group.optimizer, group.interval, forward, *lengths[:3])
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    """The run's MLP with its init, from its own seed: the same draws in a pass as alone."""
+    torch.manual_seed(cfg.seed)
+    model = build_mlp(**cfg.model).to(device)
+    init_weights(model, cfg.init)
+    return model
+
+
+def build_training(cfg: DictConfig, params, lengths, model=None) -> "Group":
+    """The run's optimizer over `params` (`model`'s, for parameter groups) and its schedule (no views yet)."""
+    _, steps_per_epoch, total_steps, _ = lengths
+    optimizer = build_optimizer(cfg.optimizer, params, model)
+    return Group(optimizer, *build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch), views=[])
+
+
+def build_runs(runs: list[Run], device: torch.device, lengths) -> list[Run]:
+    """Each run's model, optimizer and schedule as it would be built alone; the runs whose settings are valid.
+
+    A run alone raises its UserError; in a pass that run fails and the others go on.
+    """
+    built = []
+    for r in runs:
+        try:
+            check(r.cfg)
+            r.model = build_model(r.cfg, device)
+            # the start point, for distance-from-init and landscapes (the same weights again on a resume: same seed)
+            rundir.save_tensors(r.model.state_dict(), r.dir / rundir.INIT)
+            r.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(r.model)]
+            r.generator = torch.Generator(device=device).manual_seed(r.cfg.seed)
+            set_dropout_generator(r.model, r.generator)
+            r.group = build_training(r.cfg, r.model.parameters(), lengths, r.model)
+            built.append(r)
+        except UserError as e:
+            if len(runs) == 1:
+                raise
+            r.log.error("run failed: %s", e)
+            log.error("%s: run failed: %s", r.dir.name, e)
+            close(r, "failed", f"UserError: {e}", time.perf_counter())
+    return built
+
+
+def share_optimizers(runs: list[Run], leaves: list, lengths) -> list["Group"]:
+    """The pass's optimizers: runs with the same row-wise optimizer and schedule (contiguous rows) share one.
+
+    Elementwise optimizers (vectorized.ROW_WISE) do the same arithmetic on a
+    [k, ...] stack of rows as on each row alone, so a seed sweep costs one
+    optimizer call per step, not one per run. Every other run keeps its own,
+    whose parameters are its model's (views of its row).
+    """
+    groups, start = [], 0
+    for members in vectorized.optimizer_groups([r.cfg for r in runs]):
+        rows = slice(start, start + len(members))
+        start += len(members)
+        if len(runs) == 1:
+            groups.append(runs[0].group)  # K = 1: the model's own parameters are the leaves
+        elif len(members) == 1:
+            r = runs[rows.start]
+            r.group.views = [(p, leaf, rows.start) for p, leaf in zip(r.model.parameters(), leaves)]
+            groups.append(r.group)
+        else:
+            params = [torch.nn.Parameter(leaf.data[rows]) for leaf in leaves]
+            group = build_training(runs[rows.start].cfg, params, lengths)
+            group.views = [(p, leaf, rows) for p, leaf in zip(params, leaves)]
+            for j, r in enumerate(runs[rows]):
+                r.group, r.row = group, j
+            groups.append(group)
+    return groups
+
+
+def run_state(r: Run) -> tuple[dict, dict]:
+    """This run's optimizer and scheduler state, as its own optimizer would hold them (a row of a shared one)."""
+    g = r.group
+    state = g.optimizer.state_dict()
+    if r.row is not None:
+        state = vectorized.row_state(state, r.row)
+    return state, g.scheduler.state_dict()
+
+
+def load_states(groups: list[Group], runs: list[Run]) -> None:
+    for g in groups:
+        members = [r for r in runs if r.group is g]
+        states = [r.resume["optimizer"] for r in members]
+        g.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
+        g.scheduler.load_state_dict(members[0].resume["scheduler"])
