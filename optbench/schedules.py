@@ -1,6 +1,8 @@
 """What torch.optim.lr_scheduler lacks: the lectures' inverse-time decay, the Crowded Valley's trapezoidal
 schedule, and a warmup that composes with any schedule."""
 
+from contextlib import contextmanager
+
 from torch.optim.lr_scheduler import LambdaLR
 
 
@@ -59,3 +61,19 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     if step >= warmup_steps:
         return 1.0
     return (step + 1) / warmup_steps
+
+
+@contextmanager
+def warmup(groups, step: int):
+    """Each group's scheduled rates multiplied by warmup_factor(step, group.warmup_steps) for the optimisation
+    step taken inside, and set back after it: the schedule never sees the warmed-up rate."""
+    scheduled = [(param_group, param_group["lr"]) for group in groups for param_group in group.optimizer.param_groups]
+    for group in groups:
+        factor = warmup_factor(step, group.warmup_steps)
+        for param_group in group.optimizer.param_groups:
+            param_group["lr"] *= factor
+    try:
+        yield
+    finally:
+        for param_group, lr in scheduled:
+            param_group["lr"] = lr

@@ -16,6 +16,7 @@ trainer.fit_pass trains a pass; the Hydra launcher plans them with `plan`.
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -203,6 +204,35 @@ def norms(tensors: list[torch.Tensor], K: int, ord: float = 2.0) -> torch.Tensor
 def l1_norms(weights: list[torch.Tensor], K: int) -> torch.Tensor:
     """[K]: sum |W| over the Linear weights, per model."""
     return sum(w.abs().view(K, -1).sum(1) for w in weights)
+
+
+def guard_and_clip(grads: list, grad_norms: torch.Tensor, clip_norm, clip_value, counters: torch.Tensor) -> None:
+    """Per run: zero its gradients when any is NaN/inf, so none is ever applied; then clip by norm and/or value.
+
+    `grad_norms` [n_tensors, K] are the per-tensor gradient norms before clipping,
+    K runs along dim 0 of each stacked gradient (K = 1: a plain gradient).
+    counters[k, 0] counts the steps clipping changed, counters[k, 1] the
+    steps zeroed; both stay on the device (no host sync). Clipping by norm
+    is torch's clip_grads_with_norm_ formula (max_norm / (norm + 1e-6),
+    at most 1), one factor per run.
+    """
+    total = grad_norms.norm(dim=0)  # [K]
+    bad = ~torch.isfinite(total)
+    per_row = [(-1,) + (1,) * (grad.dim() - 1) for grad in grads]  # a [K] vector against each gradient's rows
+    for grad, shape in zip(grads, per_row):
+        grad.masked_fill_(bad.view(shape), 0.0)
+    counters[:, 1] += bad
+    hit = []
+    if clip_norm:
+        hit.append((total > clip_norm) & ~bad)  # a zeroed gradient was not clipped
+        factor = (clip_norm / (total.nan_to_num(0.0) + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, [factor.view(shape) for shape in per_row])
+    if clip_value:
+        hit.append(norms(grads, len(total), math.inf).amax(0) > clip_value)
+        torch._foreach_clamp_min_(grads, -clip_value)
+        torch._foreach_clamp_max_(grads, clip_value)
+    if hit:
+        counters[:, 0] += torch.stack(hit).any(0)
 
 
 @dataclass

@@ -154,16 +154,26 @@ def check_trainer(cfg: DictConfig, n_train: int) -> None:
                         f"trainer.batch_size={t.batch_size} leaves a batch of 1 of the {n_train} training images")
 
 
-def run_lengths(cfg: DictConfig, n_train: int) -> tuple[int, int, int, int]:
-    """(batch size, steps per epoch, total steps, steps between evaluations) of a run on n_train images."""
+@dataclass(frozen=True)
+class Lengths:
+    """How a run on its training split is cut into steps."""
+
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int  # steps between evaluations
+
+
+def run_lengths(cfg: DictConfig, n_train: int) -> Lengths:
+    """The lengths of a run on n_train images."""
     check_trainer(cfg, n_train)
-    t = cfg.trainer
-    batch_size = t.batch_size or n_train  # null: the whole split (full-batch gradient descent)
+    settings = cfg.trainer
+    batch_size = settings.batch_size or n_train  # null: the whole split (full-batch gradient descent)
     steps_per_epoch = math.ceil(n_train / batch_size)
-    total_steps = t.epochs * steps_per_epoch
-    if t.max_steps is not None:
-        total_steps = min(total_steps, t.max_steps)
-    return batch_size, steps_per_epoch, total_steps, t.eval_every or steps_per_epoch
+    total_steps = settings.epochs * steps_per_epoch
+    if settings.max_steps is not None:
+        total_steps = min(total_steps, settings.max_steps)
+    return Lengths(batch_size, steps_per_epoch, total_steps, settings.eval_every or steps_per_epoch)
 
 
 def check_diagnostics(d: DictConfig) -> None:
@@ -236,7 +246,8 @@ def prepare(cfg: DictConfig) -> Setup:
     model = build_model(cfg, device)
     forward = torch.compile(model, mode=cfg.trainer.compile) if cfg.trainer.compile else model
     group = build_training(cfg, model.parameters(), lengths, model)
-    return Setup(device, model, group.optimizer, group.interval, forward, *lengths[:3])
+    return Setup(device, model, group.optimizer, group.interval, forward, lengths.batch_size, lengths.steps_per_epoch,
+                 lengths.total_steps)
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
@@ -247,14 +258,14 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def build_training(cfg: DictConfig, params, lengths, model=None) -> "Group":
+def build_training(cfg: DictConfig, params, lengths: Lengths, model=None) -> "Group":
     """The run's optimizer over `params` (`model`'s, for parameter groups) and its schedule (no views yet)."""
-    _, steps_per_epoch, total_steps, _ = lengths
     optimizer = build_optimizer(cfg.optimizer, params, model)
-    return Group(optimizer, *build_scheduler(cfg.schedule, optimizer, total_steps, steps_per_epoch), views=[])
+    return Group(optimizer, *build_scheduler(cfg.schedule, optimizer, lengths.total_steps, lengths.steps_per_epoch),
+                 views=[])
 
 
-def build_runs(runs: list[Run], device: torch.device, lengths) -> list[Run]:
+def build_runs(runs: list[Run], device: torch.device, lengths: Lengths) -> list[Run]:
     """Each run's model, optimizer and schedule as it would be built alone; the runs whose settings are valid.
 
     A run alone raises its UserError; in a pass that run fails and the others go on.
@@ -280,7 +291,7 @@ def build_runs(runs: list[Run], device: torch.device, lengths) -> list[Run]:
     return built
 
 
-def share_optimizers(runs: list[Run], leaves: list, lengths) -> list["Group"]:
+def share_optimizers(runs: list[Run], leaves: list, lengths: Lengths) -> list["Group"]:
     """The pass's optimizers: runs with the same row-wise optimizer and schedule (contiguous rows) share one.
 
     Elementwise optimizers (vectorized.ROW_WISE) do the same arithmetic on a
