@@ -60,8 +60,8 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
                     raise
                 outcome[run_dir] = unopened(run_dir, e)
         by_step = {}  # the runs that continue from a checkpoint at the same step train together; fresh ones too
-        for r in runs:
-            by_step.setdefault(r.resume["step"] if r.resume else None, []).append(r)
+        for run in runs:
+            by_step.setdefault(run.resume["step"] if run.resume else None, []).append(run)
         try:
             reasons = {vectorized.why_not(c) for c in cfgs} - {None} if len(cfgs) > 1 else set()
             if reasons:  # each run's summary says failed, and why
@@ -69,11 +69,11 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
             for part in by_step.values():
                 train_runs(part[0].cfg, part, started)
         except BaseException as e:
-            for r in runs:
-                if r.status == "running":
-                    close(r, "failed", f"{type(e).__name__}: {e}", started)
+            for run in runs:
+                if run.status == "running":
+                    close(run, "failed", f"{type(e).__name__}: {e}", started)
             raise
-    opened = {r.dir: r.summary for r in runs}
+    opened = {run.dir: run.summary for run in runs}
     return [opened.get(Path(d)) or outcome[Path(d)] for d in run_dirs]
 
 
@@ -126,9 +126,9 @@ def stop_on_signals():
     if threading.current_thread() is not threading.main_thread():
         yield stop  # signal handlers can only be installed from the main thread
         return
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -93,20 +93,20 @@ def open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int) 
     return Run(cfg, run_dir, summary, run_log, resume)
 
 
-def close(r: Run, status: str, reason: str | None, started: float) -> None:
-    if r.writer is not None:
-        r.writer.close()
-    if r.histogram_file is not None:
-        r.histogram_file.close()
-    r.status = status
-    r.summary.update(status=status, reason=reason, finished_at=now())
-    update_summary(r.summary, r.history, time.perf_counter() - started)
-    rundir.write_json(r.dir / rundir.SUMMARY, r.summary)
-    line = rundir.run_line(r.dir.name, r.summary)
-    if r.log is not log:  # a run of a pass: its own train.log gets the line too
-        r.log.info(line)
-        for handler in list(r.log.handlers):
-            r.log.removeHandler(handler)
+def close(run: Run, status: str, reason: str | None, started: float) -> None:
+    if run.writer is not None:
+        run.writer.close()
+    if run.histogram_file is not None:
+        run.histogram_file.close()
+    run.status = status
+    run.summary.update(status=status, reason=reason, finished_at=now())
+    update_summary(run.summary, run.history, time.perf_counter() - started)
+    rundir.write_json(run.dir / rundir.SUMMARY, run.summary)
+    line = rundir.run_line(run.dir.name, run.summary)
+    if run.log is not log:  # a run of a pass: its own train.log gets the line too
+        run.log.info(line)
+        for handler in list(run.log.handlers):
+            run.log.removeHandler(handler)
             handler.close()
     rundir.sweep_log.info(line)  # the console, a single run's train.log, and a sweep's sweep.log
 

@@ -143,15 +143,15 @@ TRAINER_RULES = (
 
 def check_trainer(cfg: DictConfig, n_train: int) -> None:
     """The rules that need the training split's size."""
-    t = cfg.trainer
-    if t.batch_size is not None and not 1 <= t.batch_size <= n_train:
-        raise UserError(f"trainer.batch_size={t.batch_size} must be between 1 and the training split's {n_train} "
+    settings = cfg.trainer
+    if settings.batch_size is not None and not 1 <= settings.batch_size <= n_train:
+        raise UserError(f"trainer.batch_size={settings.batch_size} must be between 1 and the training split's {n_train} "
                         "(or null for all of it)")
-    batch_size = t.batch_size or n_train
+    batch_size = settings.batch_size or n_train
     if cfg.model.batchnorm != "none" and (batch_size < 2 or n_train % batch_size == 1):
         # batch norm's statistics of one image are undefined: torch refuses such a batch mid-run
         raise UserError(f"model.batchnorm={cfg.model.batchnorm} needs every training batch to hold >= 2 images: "
-                        f"trainer.batch_size={t.batch_size} leaves a batch of 1 of the {n_train} training images")
+                        f"trainer.batch_size={settings.batch_size} leaves a batch of 1 of the {n_train} training images")
 
 
 @dataclass(frozen=True)
@@ -192,13 +192,13 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"data.augment_shift={cfg.data.augment_shift} must be >= 0")
     if cfg.data.train_eval_size is not None and cfg.data.train_eval_size < 1:
         raise UserError(f"data.train_eval_size={cfg.data.train_eval_size} must be >= 1 or null (the whole training split)")
-    t = cfg.trainer
+    settings = cfg.trainer
     for key, allowed, rule in TRAINER_RULES:
-        if t[key] is not None and not allowed(t[key]):
-            raise UserError(f"trainer.{key}={t[key]} must be {rule}")
-    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        if settings[key] is not None and not allowed(settings[key]):
+            raise UserError(f"trainer.{key}={settings[key]} must be {rule}")
+    if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'optbench[tensorboard]'")
-    if vectorized.needs_closure(cfg) and (t.clip_grad_norm or t.clip_grad_value):
+    if vectorized.needs_closure(cfg) and (settings.clip_grad_norm or settings.clip_grad_value):
         # its line search compares losses with the gradient it is given: a clipped one misleads it
         raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
 
@@ -271,23 +271,23 @@ def build_runs(runs: list[Run], device: torch.device, lengths: Lengths) -> list[
     A run alone raises its UserError; in a pass that run fails and the others go on.
     """
     built = []
-    for r in runs:
+    for run in runs:
         try:
-            check(r.cfg)
-            r.model = build_model(r.cfg, device)
+            check(run.cfg)
+            run.model = build_model(run.cfg, device)
             # the start point, for distance-from-init and landscapes (the same weights again on a resume: same seed)
-            rundir.save_tensors(r.model.state_dict(), r.dir / rundir.INIT)
-            r.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(r.model)]
-            r.generator = torch.Generator(device=device).manual_seed(r.cfg.seed)
-            set_dropout_generator(r.model, r.generator)
-            r.group = build_training(r.cfg, r.model.parameters(), lengths, r.model)
-            built.append(r)
+            rundir.save_tensors(run.model.state_dict(), run.dir / rundir.INIT)
+            run.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(run.model)]
+            run.generator = torch.Generator(device=device).manual_seed(run.cfg.seed)
+            set_dropout_generator(run.model, run.generator)
+            run.group = build_training(run.cfg, run.model.parameters(), lengths, run.model)
+            built.append(run)
         except UserError as e:
             if len(runs) == 1:
                 raise
-            r.log.error("run failed: %s", e)
-            log.error("%s: run failed: %s", r.dir.name, e)
-            close(r, "failed", f"UserError: {e}", time.perf_counter())
+            run.log.error("run failed: %s", e)
+            log.error("%s: run failed: %s", run.dir.name, e)
+            close(run, "failed", f"UserError: {e}", time.perf_counter())
     return built
 
 
@@ -300,37 +300,37 @@ def share_optimizers(runs: list[Run], leaves: list, lengths: Lengths) -> list["G
     whose parameters are its model's (views of its row).
     """
     groups, start = [], 0
-    for members in vectorized.optimizer_groups([r.cfg for r in runs]):
+    for members in vectorized.optimizer_groups([run.cfg for run in runs]):
         rows = slice(start, start + len(members))
         start += len(members)
         if len(runs) == 1:
             groups.append(runs[0].group)  # K = 1: the model's own parameters are the leaves
         elif len(members) == 1:
-            r = runs[rows.start]
-            r.group.views = [(p, leaf, rows.start) for p, leaf in zip(r.model.parameters(), leaves)]
-            groups.append(r.group)
+            run = runs[rows.start]
+            run.group.views = [(p, leaf, rows.start) for p, leaf in zip(run.model.parameters(), leaves)]
+            groups.append(run.group)
         else:
             params = [torch.nn.Parameter(leaf.data[rows]) for leaf in leaves]
             group = build_training(runs[rows.start].cfg, params, lengths)
             group.views = [(p, leaf, rows) for p, leaf in zip(params, leaves)]
-            for j, r in enumerate(runs[rows]):
-                r.group, r.row = group, j
+            for j, run in enumerate(runs[rows]):
+                run.group, run.row = group, j
             groups.append(group)
     return groups
 
 
-def run_state(r: Run) -> tuple[dict, dict]:
+def run_state(run: Run) -> tuple[dict, dict]:
     """This run's optimizer and scheduler state, as its own optimizer would hold them (a row of a shared one)."""
-    g = r.group
-    state = g.optimizer.state_dict()
-    if r.row is not None:
-        state = vectorized.row_state(state, r.row)
-    return state, g.scheduler.state_dict()
+    group = run.group
+    state = group.optimizer.state_dict()
+    if run.row is not None:
+        state = vectorized.row_state(state, run.row)
+    return state, group.scheduler.state_dict()
 
 
 def load_states(groups: list[Group], runs: list[Run]) -> None:
-    for g in groups:
-        members = [r for r in runs if r.group is g]
-        states = [r.resume["optimizer"] for r in members]
-        g.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
-        g.scheduler.load_state_dict(members[0].resume["scheduler"])
+    for group in groups:
+        members = [run for run in runs if run.group is group]
+        states = [run.resume["optimizer"] for run in members]
+        group.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
+        group.scheduler.load_state_dict(members[0].resume["scheduler"])
