@@ -121,9 +121,10 @@ def compose_config(overrides: list[str], config_name: str = "config", hydra: boo
         with initialize_config_module("optbench.conf", version_base="1.3"):
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
         if "optimizer" in cfg:
-            from optbench.optimizers import check_target
+            from optbench.optimizers import check_target, traits
 
             check_target(cfg.optimizer)
+            traits(cfg.optimizer)  # a misspelt trait fails here, not when a pass is planned
             check_arguments("optimizer", cfg.optimizer)
         if "schedule" in cfg:
             check_interval(cfg.schedule)

@@ -5,7 +5,7 @@ step is one batched forward/backward (torch.bmm) instead of K small ones.
 The K models stay K ordinary `nn.Sequential`s whose tensors are views of
 row k of the stack (`p.data = stacked.data[k]`): evaluation, diagnostics
 and checkpoints are those of a run alone. Runs whose optimizer and schedule
-settings agree, and whose optimizer is elementwise (ROW_WISE), share one
+settings agree, and whose optimizer is elementwise (traits.row_wise), share one
 torch optimizer over their rows; every other run has its own, built exactly
 as it would be alone. That is why a run in a pass matches the same run alone
 to floating-point tolerance with no optimizer re-implemented here.
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from optbench import optimizers
 from optbench.errors import UserError
 from optbench.models import Dropout, linear_layers
 
@@ -35,9 +36,6 @@ VARYING = ("seed", "optimizer", "schedule", "init")
 # the runs of one pass share one memory budget: ~1 MB per model of parameters and Adam state
 # for the default MLP, plus K x batch activations
 MAX_MODELS = 32
-# elementwise optimizers: a step over a [k, ...] stack of rows is the step of each row alone
-ROW_WISE = {f"torch.optim.{name}" for name in
-            ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop")}
 
 
 def mode(cfg: DictConfig) -> str:
@@ -48,8 +46,8 @@ def mode(cfg: DictConfig) -> str:
 
 
 def needs_closure(cfg: DictConfig) -> bool:
-    """L-BFGS: its line search evaluates the loss a data-dependent number of times per step."""
-    return str(cfg.optimizer._target_).endswith(".LBFGS")
+    """L-BFGS (traits.closure): its line search evaluates the loss a data-dependent number of times per step."""
+    return optimizers.traits(cfg.optimizer).closure
 
 
 def why_not(cfg: DictConfig) -> str | None:
@@ -93,7 +91,7 @@ def plan(cfgs: list[DictConfig], max_models: int = MAX_MODELS) -> list[list[int]
 
 
 def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
-    """Indices of the runs of a pass that can share one optimizer: same ROW_WISE optimizer, same schedule.
+    """Indices of the runs of a pass that can share one optimizer: same row-wise optimizer, same schedule.
 
     A schedule stepped with each run's own validation loss (interval=eval,
     plateau) keeps its run alone.
@@ -101,7 +99,7 @@ def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         # a fallback optimizer (Muon's parameter groups) makes a run's optimizer its own
-        shareable = (cfg.optimizer._target_ in ROW_WISE and "fallback" not in cfg.optimizer
+        shareable = (optimizers.traits(cfg.optimizer).row_wise and "fallback" not in cfg.optimizer
                      and cfg.schedule.interval != "eval")
         key = json.dumps([OmegaConf.to_container(cfg.optimizer, resolve=True),
                           OmegaConf.to_container(cfg.schedule, resolve=True)], sort_keys=True) if shareable else i

@@ -61,10 +61,10 @@ def build_optimizer(optimizer_cfg, params, model=None):
                                     ((own, main), (optimizer_cfg.fallback, rest)) if part])
     optimizers.check_target(optimizer_cfg)
     target = optimizer_cfg._target_
-    try:
-        factory = instantiate(optimizer_cfg, _convert_="all")  # plain lists: torch indexes betas itself
+    try:  # plain lists: torch indexes betas itself
+        factory = instantiate(optimizers.constructor_args(optimizer_cfg), _convert_="all")
     except InstantiationException as e:
-        raise optimizers.missing_target(str(target), e.__cause__ or e) from None
+        raise optimizers.missing_target(str(target), e.__cause__ or e, optimizers.traits(optimizer_cfg)) from None
     params = list(params)
     if optimizer_cfg.get("fused") and not fused_works(factory, params[0]):
         log.warning("fused %s kernel unavailable on %s; using torch's default implementation",
@@ -294,7 +294,7 @@ def build_runs(runs: list[Run], device: torch.device, lengths: Lengths) -> list[
 def share_optimizers(runs: list[Run], leaves: list, lengths: Lengths) -> list["Group"]:
     """The pass's optimizers: runs with the same row-wise optimizer and schedule (contiguous rows) share one.
 
-    Elementwise optimizers (vectorized.ROW_WISE) do the same arithmetic on a
+    Elementwise optimizers (traits.row_wise) do the same arithmetic on a
     [k, ...] stack of rows as on each row alone, so a seed sweep costs one
     optimizer call per step, not one per run. Every other run keeps its own,
     whose parameters are its model's (views of its row).
