@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from optbench import optimizers
+from optbench.compose import check_value
 from optbench.errors import UserError
 from optbench.models import Dropout, linear_layers
 
@@ -39,10 +40,8 @@ MAX_MODELS = 32
 
 
 def mode(cfg: DictConfig) -> str:
-    value = str(cfg.trainer.vectorize)
-    if value not in MODES:
-        raise UserError(f"trainer.vectorize={value} is not one of {', '.join(MODES)}")
-    return value
+    check_value("trainer.vectorize", str(cfg.trainer.vectorize))
+    return str(cfg.trainer.vectorize)
 
 
 def needs_closure(cfg: DictConfig) -> bool:

@@ -21,7 +21,7 @@ from optbench import data, rundir, vectorized
 from optbench.errors import UserError
 from optbench.trainer.batches import make_splits
 from optbench.trainer.runs import Run, close, open_run, unopened
-from optbench.trainer.setup import build_runs, check, run_lengths, select_device
+from optbench.trainer.setup import build_runs, run_lengths, select_device
 from optbench.trainer.training_pass import Pass
 
 log = logging.getLogger("optbench.trainer")
@@ -80,7 +80,6 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
 def train_runs(cfg: DictConfig, runs: list[Run], started: float) -> None:
     """Train `runs` (opened, all at the same step) as one pass on `cfg`'s data; each ends with its status."""
     device = select_device(cfg.device)
-    check(cfg)
     split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
     lengths = run_lengths(cfg, len(split["train"][0]))
     loss_fn = instantiate(cfg.loss)

@@ -6,7 +6,6 @@ rules that need the training split's size (the batch size against it) are in
 """
 
 import functools
-import importlib.util
 import logging
 import math
 import time
@@ -17,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from optbench import data, diagnostics, optimizers, rundir, vectorized
+from optbench import compose, data, diagnostics, optimizers, rundir, vectorized
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
 from optbench.trainer.batches import make_splits, train_size
@@ -27,9 +26,6 @@ log = logging.getLogger("optbench.trainer")
 
 # schedule lengths that, left null in the YAML, become the run's number of scheduler steps
 SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
-INTERVALS = ("step", "epoch", "eval")
-DIAGNOSTIC_LEVELS = ("off", "basic", "full")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def select_device(name: str) -> torch.device:
@@ -101,10 +97,6 @@ def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: 
     args = OmegaConf.to_container(schedule_cfg, resolve=True)
     interval = args.pop("interval")
     warmup_steps = args.pop("warmup_steps")
-    if interval not in INTERVALS:
-        raise UserError(f"schedule.interval={interval!r} is not one of {', '.join(INTERVALS)}")
-    if warmup_steps < 0:
-        raise UserError(f"schedule.warmup_steps={warmup_steps} must be >= 0")
     length = total_steps if interval == "step" else math.ceil(total_steps / steps_per_epoch)
     for key in SCHEDULE_LENGTHS:
         if key in args and args[key] is None:
@@ -121,24 +113,6 @@ def optimizer_impl(optimizer) -> str:
     if optimizer.defaults.get("foreach"):
         return "foreach"
     return "default"
-
-
-# (key, allowed values, the rule as the error message states it); null always means "off" for these keys
-TRAINER_RULES = (
-    ("epochs", lambda v: v >= 0, ">= 0"),
-    ("max_steps", lambda v: v >= 0, ">= 0 (or null: epochs decide)"),
-    ("eval_every", lambda v: v >= 1, ">= 1 (or null for once per epoch)"),
-    ("log_every", lambda v: v >= 1, ">= 1"),
-    ("checkpoint_every", lambda v: v >= 0, ">= 0 (0: no checkpoints)"),
-    ("clip_grad_norm", lambda v: v > 0, "> 0 (or null for no clipping)"),
-    ("clip_grad_value", lambda v: v > 0, "> 0 (or null for no clipping)"),
-    ("l1", lambda v: v >= 0, ">= 0"),
-    ("patience", lambda v: v >= 1, ">= 1 (or null for no early stopping)"),
-    ("min_delta", lambda v: v >= 0, ">= 0"),
-    ("compile", lambda v: v in COMPILE_MODES, f"one of {', '.join(COMPILE_MODES)} (or null: eager)"),
-    ("vectorize", lambda v: v in vectorized.MODES, f"one of {', '.join(vectorized.MODES)}"),
-    ("progress_every", lambda v: v > 0, "> 0 seconds"),
-)
 
 
 def check_trainer(cfg: DictConfig, n_train: int) -> None:
@@ -176,37 +150,15 @@ def run_lengths(cfg: DictConfig, n_train: int) -> Lengths:
     return Lengths(batch_size, steps_per_epoch, total_steps, settings.eval_every or steps_per_epoch)
 
 
-def check_diagnostics(d: DictConfig) -> None:
-    if d.level not in DIAGNOSTIC_LEVELS:
-        raise UserError(f"diagnostics.level={d.level!r} is not one of {', '.join(DIAGNOSTIC_LEVELS)}")
-    if d.probe_size < 1 or d.histogram_bins < 1:
-        raise UserError("diagnostics.probe_size and diagnostics.histogram_bins must be >= 1")
-    if not all(0.0 <= p <= 1.0 for p in d.histogram_at):
-        raise UserError(f"diagnostics.histogram_at={list(d.histogram_at)} must hold fractions in [0, 1]")
-
-
 def check(cfg: DictConfig) -> None:
-    """Every rule a config must satisfy before data is loaded; a run and `--dry-run` both call it."""
-    check_diagnostics(cfg.diagnostics)
-    if cfg.data.augment_shift < 0:
-        raise UserError(f"data.augment_shift={cfg.data.augment_shift} must be >= 0")
-    if cfg.data.train_eval_size is not None and cfg.data.train_eval_size < 1:
-        raise UserError(f"data.train_eval_size={cfg.data.train_eval_size} must be >= 1 or null (the whole training split)")
-    settings = cfg.trainer
-    for key, allowed, rule in TRAINER_RULES:
-        if settings[key] is not None and not allowed(settings[key]):
-            raise UserError(f"trainer.{key}={settings[key]} must be {rule}")
-    if settings.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'optbench[tensorboard]'")
-    if vectorized.needs_closure(cfg) and (settings.clip_grad_norm or settings.clip_grad_value):
-        # its line search compares losses with the gradient it is given: a clipped one misleads it
-        raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
+    """The rules of a composed config (compose.check_config, where they all are), for a config that did not come
+    through compose.compose_config: a Hydra sweep's job, an API caller's own."""
+    compose.check_config(cfg)
 
 
 def check_setup(cfg: DictConfig, n_images: int) -> None:
     """Everything a run checks before its first step, without its data: the rules, the lengths, and the model,
     optimizer and schedule built on the CPU (torch's own checks, such as lr >= 0, happen there)."""
-    check(cfg)
     lengths = run_lengths(cfg, train_size(n_images, cfg.data.val_size))
     model = build_model(cfg, torch.device("cpu"))
     build_training(cfg, model.parameters(), lengths, model)
@@ -238,8 +190,7 @@ class Setup:
 
 
 def prepare(cfg: DictConfig) -> Setup:
-    """Validate the config and build data, model, optimizer and schedule on the device, as a run does."""
-    check(cfg)
+    """Build data, model, optimizer and schedule of a composed config on the device, as a run does."""
     device = select_device(cfg.device)
     split = make_splits(data.load_arrays(cfg.data.name, cfg.data.root), cfg.data.val_size, device)
     lengths = run_lengths(cfg, len(split["train"][0]))
