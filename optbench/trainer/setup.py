@@ -117,15 +117,15 @@ def optimizer_impl(optimizer) -> str:
 
 def check_trainer(cfg: DictConfig, n_train: int) -> None:
     """The rules that need the training split's size."""
-    settings = cfg.trainer
-    if settings.batch_size is not None and not 1 <= settings.batch_size <= n_train:
-        raise UserError(f"trainer.batch_size={settings.batch_size} must be between 1 and the training split's {n_train} "
+    asked = cfg.trainer.batch_size
+    if asked is not None and not 1 <= asked <= n_train:
+        raise UserError(f"trainer.batch_size={asked} must be between 1 and the training split's {n_train} "
                         "(or null for all of it)")
-    batch_size = settings.batch_size or n_train
+    batch_size = asked or n_train
     if cfg.model.batchnorm != "none" and (batch_size < 2 or n_train % batch_size == 1):
         # batch norm's statistics of one image are undefined: torch refuses such a batch mid-run
         raise UserError(f"model.batchnorm={cfg.model.batchnorm} needs every training batch to hold >= 2 images: "
-                        f"trainer.batch_size={settings.batch_size} leaves a batch of 1 of the {n_train} training images")
+                        f"trainer.batch_size={asked} leaves a batch of 1 of the {n_train} training images")
 
 
 @dataclass(frozen=True)

@@ -152,17 +152,18 @@ class Pass:
         while self.alive and self.step < total_steps and stop.signal is None:
             order, first = self.epoch_order()
             self.bar.set_description(f"{self.label + ' | ' if self.label else ''}epoch {self.epoch}/{self.n_epochs}")
-            for i in range(first, steps_per_epoch):
+            for epoch_step in range(first, steps_per_epoch):
                 evaluates = (self.step + 1) % self.lengths.eval_every == 0 or self.step + 1 == total_steps
-                self.train_step(order[:, i * batch_size : (i + 1) * batch_size], evaluates)
+                self.train_step(order[:, epoch_step * batch_size : (epoch_step + 1) * batch_size], evaluates)
                 if evaluates:
                     self.flush_steps()
                     self.run_eval()
-                last_of_epoch = i == steps_per_epoch - 1
+                last_of_epoch = epoch_step == steps_per_epoch - 1
                 if last_of_epoch:
                     self.advance_schedules("epoch")
                 if self.checkpoint_due(last_of_epoch or self.step == total_steps, stop):
-                    self.checkpoint(order, i + 1)  # on a stop too: resumed, the run goes on as if never stopped
+                    # on a stop too: resumed, the run goes on as if never stopped
+                    self.checkpoint(order, epoch_step + 1)
                 if stop.signal is not None and not evaluates:
                     self.flush_steps()
                     self.run_eval(decide=False)  # where the interrupted run got to (a resume cuts these rows)
