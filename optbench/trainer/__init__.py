@@ -3,8 +3,9 @@
 The rooms: `setup` (the rules a config must satisfy, the run's `Lengths`, its
 model, optimizer and schedule), `batches` (splits on the device,
 normalisation, shifts, evaluation), `runs` (a run's files: open, resume,
-close), `loop` (fit, fit_pass, signals) and `training_pass` (the `Pass`:
-the state K runs share while they train, its step, evaluation, checkpoint).
+close), `checkpoints` (what a run's checkpoint holds, saved and restored),
+`loop` (fit, fit_pass, signals) and `training_pass` (the `Pass`: the state
+K runs share while they train; its step, evaluation, read-back, checkpoint).
 """
 
 from optbench.trainer.batches import (EVAL_CHUNK, eval_splits, evaluate, make_splits, normalise, random_shift, sync,

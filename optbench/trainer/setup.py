@@ -268,20 +268,3 @@ def share_optimizers(runs: list[Run], leaves: list, lengths: Lengths) -> list["G
                 run.group, run.row = group, j
             groups.append(group)
     return groups
-
-
-def run_state(run: Run) -> tuple[dict, dict]:
-    """This run's optimizer and scheduler state, as its own optimizer would hold them (a row of a shared one)."""
-    group = run.group
-    state = group.optimizer.state_dict()
-    if run.row is not None:
-        state = vectorized.row_state(state, run.row)
-    return state, group.scheduler.state_dict()
-
-
-def load_states(groups: list[Group], runs: list[Run]) -> None:
-    for group in groups:
-        members = [run for run in runs if run.group is group]
-        states = [run.resume["optimizer"] for run in members]
-        group.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
-        group.scheduler.load_state_dict(members[0].resume["scheduler"])

@@ -25,7 +25,8 @@ from optbench import diagnostics, optimizers, rundir, schedules, vectorized
 from optbench.models import linear_layers
 from optbench.trainer.batches import eval_splits, evaluate, normalise, random_shift, sync
 from optbench.trainer.runs import Run, close, update_summary
-from optbench.trainer.setup import Group, Lengths, load_states, optimizer_impl, run_state, share_optimizers
+from optbench.trainer import checkpoints
+from optbench.trainer.setup import Group, Lengths, optimizer_impl, share_optimizers
 
 log = logging.getLogger("optbench.trainer")
 
@@ -70,7 +71,7 @@ class Pass:
         self.step, self.epoch, self.resumed_train_time = 0, 0, [0.0] * self.K
         self.resumed_order = None  # each run's data order of the epoch its checkpoint was taken in, when mid-epoch
         if self.runs[0].resume:
-            self.resume()
+            checkpoints.restore(self)
         self.open_files()
         self.alive = list(range(self.K))
         self.pending = []  # (step, epoch, [lr per run], [len(step_names), K] tensor) not yet read back
@@ -83,26 +84,6 @@ class Pass:
                         leave=False)
         self.first_step, self.last_loss = self.step, "n/a"
         self.train_started = time.perf_counter()
-
-    def resume(self) -> None:
-        """Every run's weights, optimizer, schedule, random state, history and files as its checkpoint left them."""
-        load_states(self.groups, self.runs)
-        for k, run in enumerate(self.runs):
-            state = run.resume
-            run.model.load_state_dict(state["model"])
-            run.generator.set_state(state["rng"]["generator"])
-            self.step, self.epoch, self.resumed_train_time[k] = state["step"], state["epoch"], state["train_time"]
-            run.history, run.flags = state["history"], state["flags"]
-            self.counters[k] = state["counters"]
-            rundir.truncate(run.dir / rundir.METRICS, state["metrics_bytes"])
-            rundir.truncate(run.dir / rundir.HISTOGRAMS, state["histogram_bytes"])
-            run.log.info("resuming from the checkpoint at epoch %d, step %d", self.epoch, self.step)
-            if self.K > 1:
-                log.info("%s resumes from its checkpoint at step %d", run.dir.name, self.step)
-        torch.set_rng_state(self.runs[0].resume["rng"]["torch"])
-        if self.runs[0].resume.get("order") is not None:
-            self.resumed_order = torch.stack([run.resume["order"] for run in self.runs]).to(self.device)
-        self.histogram_steps = [h for h in self.histogram_steps if h > self.step]
 
     def open_files(self) -> None:
         """Each run's summary told how it trains, its metrics and histogram files opened; one log line each."""
@@ -383,30 +364,8 @@ class Pass:
                             for i in range(0, len(x_bn), batch_size)))
 
     def checkpoint(self, order: torch.Tensor, epoch_step: int) -> None:
-        """Each run's checkpoint after `epoch_step` steps of this epoch (its data order kept when mid-epoch)."""
-        self.flush_steps()
-        optimizers.set_mode(self.optimizers(), "eval")  # schedule-free: save the evaluated weights
-        for k in self.alive:
-            run = self.runs[k]
-            run.writer.flush()
-            run.histogram_file.flush()
-            if self.K > 1:  # the stacked batch norm does not count batches: record what the run alone would have
-                for bn in run.model.modules():
-                    if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
-                        bn.num_batches_tracked.fill_(self.step)
-            optimizer_state, scheduler_state = run_state(run)
-            rundir.save_tensors({
-                "model": {name: v.clone() for name, v in run.model.state_dict().items()},  # not the whole stack
-                "optimizer": optimizer_state, "scheduler": scheduler_state, "step": self.step, "epoch": self.epoch,
-                "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state()},
-                "epoch_step": epoch_step,
-                "order": order[k].cpu() if epoch_step < self.lengths.steps_per_epoch else None,
-                "train_time": self.train_time(k), "history": run.history, "flags": run.flags,
-                "counters": self.counters[k].cpu(),
-                "metrics_bytes": run.writer.tell(), "histogram_bytes": run.histogram_file.tell(),
-                "summary": {key: run.summary.get(key) for key in ("clipped_steps", "nonfinite_steps_skipped")},
-            }, run.dir / rundir.CHECKPOINT)
-        optimizers.set_mode(self.optimizers(), "train")
+        """Each running run's checkpoint after `epoch_step` steps of this epoch (checkpoints.save)."""
+        checkpoints.save(self, order, epoch_step)
 
     # ------------------------------------------------------------------ how runs end
 
