@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from optbench import data, results
+from optbench import data, results, rundir
 from optbench.models import build_mlp
 from optbench.trainer import EVAL_CHUNK, eval_splits, fit, fit_pass, make_splits, select_device, sync
 from optbench.compose import compose_config as compose
