@@ -12,8 +12,9 @@ from optbench.trainer.batches import (EVAL_CHUNK, eval_splits, evaluate, make_sp
                                       train_size)
 from optbench.trainer.loop import fit, fit_pass
 from optbench.trainer.runs import resumable, unopened
-from optbench.trainer.setup import (Lengths, Setup, build_model, build_optimizer, build_scheduler, check, check_setup,
-                                    prepare, run_lengths, select_device)
+from optbench.schedules import build_scheduler
+from optbench.trainer.setup import (Lengths, Setup, build_model, build_optimizer, check, check_setup, prepare,
+                                    run_lengths, select_device)
 from optbench.trainer.training_pass import SYNC_EVERY, Pass, evaluations_without_improvement
 from optbench.vectorized import guard_and_clip
 

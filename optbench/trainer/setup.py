@@ -19,13 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from optbench import compose, data, diagnostics, optimizers, rundir, vectorized
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
+from optbench.schedules import build_scheduler
 from optbench.trainer.batches import make_splits, train_size
 from optbench.trainer.runs import Run, close
 
 log = logging.getLogger("optbench.trainer")
 
-# schedule lengths that, left null in the YAML, become the run's number of scheduler steps
-SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
 
 
 def select_device(name: str) -> torch.device:
@@ -84,27 +83,6 @@ def fused_works(factory, like: torch.Tensor) -> bool:
     except (TypeError, ValueError, IndexError):
         return True  # a wrong argument: the real construction reports it
     return True
-
-
-def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: int):
-    """(torch scheduler, interval, warmup_steps) from the schedule group.
-
-    `interval` (step | epoch | eval) and `warmup_steps` are for the trainer; the
-    rest are the scheduler's constructor arguments. A length left null
-    (T_max, total_iters, total_steps) becomes the run's number of scheduler
-    steps: optimisation steps, or epochs for interval=epoch.
-    """
-    args = OmegaConf.to_container(schedule_cfg, resolve=True)
-    interval = args.pop("interval")
-    warmup_steps = args.pop("warmup_steps")
-    length = total_steps if interval == "step" else math.ceil(total_steps / steps_per_epoch)
-    for key in SCHEDULE_LENGTHS:
-        if key in args and args[key] is None:
-            args[key] = max(length, 1)
-    try:
-        return instantiate(args)(optimizer), interval, warmup_steps
-    except (TypeError, ValueError) as e:
-        raise UserError(f"schedule: {e}") from None
 
 
 def optimizer_impl(optimizer) -> str:
