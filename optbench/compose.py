@@ -7,6 +7,8 @@ use `groups` and `group_options` and answer at once.
 """
 
 import difflib
+import importlib.util
+import math
 from pathlib import Path
 
 from optbench import config_dirs
@@ -81,7 +83,10 @@ def validate_overrides(args: list[str]) -> list[tuple[str, object]]:
     composed = [(" ".join(base), compose_config(base + search))]
     for i, (o, values) in enumerate(kept):
         for value in values[1:]:
-            composed.append((line(o, value), compose_config(base[:i] + [line(o, value)] + base[i + 1 :] + search)))
+            try:
+                composed.append((line(o, value), compose_config(base[:i] + [line(o, value)] + base[i + 1 :] + search)))
+            except UserError as e:  # which value of the sweep it is
+                raise UserError(f"{line(o, value)}: {e}") from None
     return composed if parsed.multirun else []
 
 
@@ -121,15 +126,111 @@ def compose_config(overrides: list[str], config_name: str = "config", hydra: boo
         with initialize_config_module("optbench.conf", version_base="1.3"):
             cfg = compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
         if "optimizer" in cfg:
-            from optbench.optimizers import check_target
+            from optbench.optimizers import check_target, traits
 
             check_target(cfg.optimizer)
+            traits(cfg.optimizer)  # a misspelt trait fails here, not when a pass is planned
             check_arguments("optimizer", cfg.optimizer)
         if "schedule" in cfg:
             check_interval(cfg.schedule)
+        check_config(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(one_line(e)) from None
     return cfg
+
+
+# ------------------------------------------------------------------ every rule a composed config satisfies
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+def _one_of(owner: str, name: str) -> tuple:
+    """The rule for a value that must be one of module owner's `name`, read when checked (the owner imports torch)."""
+    def names():
+        return tuple(getattr(importlib.import_module(owner), name))
+    return (lambda v: v in names()), False, (lambda: f"one of {', '.join(names())}")
+
+
+DIAGNOSTIC_LEVELS = ("off", "basic", "full")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+INTERVALS = ("step", "epoch", "eval")
+_FRACTION = (lambda v: _finite(v) and 0 <= v <= 1, False, "a fraction in [0, 1]")
+
+# key -> (allowed, whether null is allowed (it means "off" or "all"), the rule as the error message states it):
+# each value against its whole domain (finite where it must be, its sign, its range). The rules that need the
+# data's size (the batch size against the training split) are the trainer's, at setup.
+RULES = {
+    "data.val_size": (lambda v: v >= 0, False, ">= 0"),
+    "data.augment_shift": (lambda v: v >= 0, False, ">= 0"),
+    "data.train_eval_size": (lambda v: v >= 1, True, ">= 1 or null (the whole training split)"),
+    "model.hidden": (lambda v: all(h >= 1 for h in v), False, "a list of sizes >= 1"),
+    "model.activation": _one_of("optbench.models", "ACTIVATIONS"),
+    "model.batchnorm": _one_of("optbench.models", "BATCHNORM"),
+    "model.dropout": (lambda v: _finite(v) and 0 <= v < 1, False, "in [0, 1)"),
+    "trainer.epochs": (lambda v: v >= 0, False, ">= 0"),
+    "trainer.max_steps": (lambda v: v >= 0, True, ">= 0 (or null: epochs decide)"),
+    "trainer.batch_size": (lambda v: v >= 1, True, ">= 1 and at most the training split (or null for all of it)"),
+    "trainer.eval_every": (lambda v: v >= 1, True, ">= 1 (or null for once per epoch)"),
+    "trainer.log_every": (lambda v: v >= 1, False, ">= 1"),
+    "trainer.checkpoint_every": (lambda v: v >= 0, False, ">= 0 (0: no checkpoints)"),
+    "trainer.clip_grad_norm": (lambda v: _finite(v) and v > 0, True, "finite and > 0 (or null for no clipping)"),
+    "trainer.clip_grad_value": (lambda v: _finite(v) and v > 0, True, "finite and > 0 (or null for no clipping)"),
+    "trainer.l1": (lambda v: _finite(v) and v >= 0, False, "finite and >= 0"),
+    "trainer.patience": (lambda v: v >= 1, True, ">= 1 (or null for no early stopping)"),
+    "trainer.min_delta": (lambda v: _finite(v) and v >= 0, False, "finite and >= 0"),
+    "trainer.compile": (lambda v: v in COMPILE_MODES, True, f"one of {', '.join(COMPILE_MODES)} (or null: eager)"),
+    "trainer.vectorize": _one_of("optbench.vectorized", "MODES"),
+    "trainer.progress_every": (lambda v: _number(v) and v > 0, False, "> 0 seconds"),
+    "diagnostics.level": (lambda v: v in DIAGNOSTIC_LEVELS, False, f"one of {', '.join(DIAGNOSTIC_LEVELS)}"),
+    "diagnostics.probe_size": (lambda v: v >= 1, False, ">= 1"),
+    "diagnostics.histogram_bins": (lambda v: v >= 1, False, ">= 1"),
+    "diagnostics.histogram_at": (lambda v: all(_FRACTION[0](p) for p in v), False, "a list of fractions in [0, 1]"),
+    "diagnostics.saturation": _FRACTION,
+    "diagnostics.thresholds.exploding_grad_norm": (lambda v: _number(v) and v > 0, False, "> 0"),
+    "diagnostics.thresholds.vanishing_ratio": _FRACTION,
+    "diagnostics.thresholds.dead_fraction": _FRACTION,
+    "diagnostics.thresholds.saturated_fraction": _FRACTION,
+    "schedule.interval": (lambda v: v in INTERVALS, False, f"one of {', '.join(INTERVALS)}"),
+    "schedule.warmup_steps": (lambda v: v >= 0, False, ">= 0"),
+}
+
+
+def check_value(key: str, value) -> None:
+    """`key`'s value against its rule in RULES: a one-line UserError naming the key, the value and the rule."""
+    allowed, null_ok, rule = RULES[key]
+    if value is None and null_ok:
+        return
+    try:
+        ok = value is not None and bool(allowed(value))
+    except TypeError:  # a value of another kind than the rule's (a config not composed against the schema)
+        ok = False
+    if not ok:
+        shown = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else value
+        raise UserError(f"{key}={_text(shown)} must be {rule() if callable(rule) else rule}")
+
+
+def check_config(cfg) -> None:
+    """Every rule of RULES on the keys `cfg` has, then the rules between keys; the trainer calls it too, for a
+    config that was not composed here (a Hydra sweep's job, an API caller's own)."""
+    from omegaconf import OmegaConf
+
+    for key in RULES:
+        if OmegaConf.select(cfg, key, default="???missing") != "???missing":
+            check_value(key, OmegaConf.select(cfg, key))
+    if "trainer" not in cfg or "optimizer" not in cfg:
+        return
+    if cfg.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'optbench[tensorboard]'")
+    from optbench.optimizers import traits
+
+    if traits(cfg.optimizer).closure and (cfg.trainer.clip_grad_norm or cfg.trainer.clip_grad_value):
+        # its line search compares losses with the gradient it is given: a clipped one misleads it
+        raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
 
 
 def check_arguments(name: str, node) -> None:

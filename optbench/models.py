@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from optbench.errors import UserError
+from optbench.compose import check_value
 
 ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
@@ -34,14 +34,8 @@ def build_mlp(
     activation, "post" after the activation. With "pre" the linear layer has
     no bias: batch norm subtracts the batch mean, so a bias there is dead.
     """
-    if activation not in ACTIVATIONS:
-        raise UserError(f"model.activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
-    if batchnorm not in BATCHNORM:
-        raise UserError(f"model.batchnorm={batchnorm!r} is not one of {', '.join(BATCHNORM)}")
-    if any(int(h) < 1 for h in hidden):
-        raise UserError(f"model.hidden={list(hidden)} must hold sizes >= 1")
-    if not 0.0 <= dropout < 1.0:
-        raise UserError(f"model.dropout={dropout} must be in [0, 1)")
+    for key, value in (("hidden", hidden), ("activation", activation), ("batchnorm", batchnorm), ("dropout", dropout)):
+        check_value(f"model.{key}", value)  # composition checked them for a config; a direct caller too
     layers: list[nn.Module] = [nn.Flatten()]
     width = n_in
     for h in hidden:

@@ -14,15 +14,15 @@ them, and `recompute_batchnorm` re-estimates batch-norm statistics at the
 evaluation point, as the schedulefree README advises.
 """
 
+from dataclasses import dataclass, fields
+
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from optbench.errors import UserError
 from optbench.models import Dropout, linear_layers
 
 KINDS = ("first_layer", "output_layer", "bias", "norm")
-# top-level modules of optional options -> the extra that installs them
-EXTRAS = {"pytorch_optimizer": "optimizers", "schedulefree": "optimizers"}
 # the config option for "any class by its dotted path"; its runs are named by the class
 CUSTOM = "custom"
 
@@ -41,8 +41,49 @@ def tensor_kind(model: torch.nn.Module, param: torch.Tensor) -> str:
     return "hidden"
 
 
-# keys of an optimizer config that are optbench's, not the optimizer class's
-OWN_KEYS = ("fallback", "fallback_for")
+# keys of an optimizer config that are optbench's, not the optimizer class's: popped before instantiate
+OWN_KEYS = ("fallback", "fallback_for", "traits")
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What optbench must know of an optimizer that its constructor does not say: an option's `traits:` block.
+
+    Each option states only what differs from these defaults (a torch
+    optimizer, stepped without a closure, whose runs in a pass each get their
+    own instance); a user's optimizer in their config folder does the same.
+    Its parameter split is the option's `fallback` and `fallback_for`.
+    """
+
+    library: str = "torch"  # the package the class comes from
+    extra: str | None = None  # the optbench extra that installs that package: pip install 'optbench[EXTRA]'
+    # elementwise: a step over a [k, ...] stack of rows is each row's own step, so the runs of a pass share one
+    row_wise: bool = False
+    # step(closure) evaluates the loss again (L-BFGS's line search): it trains alone, and unclipped
+    closure: bool = False
+
+
+TRAIT_NAMES = tuple(f.name for f in fields(Traits))
+
+
+def traits(optimizer_cfg) -> Traits:
+    """The option's traits: its `traits:` block over the defaults."""
+    given = optimizer_cfg.get("traits") or {}
+    given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else dict(given)
+    unknown = sorted(set(given) - set(TRAIT_NAMES))
+    if unknown:
+        raise UserError(f"optimizer.traits.{unknown[0]} is not a trait; the traits: {', '.join(TRAIT_NAMES)}")
+    for name in ("row_wise", "closure"):
+        if not isinstance(given.get(name, False), bool):
+            raise UserError(f"optimizer.traits.{name}={given[name]} must be true or false")
+    return Traits(**given)
+
+
+def constructor_args(optimizer_cfg):
+    """The optimizer config without optbench's own keys: what instantiate passes to the class."""
+    if not any(key in optimizer_cfg for key in OWN_KEYS):
+        return optimizer_cfg
+    return OmegaConf.masked_copy(optimizer_cfg, [key for key in optimizer_cfg if key not in OWN_KEYS])
 
 
 def check_target(optimizer_cfg) -> None:
@@ -138,11 +179,10 @@ def has_batchnorm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def missing_target(target: str, error: BaseException) -> UserError:
+def missing_target(target: str, error: BaseException, known: Traits = Traits()) -> UserError:
     """The one-line error for an optimizer class that cannot be imported: which extra installs it, if ours."""
-    module = target.split(".")[0]
-    if module in EXTRAS and isinstance(error, ImportError):
-        return UserError(f"optimizer {target} needs the {module} package: pip install 'optbench[{EXTRAS[module]}]'")
+    if known.extra and isinstance(error, ImportError):
+        return UserError(f"optimizer {target} needs the {known.library} package: pip install 'optbench[{known.extra}]'")
     if target.startswith("torch.optim."):  # Muon came in torch 2.9, Adafactor in 2.5
         return UserError(f"optimizer {target} is not in torch {torch.__version__}: it needs a newer torch")
     return UserError(f"optimizer._target_={target} cannot be imported ({type(error).__name__}: {error})")

@@ -1,7 +1,39 @@
-"""What torch.optim.lr_scheduler lacks: the lectures' inverse-time decay, the Crowded Valley's trapezoidal
-schedule, and a warmup that composes with any schedule."""
+"""Every schedule and the warm-up, from one place: the schedule group built into a torch scheduler
+(`build_scheduler`), what torch.optim.lr_scheduler lacks (the lectures' inverse-time decay, the Crowded Valley's
+trapezoidal schedule), and a warmup that composes with any schedule (`warmup`)."""
 
+import math
+from contextlib import contextmanager
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
+
+from optbench.errors import UserError
+
+# schedule lengths that, left null in the YAML, become the run's number of scheduler steps
+SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
+
+
+def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: int):
+    """(torch scheduler, interval, warmup_steps) from the schedule group.
+
+    `interval` (step | epoch | eval) and `warmup_steps` are for the trainer; the
+    rest are the scheduler's constructor arguments. A length left null
+    (T_max, total_iters, total_steps) becomes the run's number of scheduler
+    steps: optimisation steps, or epochs for interval=epoch.
+    """
+    args = OmegaConf.to_container(schedule_cfg, resolve=True)
+    interval = args.pop("interval")
+    warmup_steps = args.pop("warmup_steps")
+    length = total_steps if interval == "step" else math.ceil(total_steps / steps_per_epoch)
+    for key in SCHEDULE_LENGTHS:
+        if key in args and args[key] is None:
+            args[key] = max(length, 1)
+    try:
+        return instantiate(args)(optimizer), interval, warmup_steps
+    except (TypeError, ValueError) as e:
+        raise UserError(f"schedule: {e}") from None
 
 
 class InverseTime:
@@ -59,3 +91,19 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     if step >= warmup_steps:
         return 1.0
     return (step + 1) / warmup_steps
+
+
+@contextmanager
+def warmup(groups, step: int):
+    """Each group's scheduled rates multiplied by warmup_factor(step, group.warmup_steps) for the optimisation
+    step taken inside, and set back after it: the schedule never sees the warmed-up rate."""
+    scheduled = [(param_group, param_group["lr"]) for group in groups for param_group in group.optimizer.param_groups]
+    for group in groups:
+        factor = warmup_factor(step, group.warmup_steps)
+        for param_group in group.optimizer.param_groups:
+            param_group["lr"] *= factor
+    try:
+        yield
+    finally:
+        for param_group, lr in scheduled:
+            param_group["lr"] = lr

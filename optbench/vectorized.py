@@ -5,7 +5,7 @@ step is one batched forward/backward (torch.bmm) instead of K small ones.
 The K models stay K ordinary `nn.Sequential`s whose tensors are views of
 row k of the stack (`p.data = stacked.data[k]`): evaluation, diagnostics
 and checkpoints are those of a run alone. Runs whose optimizer and schedule
-settings agree, and whose optimizer is elementwise (ROW_WISE), share one
+settings agree, and whose optimizer is elementwise (traits.row_wise), share one
 torch optimizer over their rows; every other run has its own, built exactly
 as it would be alone. That is why a run in a pass matches the same run alone
 to floating-point tolerance with no optimizer re-implemented here.
@@ -16,6 +16,7 @@ trainer.fit_pass trains a pass; the Hydra launcher plans them with `plan`.
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from optbench import optimizers
+from optbench.compose import check_value
 from optbench.errors import UserError
 from optbench.models import Dropout, linear_layers
 
@@ -34,21 +37,16 @@ VARYING = ("seed", "optimizer", "schedule", "init")
 # the runs of one pass share one memory budget: ~1 MB per model of parameters and Adam state
 # for the default MLP, plus K x batch activations
 MAX_MODELS = 32
-# elementwise optimizers: a step over a [k, ...] stack of rows is the step of each row alone
-ROW_WISE = {f"torch.optim.{name}" for name in
-            ("SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop")}
 
 
 def mode(cfg: DictConfig) -> str:
-    value = str(cfg.trainer.vectorize)
-    if value not in MODES:
-        raise UserError(f"trainer.vectorize={value} is not one of {', '.join(MODES)}")
-    return value
+    check_value("trainer.vectorize", str(cfg.trainer.vectorize))
+    return str(cfg.trainer.vectorize)
 
 
 def needs_closure(cfg: DictConfig) -> bool:
-    """L-BFGS: its line search evaluates the loss a data-dependent number of times per step."""
-    return str(cfg.optimizer._target_).endswith(".LBFGS")
+    """L-BFGS (traits.closure): its line search evaluates the loss a data-dependent number of times per step."""
+    return optimizers.traits(cfg.optimizer).closure
 
 
 def why_not(cfg: DictConfig) -> str | None:
@@ -92,7 +90,7 @@ def plan(cfgs: list[DictConfig], max_models: int = MAX_MODELS) -> list[list[int]
 
 
 def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
-    """Indices of the runs of a pass that can share one optimizer: same ROW_WISE optimizer, same schedule.
+    """Indices of the runs of a pass that can share one optimizer: same row-wise optimizer, same schedule.
 
     A schedule stepped with each run's own validation loss (interval=eval,
     plateau) keeps its run alone.
@@ -100,7 +98,7 @@ def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         # a fallback optimizer (Muon's parameter groups) makes a run's optimizer its own
-        shareable = (cfg.optimizer._target_ in ROW_WISE and "fallback" not in cfg.optimizer
+        shareable = (optimizers.traits(cfg.optimizer).row_wise and "fallback" not in cfg.optimizer
                      and cfg.schedule.interval != "eval")
         key = json.dumps([OmegaConf.to_container(cfg.optimizer, resolve=True),
                           OmegaConf.to_container(cfg.schedule, resolve=True)], sort_keys=True) if shareable else i
@@ -203,6 +201,35 @@ def norms(tensors: list[torch.Tensor], K: int, ord: float = 2.0) -> torch.Tensor
 def l1_norms(weights: list[torch.Tensor], K: int) -> torch.Tensor:
     """[K]: sum |W| over the Linear weights, per model."""
     return sum(w.abs().view(K, -1).sum(1) for w in weights)
+
+
+def guard_and_clip(grads: list, grad_norms: torch.Tensor, clip_norm, clip_value, counters: torch.Tensor) -> None:
+    """Per run: zero its gradients when any is NaN/inf, so none is ever applied; then clip by norm and/or value.
+
+    `grad_norms` [n_tensors, K] are the per-tensor gradient norms before clipping,
+    K runs along dim 0 of each stacked gradient (K = 1: a plain gradient).
+    counters[k, 0] counts the steps clipping changed, counters[k, 1] the
+    steps zeroed; both stay on the device (no host sync). Clipping by norm
+    is torch's clip_grads_with_norm_ formula (max_norm / (norm + 1e-6),
+    at most 1), one factor per run.
+    """
+    total = grad_norms.norm(dim=0)  # [K]
+    bad = ~torch.isfinite(total)
+    per_row = [(-1,) + (1,) * (grad.dim() - 1) for grad in grads]  # a [K] vector against each gradient's rows
+    for grad, shape in zip(grads, per_row):
+        grad.masked_fill_(bad.view(shape), 0.0)
+    counters[:, 1] += bad
+    hit = []
+    if clip_norm:
+        hit.append((total > clip_norm) & ~bad)  # a zeroed gradient was not clipped
+        factor = (clip_norm / (total.nan_to_num(0.0) + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, [factor.view(shape) for shape in per_row])
+    if clip_value:
+        hit.append(norms(grads, len(total), math.inf).amax(0) > clip_value)
+        torch._foreach_clamp_min_(grads, -clip_value)
+        torch._foreach_clamp_max_(grads, clip_value)
+    if hit:
+        counters[:, 0] += torch.stack(hit).any(0)
 
 
 @dataclass

@@ -227,3 +227,11 @@ def test_report_and_plot_cope_with_half_written_runs_and_mixed_schemas(mnist_roo
     out = optbench("plot", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "plots" / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_a_bad_value_is_refused_at_composition_before_any_run_folder(mnist_root, tmp_path):
+    # before: the run started, made its folder, marked it failed and printed two lines
+    out = optbench("train", f"data.root={mnist_root}", "model.batchnorm=middle", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("optbench: error: model.batchnorm=middle"), out.stderr
+    assert not (tmp_path / "run").exists()

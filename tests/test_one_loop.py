@@ -22,7 +22,7 @@ def reference(cfg, split) -> list[float]:
     init_weights(model, cfg.init)
     generator = torch.Generator().manual_seed(cfg.seed)
     set_dropout_generator(model, generator)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    optimizer = instantiate({k: v for k, v in cfg.optimizer.items() if k != "traits"})(model.parameters())
     interval = cfg.schedule.interval
     scheduler = instantiate({k: v for k, v in cfg.schedule.items() if k not in ("interval", "warmup_steps")})(optimizer)
     loss_fn, (x_all, y_all), t, out = torch.nn.CrossEntropyLoss(), split["train"], cfg.trainer, []

@@ -16,7 +16,8 @@ from conftest import optbench
 from optbench.errors import UserError
 
 optuna = pytest.importorskip("optuna")
-from optbench import profiles, search  # noqa: E402
+from optbench import search  # noqa: E402
+from optbench.results import profiles  # noqa: E402
 from optbench.search import figures, running, scoring, settings, shared, spaces  # noqa: E402
 
 

@@ -179,3 +179,26 @@ def test_an_interrupted_pass_resumes_as_a_pass_to_the_same_metrics(mnist_root, t
         pd.testing.assert_frame_equal(metrics(whole / d), metrics(killed / d))
         a, b = (json.loads((root / d / "summary.json").read_text()) for root in (whole, killed))
         assert b["status"] == "completed" and b["best_val_acc"] == a["best_val_acc"] and b["vectorized"]["models"] == 2
+
+
+@pytest.mark.fast
+def test_each_option_states_its_traits_in_its_own_yaml():
+    from optbench.compose import group_options
+    from optbench.optimizers import Traits, traits
+
+    stated = {option: traits(compose(f"optimizer={option}").optimizer)
+              for option in group_options("optimizer") if option != "custom"}
+    # the options torch steps elementwise: before traits, vectorized.ROW_WISE listed their classes
+    assert {o for o, t in stated.items() if t.row_wise} == {
+        "adadelta", "adagrad", "adam", "adamax", "adamw", "amsgrad", "gd", "momentum", "momentum_ema", "nadam",
+        "nadamw", "nesterov", "radam", "rmsprop", "sgd"}
+    assert {o for o, t in stated.items() if t.closure} == {"lbfgs"}
+    assert {o: t.library for o, t in stated.items() if t.extra == "optimizers"} == {
+        "ademamix": "pytorch_optimizer", "adopt": "pytorch_optimizer", "lion": "pytorch_optimizer",
+        "soap": "pytorch_optimizer", "schedulefree_adamw": "schedulefree", "schedulefree_sgd": "schedulefree"}
+    # a user's optimizer says nothing (the defaults), or declares its traits the same way
+    custom = ["optimizer=custom", "optimizer._target_=torch.optim.SGD", "+optimizer.lr=0.1"]
+    assert traits(compose(*custom).optimizer) == Traits()
+    assert traits(compose(*custom, "+optimizer.traits.row_wise=true").optimizer).row_wise
+    with pytest.raises(UserError, match="optimizer.traits.rowwise is not a trait"):
+        compose(*custom, "+optimizer.traits.rowwise=true")

@@ -87,7 +87,7 @@ def valley_rows(schedule: str, one_shot: list[dict], defaults: dict, study, budg
 def write_valley(table, search_dir: Path, spec: dict, trials: dict | None = None) -> None:
     """valley.csv and valley.md (the table), valley.png (test accuracy against budget, a line per schedule),
     valley_tuning_cost.png (expected best validation accuracy against n, from `trials`: schedule -> values)."""
-    from optbench import plots  # matplotlib
+    from optbench.results import plots  # matplotlib
 
     table.to_csv(search_dir / "valley.csv", index=False)
     (search_dir / "valley.md").write_text(markdown(table.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)))
