@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from optbench.results import rundir
-from optbench.results import markdown
+from optbench.results import markdown, rundir
+from optbench.results.stats import expected_best
 from optbench.search.running import run_one, run_search
 from optbench.search.scoring import METRIC
 from optbench.search.spaces import parse_space
-from optbench.results.stats import expected_best
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def valley_rows(schedule: str, one_shot: list[dict], defaults: dict, study, budg
 def write_valley(table, search_dir: Path, spec: dict, trials: dict | None = None) -> None:
     """valley.csv and valley.md (the table), valley.png (test accuracy against budget, a line per schedule),
     valley_tuning_cost.png (expected best validation accuracy against n, from `trials`: schedule -> values)."""
-    from optbench import plots  # matplotlib
+    from optbench.results import plots  # matplotlib
 
     table.to_csv(search_dir / "valley.csv", index=False)
     (search_dir / "valley.md").write_text(markdown(table.map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)))
