@@ -8,6 +8,7 @@ import base64
 import html
 import io
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 CSS = """
@@ -15,7 +16,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; max-width: 100%; }
 /* cells break between words (and after every comma, see _table) rather than widen the page past the window */
-th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: left; vertical-align: top; overflow-wrap: break-word; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: left; vertical-align: top;
+         overflow-wrap: break-word; }
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
 pre { background: #f4f4f4; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
@@ -124,7 +126,7 @@ def _table(frame) -> str:
 
 
 def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbench report",
-          notes: list[str] = (), tuning=None) -> str:
+          notes: Sequence[str] = (), tuning=None) -> str:
     """The page: ranking (results.rank's table), how sure it is (`notes`: results.verdict_lines), the
     tuning cost table (results.tuning_cost), figures, config per group, the producing command."""
     from optbench.results import as_text, format_ranking

@@ -36,6 +36,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from optbench.errors import UserError
 
@@ -159,6 +160,8 @@ class MetricsWriter:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in tagged]
+        # only called with TensorBoard on (the writer exists) and before close() (its file writer is open)
+        assert self._events is not None and self._events.file_writer is not None
         self._events.file_writer.add_summary(Summary(value=values), global_step=int(step))
 
     def flush(self) -> None:
@@ -203,7 +206,8 @@ def provenance() -> dict:
 
     import optbench
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "optbench": optbench.__version__}
+    versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
+                                       "optbench": optbench.__version__}
     for name in ("hydra", "omegaconf", "numpy"):
         module = sys.modules.get(name)
         versions[name] = getattr(module, "__version__", None)
@@ -506,7 +510,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 def resolved(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    return flat(OmegaConf.to_container(cfg, resolve=True))
+    return flat(cast(dict, OmegaConf.to_container(cfg, resolve=True)))  # a DictConfig becomes a dict
 
 
 def config_differences(run_dir: Path, cfg) -> list[str]:

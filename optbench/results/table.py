@@ -166,7 +166,7 @@ def varied_keys(runs) -> list[str]:
     """
     columns = runs.attrs.get("config_columns") or [c for c in runs.columns if c not in ("run", "run_dir", "status")]
     columns = sorted(columns, key=lambda c: not c.endswith(".name"))
-    kept = []
+    kept: list[str] = []
     for c in columns:
         if c in NOT_FACTORS or as_text(runs[c]).nunique() < 2:
             continue
@@ -259,7 +259,8 @@ def group_label(frame, by: list[str]):
 
 
 def flag_columns(runs) -> list[str]:
-    """summary.json's health flags as runs columns (flags.saturated, ...): each the first step it was raised, or null."""
+    """summary.json's health flags as runs columns (flags.saturated, ...): each the first step it was raised, or
+    null."""
     return [c for c in runs.columns if c.startswith("flags.")]
 
 
@@ -340,7 +341,8 @@ def export_tensorboard(runs, metrics, out: Path, by: list[str] | None = None) ->
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("export tensorboard needs the tensorboard package: pip install 'optbench[tensorboard]'") from None
+        raise UserError("export tensorboard needs the tensorboard package: "
+                        "pip install 'optbench[tensorboard]'") from None
     keys = resolve_by(runs, by) if by else varied_keys(runs)
     written = []
     for i, run in runs.iterrows():
