@@ -13,8 +13,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from optbench.results import rundir
 from optbench.errors import UserError
+from optbench.results import rundir
 
 log = logging.getLogger("optbench")
 
@@ -50,7 +50,7 @@ def train_task(cfg) -> float | None:
             failed_runs.append(f"{Path(hydra_cfg.runtime.output_dir).name}: {e}")
             return None
         print(f"optbench: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     except Exception as e:
         if isinstance(e, OSError) and e.errno in rundir.DISK_FULL:
             disk_full(e, hydra_cfg.runtime.output_dir)
