@@ -12,14 +12,25 @@ Nothing here imports torch until a function is called: `import optbench`
 stays light for `optbench --help`.
 """
 
+from __future__ import annotations
+
 import itertools
+import os
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from optbench.errors import UserError
 
+if TYPE_CHECKING:  # for the annotations only: pandas loads when sweep() reads its runs back
+    import pandas as pd
 
-def train(optimizer="adam", overrides=(), run_dir=None, **optimizer_args) -> dict:
+__all__ = ["sweep", "train"]
+
+
+def train(optimizer: str | type = "adam", overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = None,
+          **optimizer_args: Any) -> dict:
     """Train one configuration into `run_dir` (default outputs/<time>); its summary (summary.json as a dict).
 
     optimizer: an option name ("adam", "muon") or an optimizer class (a
@@ -35,7 +46,8 @@ def train(optimizer="adam", overrides=(), run_dir=None, **optimizer_args) -> dic
     return trainer.fit(cfg, run_dir, choices)
 
 
-def sweep(grid: dict, overrides=(), sweep_dir=None):
+def sweep(grid: Mapping[str, Sequence[Any]], overrides: Sequence[str] = (),
+          sweep_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Train every combination of `grid` below `sweep_dir` (default multirun/<time>); the runs table (DataFrame).
 
     grid: config key -> values, e.g. {"optimizer": [MyOpt, "adam"],
@@ -65,7 +77,7 @@ def sweep(grid: dict, overrides=(), sweep_dir=None):
     return results.load_runs(sweep_dir)
 
 
-def optimizer_overrides(optimizer, args: dict) -> list[str]:
+def optimizer_overrides(optimizer: str | type, args: Mapping[str, Any]) -> list[str]:
     """The overrides that choose `optimizer` (a name or a class) with keyword arguments `args`."""
     if isinstance(optimizer, str):
         lines = [f"optimizer={optimizer}"]
@@ -92,7 +104,7 @@ def dotted_name(cls: type) -> str:
     return name
 
 
-def hydra_value(v) -> str:
+def hydra_value(v: Any) -> str:
     """A Python value as Hydra override text: true, null, [0.9,0.99], 'text', 0.001."""
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -105,11 +117,11 @@ def hydra_value(v) -> str:
     return repr(v)
 
 
-def _name(v) -> str:
+def _name(v: Any) -> str:
     return v.__name__ if isinstance(v, type) else str(v)
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str]) -> tuple[Any, dict[str, Any]]:
     """(config, the group choices Hydra made) for `overrides`, composed as `optbench train` composes them."""
     from hydra import compose, initialize_config_module
 
