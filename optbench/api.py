@@ -21,7 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optbench.compose import compose_config
 from optbench.errors import UserError
+from optbench.results import rundir
 
 if TYPE_CHECKING:  # for the annotations only: pandas loads when sweep() reads its runs back
     import pandas as pd
@@ -57,7 +59,6 @@ def sweep(grid: Mapping[str, Sequence[Any]], overrides: Sequence[str] = (),
     vectorized pass (trainer.vectorize=auto), each into its own folder.
     """
     from optbench import results, trainer, vectorized
-    from optbench.results import rundir
 
     keys = list(grid)
     sweep_dir = Path(sweep_dir or _new_folder("multirun"))
@@ -125,7 +126,6 @@ def _compose(overrides: list[str]) -> tuple[Any, dict[str, Any]]:
     """(config, the group choices Hydra made) for `overrides`, composed as `optbench train` composes them."""
     from hydra import compose, initialize_config_module
 
-    from optbench.compose import compose_config
 
     cfg = compose_config(overrides)  # the checks and one-line errors of the command line
     with initialize_config_module("optbench.conf", version_base="1.3"):
@@ -135,7 +135,5 @@ def _compose(overrides: list[str]) -> tuple[Any, dict[str, Any]]:
 
 def _new_folder(parent: str) -> str:
     """parent/<time stamp>, made now: the same name as the command line's, -2, -3, ... when it is taken."""
-    from optbench.results import rundir
-
     rundir.new_folders()  # each call its own folder, also twice in one second
     return rundir.new_folder(f"{parent}/{datetime.now():%Y-%m-%d_%H-%M-%S}")

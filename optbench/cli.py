@@ -5,9 +5,12 @@
 `jobs.train_task`, and configs are composed and checked in `compose`.
 Nothing here imports torch at module level: `optbench --help` and
 `optbench list` answer at once. Only the `optbench` entry point imports
-this module.
+this module. Imports follow the package's rule (optbench/__init__.py); the
+commands that read runs import `optbench.results` themselves, since
+several name a local `results` too.
 """
 
+import argparse
 import errno
 import logging
 import os
@@ -18,6 +21,7 @@ from pathlib import Path
 from optbench import config_dirs
 from optbench.compose import CONF, check_group_choices, check_sweep, compose_config, groups, suggest, validate_overrides
 from optbench.errors import UserError
+from optbench.results import rundir
 from optbench.results.rundir import DISK_FULL
 
 # a full disk, a quota, a read-only or forbidden folder: the user's to choose another place
@@ -110,7 +114,6 @@ def train(args: list[str]) -> int:
     import hydra
 
     from optbench import jobs, schema
-    from optbench.results import rundir
 
     if "--dry-run" in args:
         return dry_run([a for a in args if a != "--dry-run"])
@@ -242,8 +245,6 @@ def gradcheck_command(args: list[str]) -> int:
 
 
 def trajectories_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="optbench trajectories",
         description="Step optimizers from conf/optimizer/ on a 2-D surface from conf/surface/ and draw their paths.",
@@ -273,8 +274,6 @@ def trajectories_command(args: list[str]) -> int:
 
 
 def landscape_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="optbench landscape",
         description="Training loss around a run's weights: along filter-normalised random directions (1-D, 2-D) "
@@ -310,8 +309,6 @@ def landscape_command(args: list[str]) -> int:
 
 
 def data_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="optbench data", description="Obtain or verify the dataset files.")
     parser.add_argument("action", choices=["download", "check"])
     parser.add_argument("--name", default="mnist", help="dataset (default: mnist)")
@@ -336,8 +333,6 @@ def _by(value: str | None) -> list[str] | None:
 
 
 def report_command(args: list[str]) -> int:
-    import argparse
-
     from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
@@ -427,8 +422,6 @@ def _where(opts) -> str:
 
 
 def plot_command(args: list[str]) -> int:
-    import argparse
-
     from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
@@ -462,8 +455,6 @@ def plot_command(args: list[str]) -> int:
 
 
 def export_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="optbench export", description="Write every run's metrics in another tool's format.")
     parser.add_argument("format", choices=["tensorboard"])

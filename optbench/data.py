@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from optbench.errors import UserError
 
@@ -191,8 +192,6 @@ def _store(folder: Path, fname: str, raw: bytes | bytearray) -> None:
 
 def _fetch_http(name: str, missing: dict, mirrors: list, timeout: float = HTTP_TIMEOUT_S) -> dict:
     """Try the HTTP(S) mirrors for the missing {fname: sha}; return {fname: raw} that verified."""
-    from tqdm import tqdm
-
     got, dead = {}, set()
     for fname, sha in missing.items():
         for mirror in mirrors:

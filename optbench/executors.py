@@ -15,6 +15,7 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from optbench import jobs, schema
 from optbench.errors import UserError
 from optbench.results import rundir
 
@@ -30,7 +31,7 @@ def train_pass(cfgs: list, dirs: list, choices: list, job: str | None = None) ->
     run's summary failed with the reason, its traceback in train.log, and the
     sweep goes on, as in process.
     """
-    from optbench import jobs, schema, trainer
+    from optbench import trainer
 
     schema.register()  # a worker process composed nothing, but resolves the configs with optbench's resolvers
     handler = None

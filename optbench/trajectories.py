@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from optbench.compose import compose_config
 from optbench.errors import UserError
 from optbench.trainer import build_optimizer
 
@@ -61,9 +64,6 @@ def surface_fn(surface: DictConfig):
 
 def expand(overrides: list[str]) -> tuple[list, list, list[str]]:
     """(optimizers, surfaces, other overrides) from a command line such as `optimizer=sgd,adam optimizer.lr=0.1`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
@@ -89,8 +89,6 @@ def compose(optimizer: str, surface: str, overrides: list[str]) -> DictConfig:
     Unless the command line sets optimizer.lr, the surface's lr for this optimizer replaces the
     YAML's own (rates tuned for MNIST mini-batches make nothing move on Rosenbrock in 500 steps).
     """
-    from optbench.compose import compose_config
-
     cfg = compose_config([f"optimizer={optimizer}", f"surface={surface}", *overrides], config_name="trajectories")
     lr_given = any(o.split("=", 1)[0].lstrip("+~") == "optimizer.lr" for o in overrides)
     OmegaConf.set_struct(cfg, False)

@@ -11,6 +11,10 @@ processes (workers), or as submitit jobs (slurm, submitit_local); the run
 directories are set up here either way, so they are the same whatever
 trains them. In process, a sweep with nothing to group is handed to the
 basic launcher untouched.
+
+Every optbench module is imported inside the method that uses it, an exception to the package's rule
+(optbench/__init__.py): Hydra imports every module under hydra_plugins/ when any Hydra app in this environment
+starts, so this one must cost them nothing beyond Hydra itself.
 """
 
 import copy

@@ -11,6 +11,8 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -64,8 +66,6 @@ def sweep_commands(runs) -> list[str]:
     a single run's .hydra/overrides.yaml holds its own. Runs found in neither
     contribute nothing: the page then says the command is unknown.
     """
-    from omegaconf import OmegaConf
-
     commands = []
     for run_dir in map(Path, runs["run_dir"]):
         multirun = next((p / "multirun.yaml" for p in run_dir.parents if (p / "multirun.yaml").exists()), None)

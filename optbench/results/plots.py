@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from optbench import results
 from optbench.results import group_label, key_words, stats
 
 DPI = 150
@@ -620,8 +621,6 @@ def tuning_cost(trials: dict, by: list[str], trial: str = "runs over the swept v
 def figures(runs, metrics, by: list[str], x: str = "step", level: float | None = None,
             baseline: str | None = None) -> dict:
     """name -> matplotlib figure: what `optbench plot` saves and `optbench report --html` embeds."""
-    from optbench import results
-
     level = stats.LEVEL if level is None else level
     chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
     curves = metrics[metrics.run.isin(chosen.run)]

@@ -24,10 +24,12 @@ or, for a holder on another host, a heartbeat younger than STALE seconds.
 import csv
 import errno
 import hashlib
+import io
 import itertools
 import json
 import logging
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -38,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
+import optbench
 from optbench.errors import UserError
 
 CONFIG = "config.yaml"
@@ -103,8 +106,6 @@ def write_config(run_dir: Path, cfg) -> None:
 
 def save_tensors(obj, path: Path) -> None:
     """torch.save, atomically; serialised in memory first so a full disk raises a plain OSError."""
-    import io
-
     import torch
 
     buffer = io.BytesIO()
@@ -203,8 +204,6 @@ def log_line(run_dir: Path, message: str, level: int = logging.ERROR) -> None:
 
 def provenance() -> dict:
     import torch
-
-    import optbench
 
     versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
                                        "optbench": optbench.__version__}
@@ -308,8 +307,6 @@ def read_config(run_dir: Path):
 def read_tensors(path: Path, way_out: str, device="cpu"):
     """A checkpoint or init.pt: tensors and plain values only (weights_only=True), so a planted pickle runs no
     code; anything else is a DamagedFile."""
-    import pickle
-
     import torch
 
     try:

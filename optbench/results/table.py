@@ -6,7 +6,11 @@ these tables is `optbench.results.ranking`'s.
 
 import logging
 import os
+import re
 from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
 
 from optbench.errors import UserError
 from optbench.results import rundir, stats
@@ -35,8 +39,6 @@ def find_runs(dirs) -> list[Path]:
 
 def _natural(path: Path):
     """Sort 2_... before 10_... (display order only; analysis never reads folder names)."""
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
@@ -66,7 +68,6 @@ def load_runs(*dirs):
     names the config part.
     """
     import pandas as pd
-    from omegaconf import OmegaConf
 
     paths = find_runs(dirs or ["."])
     root = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
@@ -309,7 +310,6 @@ def tuning_trials(runs, by: list[str], metric: str = "best_val_acc") -> dict:
 def tuning_cost(trials: dict, budgets=None):
     """Expected best validation accuracy after n trials per group, for n in `budgets` (default: 1, 2, 5,
     10, 20, 50, ... up to the most trials a group has); blank beyond a group's own trials."""
-    import numpy as np
     import pandas as pd
 
     most = max((len(v) for v in trials.values()), default=0)
