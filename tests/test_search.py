@@ -17,7 +17,8 @@ from optbench.errors import UserError
 from conftest import optbench
 
 optuna = pytest.importorskip("optuna")
-from optbench import profiles, search  # noqa: E402
+from optbench import search  # noqa: E402
+from optbench.results import profiles  # noqa: E402
 from optbench.search import figures, running, scoring, settings, shared, spaces  # noqa: E402
 
 
