@@ -12,12 +12,16 @@ From Python (a notebook)::
 `load_runs("multirun/...")` reads runs trained earlier (by the command line too); `optbench.results` has the rest
 of the reading side (`verdict_lines`, `comparisons`, ...), `optbench.results.plots` the figures.
 
-Imports, the one rule for every module of the package: at the top of the file, except torch, pandas, matplotlib,
-optuna, scipy, sqlalchemy and submitit, and the package's modules that import them at their top (trainer, models,
-vectorized, landscape, results.table and the rest of the reading side). Those are imported inside the functions
-that use them, so `import optbench`, `optbench --help` and a one-line error come without their start-up cost, and
-a missing extra (submitit, a database driver) is an error where it is needed. The reading names here load their
-module on first use, as `optbench.results` does.
+Imports, the one rule for every module of the package: at the top of the file, except the heavy ones, imported
+inside the functions that use them:
+- torch, pandas, matplotlib, optuna, scipy, sqlalchemy, submitit and tensorboard, everywhere;
+- hydra, omegaconf, numpy and PyYAML (some 20-150 ms each) in the modules that `import optbench`, `optbench --help`
+  and `optbench list` load: this one, api, cli, compose, config_dirs, errors, results.rundir;
+- the package's modules that import any of these at their top (trainer, models, vectorized, data, landscape, jobs,
+  search, results.stats and the reading side, ...).
+So `import optbench`, `optbench --help` and a one-line error come without their start-up cost, and a missing extra
+(submitit, a database driver) is an error where it is needed. The reading names here load their module on first
+use, as `optbench.results` does.
 """
 
 import importlib

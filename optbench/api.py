@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from optbench import results
 from optbench.compose import compose_config
 from optbench.errors import UserError
 from optbench.results import rundir
@@ -58,7 +59,7 @@ def sweep(grid: Mapping[str, Sequence[Any]], overrides: Sequence[str] = (),
     Runs that differ only in seed, optimizer, schedule or init train in one
     vectorized pass (trainer.vectorize=auto), each into its own folder.
     """
-    from optbench import results, trainer, vectorized
+    from optbench import trainer, vectorized
 
     keys = list(grid)
     sweep_dir = Path(sweep_dir or _new_folder("multirun"))

@@ -33,7 +33,7 @@ from optbench import data
 from optbench.compose import CONF
 from optbench.errors import UserError
 from optbench.models import build_mlp
-from optbench.results import rundir
+from optbench.results import RUN_SETTINGS, as_text, key_words, load_runs, rundir
 from optbench.trainer import make_splits, normalise, select_device
 
 # what a run's own loss config may add to the package's option: plain values, passed as keyword arguments
@@ -185,8 +185,6 @@ def titles(results: list[dict]) -> tuple[list[str], str]:
 
     A folder's name is a time stamp more often than not (outputs/2026-12-01_17-59-38); its config says what it is."""
     import pandas as pd
-
-    from optbench.results import RUN_SETTINGS, as_text, key_words, load_runs
 
     rows = [load_runs(r["run_dir"]).iloc[0] for r in results] if all("run_dir" in r for r in results) else []
     if not rows:

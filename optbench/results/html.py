@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from optbench.results import as_text, format_ranking, run_flags
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -95,8 +97,6 @@ def config_tables(runs, by: list[str]):
     """(per group: the config keys that vary across runs; the config every run shares), as DataFrames."""
     import pandas as pd
 
-    from optbench.results import as_text
-
     columns = runs.attrs.get("config_columns") or []
     text = as_text(runs[columns]) if columns else pd.DataFrame(index=runs.index)
     varied = [c for c in columns if text[c].nunique() > 1]
@@ -114,8 +114,6 @@ def config_tables(runs, by: list[str]):
 
 def run_table(runs):
     """The runs table of the page: name, status, seed, results and the health flags each run raised."""
-    from optbench.results import run_flags
-
     table = runs.assign(**{"health flags": run_flags(runs)})
     return table[[c for c in RUN_COLUMNS if c in table]].round(4)
 
@@ -129,8 +127,6 @@ def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbe
           notes: Sequence[str] = (), tuning=None) -> str:
     """The page: ranking (results.rank's table), how sure it is (`notes`: results.verdict_lines), the
     tuning cost table (results.tuning_cost), figures, config per group, the producing command."""
-    from optbench.results import as_text, format_ranking
-
     by = ranking.attrs["by"]
     target = ranking.attrs["target"]
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
