@@ -47,7 +47,8 @@ def main() -> None:
     for p in files:
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                functions.append((node.end_lineno - node.lineno + 1, f"{p.relative_to(ROOT)}:{node.lineno} {node.name}"))
+                length = node.end_lineno - node.lineno + 1
+                functions.append((length, f"{p.relative_to(ROOT)}:{node.lineno} {node.name}"))
     arrows = set()
     for name, p in names.items():
         for target in imports(p, name):

@@ -46,8 +46,8 @@ def load_stats(rev: str | None):
 def coverage_table(stats, sets: int) -> None:
     rng = np.random.default_rng(26)
     alpha = 1 - stats.LEVEL
-    print(f"| seeds | label | group interval covers the mean | paired, no difference: resolved | "
-          f"interval excludes 0 but not resolved | seconds |")
+    print("| seeds | label | group interval covers the mean | paired, no difference: resolved | "
+          "interval excludes 0 but not resolved | seconds |")
     print("|---|---|---|---|---|---|")
     for n in SIZES:
         start = time.perf_counter()

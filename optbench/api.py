@@ -12,14 +12,28 @@ Nothing here imports torch until a function is called: `import optbench`
 stays light for `optbench --help`.
 """
 
+from __future__ import annotations
+
 import itertools
+import os
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from optbench import results
+from optbench.compose import compose_config
 from optbench.errors import UserError
+from optbench.results import rundir
+
+if TYPE_CHECKING:  # for the annotations only: pandas loads when sweep() reads its runs back
+    import pandas as pd
+
+__all__ = ["sweep", "train"]
 
 
-def train(optimizer="adam", overrides=(), run_dir=None, **optimizer_args) -> dict:
+def train(optimizer: str | type = "adam", overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = None,
+          **optimizer_args: Any) -> dict:
     """Train one configuration into `run_dir` (default outputs/<time>); its summary (summary.json as a dict).
 
     optimizer: an option name ("adam", "muon") or an optimizer class (a
@@ -35,7 +49,8 @@ def train(optimizer="adam", overrides=(), run_dir=None, **optimizer_args) -> dic
     return trainer.fit(cfg, run_dir, choices)
 
 
-def sweep(grid: dict, overrides=(), sweep_dir=None):
+def sweep(grid: Mapping[str, Sequence[Any]], overrides: Sequence[str] = (),
+          sweep_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Train every combination of `grid` below `sweep_dir` (default multirun/<time>); the runs table (DataFrame).
 
     grid: config key -> values, e.g. {"optimizer": [MyOpt, "adam"],
@@ -44,8 +59,7 @@ def sweep(grid: dict, overrides=(), sweep_dir=None):
     Runs that differ only in seed, optimizer, schedule or init train in one
     vectorized pass (trainer.vectorize=auto), each into its own folder.
     """
-    from optbench import results, trainer, vectorized
-    from optbench.results import rundir
+    from optbench import trainer, vectorized
 
     keys = list(grid)
     sweep_dir = Path(sweep_dir or _new_folder("multirun"))
@@ -65,7 +79,7 @@ def sweep(grid: dict, overrides=(), sweep_dir=None):
     return results.load_runs(sweep_dir)
 
 
-def optimizer_overrides(optimizer, args: dict) -> list[str]:
+def optimizer_overrides(optimizer: str | type, args: Mapping[str, Any]) -> list[str]:
     """The overrides that choose `optimizer` (a name or a class) with keyword arguments `args`."""
     if isinstance(optimizer, str):
         lines = [f"optimizer={optimizer}"]
@@ -92,7 +106,7 @@ def dotted_name(cls: type) -> str:
     return name
 
 
-def hydra_value(v) -> str:
+def hydra_value(v: Any) -> str:
     """A Python value as Hydra override text: true, null, [0.9,0.99], 'text', 0.001."""
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -105,15 +119,14 @@ def hydra_value(v) -> str:
     return repr(v)
 
 
-def _name(v) -> str:
+def _name(v: Any) -> str:
     return v.__name__ if isinstance(v, type) else str(v)
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str]) -> tuple[Any, dict[str, Any]]:
     """(config, the group choices Hydra made) for `overrides`, composed as `optbench train` composes them."""
     from hydra import compose, initialize_config_module
 
-    from optbench.compose import compose_config
 
     cfg = compose_config(overrides)  # the checks and one-line errors of the command line
     with initialize_config_module("optbench.conf", version_base="1.3"):
@@ -123,7 +136,5 @@ def _compose(overrides: list[str]):
 
 def _new_folder(parent: str) -> str:
     """parent/<time stamp>, made now: the same name as the command line's, -2, -3, ... when it is taken."""
-    from optbench.results import rundir
-
     rundir.new_folders()  # each call its own folder, also twice in one second
     return rundir.new_folder(f"{parent}/{datetime.now():%Y-%m-%d_%H-%M-%S}")

@@ -33,10 +33,10 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from optbench import data
-from optbench.results import rundir
-from optbench.models import build_mlp
-from optbench.trainer import EVAL_CHUNK, eval_splits, fit, fit_pass, make_splits, select_device, sync
 from optbench.compose import compose_config as compose
+from optbench.models import build_mlp
+from optbench.results import rundir
+from optbench.trainer import EVAL_CHUNK, eval_splits, fit, fit_pass, make_splits, select_device, sync
 
 TENSOR_LOOP = "DataLoader loop (workers=0)"
 PIL_LOOP = "torchvision-style loop (PIL, workers=0)"
@@ -117,7 +117,8 @@ def pil_dataset(split) -> PilMnistDataset:
 
 
 def dataloader_epochs(cfg, ds, device, epochs: int, max_steps: int | None = None) -> list[float]:
-    """Seconds per epoch of the usual DataLoader loop over `ds` (workers=0, torch.optim.Adam's default implementation)."""
+    """Seconds per epoch of the usual DataLoader loop over `ds` (workers=0, torch.optim.Adam's default
+    implementation)."""
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.trainer.batch_size, shuffle=True, num_workers=0,
                                          pin_memory=device.type == "cuda")
     torch.manual_seed(cfg.seed)
@@ -195,7 +196,8 @@ def gemm_floor(dims: list[int], batch: int, n_train: int, device: torch.device,
 
 
 def eval_floor(dims: list[int], split_sizes: list[int], device: torch.device) -> float:
-    """Seconds of one evaluation's matmuls: the forward pass over each split in EVAL_CHUNK chunks, as trainer.evaluate."""
+    """Seconds of one evaluation's matmuls: the forward pass over each split in EVAL_CHUNK chunks, as
+    trainer.evaluate."""
     chunks = [min(EVAL_CHUNK, n - i) for n in split_sizes for i in range(0, n, EVAL_CHUNK)]
     per_size = {b: gemm_step_seconds(dims, b, device, forward_only=True) for b in set(chunks)}
     return sum(per_size[b] for b in chunks)
@@ -295,7 +297,7 @@ def contenders(cfg, base: list[str], opts, split: dict, device: torch.device,
 
 def measure(rows: dict, opts, device: torch.device) -> tuple[dict, dict]:
     """Seconds per epoch and peak memory of every row; round 0 warms up and is dropped."""
-    times = {name: [] for name in rows}
+    times: dict[str, list[float]] = {name: [] for name in rows}
     memory = {name: "" for name in rows}
     for rnd in range(opts.rounds + 1):
         epochs = 1 if rnd == 0 else opts.epochs
@@ -326,7 +328,8 @@ def print_table(times: dict, memory: dict, n_train: int) -> None:
         print(f"(`{AMP}` is {med[BF16_FLOOR] / med[AMP]:.0%} of the bf16 GEMM floor)")
     if TENSORBOARD in med:
         basic = med["optbench diagnostics=basic"]
-        print(f"(live TensorBoard costs {med[TENSORBOARD] / basic - 1:+.1%} over diagnostics=basic, median against median)")
+        print(f"(live TensorBoard costs {med[TENSORBOARD] / basic - 1:+.1%} over diagnostics=basic, "
+              "median against median)")
 
 
 def main(args: list[str]) -> int:
@@ -345,7 +348,8 @@ def main(args: list[str]) -> int:
     parser.add_argument("--sweep-epochs", type=int, default=1, help="epochs per sweep run (default: 1)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every optbench run at N steps (smoke tests)")
     parser.add_argument("--pass-size", type=int, default=32,
-                        help="runs in the per-step comparison of a seed pass with a single run; 0 skips it (default: 32)")
+                        help="runs in the per-step comparison of a seed pass with a single run; 0 skips it "
+                             "(default: 32)")
     opts = parser.parse_intermixed_args(args)
 
     base = list(opts.overrides)
@@ -355,11 +359,12 @@ def main(args: list[str]) -> int:
     n_train, bs = len(split["train"][0]), cfg.trainer.batch_size or len(split["train"][0])
     dims = [784, *cfg.model.hidden, 10]
     print(f"workload: MLP {'-'.join(map(str, dims))}, {cfg.optimizer._target_.split('.')[-1]}, "
-          f"batch {bs}, {n_train} samples per epoch, device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+          f"batch {bs}, {n_train} samples per epoch, device {device} ({torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}")
     print("contenders alternate; each round reverses their order; round 0 is a warm-up and not counted")
 
-    with tempfile.TemporaryDirectory(prefix="optbench-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="optbench-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         times, memory = measure(contenders(cfg, base, opts, split, device, tmp), opts, device)
         print_table(times, memory, n_train)
 
@@ -414,15 +419,17 @@ def per_step(base: list[str], K: int, tmp: Path, device: torch.device, short: in
     figures = {}
     for k in (1, K):
         (_, a), (_, b) = train(k, short, True), train(k, long, True)
-        figures[k] = {"ops": (b.ops - a.ops) / (long - short) / k, "kernels": (b.kernels - a.kernels) / (long - short) / k}
-    seconds = {1: [], K: []}
+        figures[k] = {"ops": (b.ops - a.ops) / (long - short) / k,
+                      "kernels": (b.kernels - a.kernels) / (long - short) / k}
+    seconds: dict[int, list[float]] = {1: [], K: []}
     for order in ((1, K), (K, 1), (1, K)):  # alternating, the first round a warm-up
         for k in order:
             seconds[k].append((train(k, long, False)[0] - train(k, short, False)[0]) / (long - short) / k)
     for k in (1, K):
         figures[k]["ms"] = 1000 * statistics.median(seconds[k][1:])
     print()
-    print(f"per training step ({long} - {short} steps, evaluation and checkpoints cancel out; seconds alternate, median of 2):")
+    print(f"per training step ({long} - {short} steps, evaluation and checkpoints cancel out; "
+          "seconds alternate, median of 2):")
     for k, name in ((1, "single run"), (K, f"per model in a {K}-seed pass")):
         f = figures[k]
         print(f"  {name:<28} {f['ops']:7.1f} ATen ops ({f['kernels']:.1f} not views: kernel launches on a GPU), "
@@ -445,8 +452,9 @@ def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch:
     t_vectorized = time.perf_counter() - t0
     gap = max(abs(a["final"]["train_loss"] - b["final"]["train_loss"]) for a, b in zip(separate, together))
     print()
-    print(f"sweep of {K} runs (seed=0..{K - 1}, {opts.sweep_epochs} epoch(s) each, {' '.join(capped) or 'defaults'}, evaluation and checkpoints "
-          f"included): one after another {t_separate:.1f} s, vectorized {t_vectorized:.1f} s: "
+    print(f"sweep of {K} runs (seed=0..{K - 1}, {opts.sweep_epochs} epoch(s) each, {' '.join(capped) or 'defaults'}, "
+          f"evaluation and checkpoints included): one after another {t_separate:.1f} s, "
+          f"vectorized {t_vectorized:.1f} s: "
           f"{t_separate / t_vectorized:.2f}x faster (largest final train-loss difference {gap:.1e})")
     # measured after both passes, so neither pass runs beside it
     floor = runs_floor(dims, batch, split, cfgs[0].data.train_eval_size, separate_dirs, separate, device)

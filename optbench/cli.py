@@ -5,9 +5,12 @@
 `jobs.train_task`, and configs are composed and checked in `compose`.
 Nothing here imports torch at module level: `optbench --help` and
 `optbench list` answer at once. Only the `optbench` entry point imports
-this module.
+this module. Imports follow the package's rule (optbench/__init__.py); the
+commands that read runs import `optbench.results` themselves, since
+several name a local `results` too.
 """
 
+import argparse
 import errno
 import logging
 import os
@@ -16,13 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from optbench import config_dirs
-from optbench.results.rundir import DISK_FULL
-from optbench.compose import (CONF, check_group_choices, check_sweep, compose_config, groups, suggest,
-                              validate_overrides)
+from optbench.compose import CONF, check_group_choices, check_sweep, compose_config, groups, suggest, validate_overrides
 from optbench.errors import UserError
+from optbench.results import rundir
+from optbench.results.rundir import DISK_FULL
 
 # a full disk, a quota, a read-only or forbidden folder: the user's to choose another place
 CANNOT_WRITE = (*DISK_FULL, errno.EACCES, errno.EROFS, errno.EPERM)
+# printed as written; a line ending in a backslash goes on at the next (the printed line is the joined one)
 USAGE = """\
 usage: optbench <command> [args]
 
@@ -31,10 +35,13 @@ commands:
                         --dry-run: build and check everything, train nothing)
   list                  every config group and its options, with what each is for
   data download|check   obtain MNIST and verify it, or verify what is on disk
-  report DIR... [--by KEY] [--target 0.97] [--level 0.95] [--baseline GROUP] [--all-pairs] [--html] [--profile] [--out DIR]
-                        one table of every run below the DIRs (runs.csv, metrics.csv.gz) and a ranking (ranking.md/.csv),
+  report DIR... [--by KEY] [--target 0.97] [--level 0.95] [--baseline GROUP] [--all-pairs] [--html] [--profile] \
+[--out DIR]
+                        one table of every run below the DIRs (runs.csv, metrics.csv.gz) and a ranking \
+(ranking.md/.csv),
                         into the first DIR or --out; --html: also report.html, ranking + figures + configs + command
-                        in one offline page; --profile: AlgoPerf performance profiles and scores (time/steps to --target)
+                        in one offline page; --profile: AlgoPerf performance profiles and scores \
+(time/steps to --target)
   plot DIR... [--by KEY] [--x step|epoch|time] [--format png|svg|pdf] [--level 0.95] [--baseline GROUP] [--out DIR]
                         learning curves, gradient norms, learning rates, lr sensitivity, final metrics of the runs
                         below the DIRs, into the first DIR's plots/ or --out
@@ -107,7 +114,6 @@ def train(args: list[str]) -> int:
     import hydra
 
     from optbench import jobs, schema
-    from optbench.results import rundir
 
     if "--dry-run" in args:
         return dry_run([a for a in args if a != "--dry-run"])
@@ -230,7 +236,8 @@ def gradcheck_command(args: list[str]) -> int:
     rows = diagnostics.gradcheck(model, instantiate(cfg.loss), normalise(x, split["mean"], split["std"]), y)
     print(f"{'parameter':<14} {'max abs error':>14} {'max rel error':>14}  verdict")
     for r in rows:
-        print(f"{r['param']:<14} {r['max_abs_error']:>14.2e} {r['max_rel_error']:>14.2e}  {'pass' if r['passed'] else 'FAIL'}")
+        verdict = "pass" if r["passed"] else "FAIL"
+        print(f"{r['param']:<14} {r['max_abs_error']:>14.2e} {r['max_rel_error']:>14.2e}  {verdict}")
     failed = [r["param"] for r in rows if not r["passed"]]
     print(f"gradient check {'failed for ' + ', '.join(failed) if failed else 'passed'} "
           f"({len(rows)} tensors, 5 sampled entries each, float64 central differences)")
@@ -238,8 +245,6 @@ def gradcheck_command(args: list[str]) -> int:
 
 
 def trajectories_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="optbench trajectories",
         description="Step optimizers from conf/optimizer/ on a 2-D surface from conf/surface/ and draw their paths.",
@@ -260,7 +265,8 @@ def trajectories_command(args: list[str]) -> int:
         results = [tr.run(cfg) for cfg in cfgs]
         for r in results:
             end = r["path"][-1]
-            print(f"{surface:<11} {r['name']:<13} lr {r['lr']:<8.4g} f {r['f'][-1]:<12.4g} at ({end[0]:.4g}, {end[1]:.4g})"
+            print(f"{surface:<11} {r['name']:<13} lr {r['lr']:<8.4g} f {r['f'][-1]:<12.4g} "
+                  f"at ({end[0]:.4g}, {end[1]:.4g})"
                   + (f"  left the plot at step {r['stopped']}" if r["stopped"] else ""))
         for path in tr.save(cfgs[0].surface, results, opts.out, opts.gif):
             print(f"wrote {path}")
@@ -268,8 +274,6 @@ def trajectories_command(args: list[str]) -> int:
 
 
 def landscape_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="optbench landscape",
         description="Training loss around a run's weights: along filter-normalised random directions (1-D, 2-D) "
@@ -277,9 +281,12 @@ def landscape_command(args: list[str]) -> int:
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run directory, or two to compare side by side")
     parser.add_argument("--points", type=int, default=41, help="grid points per axis (default: 41)")
-    parser.add_argument("--span", type=float, default=1.0, help="the grid covers [-span, span] per direction (default: 1)")
-    parser.add_argument("--samples", type=int, default=10000, help="training images the loss is taken over (default: 10000)")
-    parser.add_argument("--init", action="store_true", help="slice around the initial weights instead of the final ones")
+    parser.add_argument("--span", type=float, default=1.0,
+                        help="the grid covers [-span, span] per direction (default: 1)")
+    parser.add_argument("--samples", type=int, default=10000,
+                        help="training images the loss is taken over (default: 10000)")
+    parser.add_argument("--init", action="store_true",
+                        help="slice around the initial weights instead of the final ones")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random directions (default: 0)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: the run's own device setting)")
     parser.add_argument("--out", default=None, help="folder for the figures (default: RUN_DIR/plots of the first run)")
@@ -290,7 +297,8 @@ def landscape_command(args: list[str]) -> int:
 
     results = []
     for run in opts.runs:
-        r = ls.landscape(run, opts.points, opts.span, opts.samples, "init" if opts.init else "final", opts.seed, opts.device)
+        which = "init" if opts.init else "final"
+        r = ls.landscape(run, opts.points, opts.span, opts.samples, which, opts.seed, opts.device)
         centre = r["surface"][opts.points // 2, opts.points // 2] if opts.points % 2 else float("nan")
         print(f"{run}: {opts.points}x{opts.points} grid + 2 lines of {opts.points} on {r['samples']} images "
               f"in {r['seconds']:.1f} s; loss at the centre {centre:.4f}")
@@ -301,12 +309,11 @@ def landscape_command(args: list[str]) -> int:
 
 
 def data_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="optbench data", description="Obtain or verify the dataset files.")
     parser.add_argument("action", choices=["download", "check"])
     parser.add_argument("--name", default="mnist", help="dataset (default: mnist)")
-    parser.add_argument("--root", default=None, help="folder of the IDX files (default: $OPTBENCH_DATA/<name> or ~/.cache/optbench/<name>)")
+    parser.add_argument("--root", default=None,
+                        help="folder of the IDX files (default: $OPTBENCH_DATA/<name> or ~/.cache/optbench/<name>)")
     opts = parser.parse_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from optbench import data
@@ -326,8 +333,6 @@ def _by(value: str | None) -> list[str] | None:
 
 
 def report_command(args: list[str]) -> int:
-    import argparse
-
     from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
@@ -335,7 +340,8 @@ def report_command(args: list[str]) -> int:
         description="Collect every run below DIR into runs.csv and metrics.csv.gz, rank the groups, "
                     "print the ranking and save it as ranking.md and ranking.csv.")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories (searched recursively)")
-    parser.add_argument("--by", help="group by these config keys, comma-separated (default: what varied, seed excluded)")
+    parser.add_argument("--by",
+                        help="group by these config keys, comma-separated (default: what varied, seed excluded)")
     parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach (default: 0.97)")
     parser.add_argument("--out", help="folder for the tables (and report.html) (default: the first DIR)")
     parser.add_argument("--html", action="store_true",
@@ -344,9 +350,11 @@ def report_command(args: list[str]) -> int:
                         help="also AlgoPerf performance profiles and scores (each seed a problem): profile.csv, plots/")
     parser.add_argument("--level", type=float, default=LEVEL,
                         help=f"confidence level of the intervals; 1 - level is the tests' alpha (default: {LEVEL:g})")
-    parser.add_argument("--baseline", metavar="GROUP", help="compare every group with this one (e.g. adam), not the best")
+    parser.add_argument("--baseline", metavar="GROUP",
+                        help="compare every group with this one (e.g. adam), not the best")
     parser.add_argument("--all-pairs", action="store_true",
-                        help="also compare every pair of groups (Holm's correction over all pairs); see comparisons.csv")
+                        help="also compare every pair of groups (Holm's correction over all pairs); "
+                             "see comparisons.csv")
     opts = parser.parse_args(args)
     if not 0 < opts.target <= 1:
         raise UserError(f"--target {opts.target} must be an accuracy in (0, 1]")
@@ -396,7 +404,8 @@ def report_command(args: list[str]) -> int:
 
         profiles.write_profile(runs, metrics, _by(opts.by), opts.target, out)
     if opts.html:
-        from optbench.results import html as html_report, plots
+        from optbench.results import html as html_report
+        from optbench.results import plots
 
         figures = plots.figures(runs, metrics, by, "step", opts.level, opts.baseline)
         page = html_report.build(runs, table, figures, html_report.sweep_commands(runs),
@@ -413,15 +422,14 @@ def _where(opts) -> str:
 
 
 def plot_command(args: list[str]) -> int:
-    import argparse
-
     from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
         prog="optbench plot",
         description="Draw the runs below each DIR (sweeps or single runs, together) into DIR/plots/ of the first DIR.")
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="sweep or run directories (searched recursively)")
-    parser.add_argument("--by", help="colour by these config keys, comma-separated (default: what varied, seed excluded)")
+    parser.add_argument("--by",
+                        help="colour by these config keys, comma-separated (default: what varied, seed excluded)")
     parser.add_argument("--x", choices=["step", "epoch", "time"], default="step", help="x axis of the curves")
     parser.add_argument("--format", choices=["png", "svg", "pdf"], default="png")
     parser.add_argument("--out", help="folder for the figures (default: DIR/plots of the first DIR)")
@@ -447,8 +455,6 @@ def plot_command(args: list[str]) -> int:
 
 
 def export_command(args: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="optbench export", description="Write every run's metrics in another tool's format.")
     parser.add_argument("format", choices=["tensorboard"])

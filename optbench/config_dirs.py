@@ -44,7 +44,8 @@ def compose_overrides(args: list[str]) -> list[str]:
         overrides = OverridesParser.create().parse_overrides(parsed.overrides)
     except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
         return list(args)
-    kept = [o.input_line for o in overrides if o.key_or_group != "hydra.searchpath"]
+    # input_line is Optional in Hydra's Override, set for every override parsed from text
+    kept = [o.input_line for o in overrides if o.key_or_group != "hydra.searchpath" and o.input_line is not None]
     return kept + searchpath_override(extra_option_dirs(args))
 
 

@@ -26,8 +26,10 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from optbench.errors import UserError
 
@@ -115,7 +117,7 @@ def default_root(name: str) -> Path:
 
 # ---------------------------------------------------------------- IDX decoding
 
-def read_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+def read_idx(data: bytes | bytearray, name: str = "IDX data") -> np.ndarray:
     """Parse one uncompressed IDX file of unsigned bytes; raise DataError if malformed."""
     if len(data) < 4:
         raise DataError(f"{name}: truncated IDX file ({len(data)} bytes, not even a header)")
@@ -140,7 +142,7 @@ def _write_idx(arr: np.ndarray) -> bytes:
     return struct.pack(f">I{arr.ndim}I", magic, *arr.shape) + np.ascontiguousarray(arr, np.uint8).tobytes()
 
 
-def _verify(raw: bytes, fname: str, sha: str, where: str) -> None:
+def _verify(raw: bytes | bytearray, fname: str, sha: str, where: str) -> None:
     got = hashlib.sha256(raw).hexdigest()
     if got != sha:
         raise DataError(f"{fname} in {where}: sha256 mismatch of the raw IDX contents (expected {sha[:12]}..., "
@@ -172,7 +174,7 @@ def _writable(folder: Path) -> None:
         raise PermissionError(errno.EACCES, "folder is read-only", str(folder))
 
 
-def _store(folder: Path, fname: str, raw: bytes) -> None:
+def _store(folder: Path, fname: str, raw: bytes | bytearray) -> None:
     """Atomically write raw bytes as folder/fname (temp file in the same folder + os.replace)."""
     _writable(folder)
     fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=folder)
@@ -190,8 +192,6 @@ def _store(folder: Path, fname: str, raw: bytes) -> None:
 
 def _fetch_http(name: str, missing: dict, mirrors: list, timeout: float = HTTP_TIMEOUT_S) -> dict:
     """Try the HTTP(S) mirrors for the missing {fname: sha}; return {fname: raw} that verified."""
-    from tqdm import tqdm
-
     got, dead = {}, set()
     for fname, sha in missing.items():
         for mirror in mirrors:
@@ -241,8 +241,11 @@ def _fetch_debian(name: str, deb: dict, missing: dict) -> dict:
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         for fname, sha in missing.items():
             try:
-                raw = gzip.decompress(archive.extractfile(f"./{deb['dir']}/{fname}.gz").read())
-            except (KeyError, AttributeError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+                member = archive.extractfile(f"./{deb['dir']}/{fname}.gz")
+                if member is None:  # a link or folder by that name
+                    raise KeyError(f"./{deb['dir']}/{fname}.gz is not a regular file")
+                raw = gzip.decompress(member.read())
+            except (KeyError, EOFError, gzip.BadGzipFile, zlib.error) as e:
                 raise DataError(f"{fname}.gz in Debian package {deb['package']}: {e}") from None
             _verify(raw, fname, sha, f"Debian package {deb['package']}")
             got[fname] = raw
@@ -271,7 +274,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return getattr(np, name)
 
 
-def _restricted_load(fileobj) -> object:
+def _restricted_load(fileobj) -> Any:
     try:
         return _NumpyOnlyUnpickler(fileobj, encoding="latin1").load()
     except DataError:
@@ -375,7 +378,8 @@ def _root(name: str, root) -> Path:
 
 
 def _local(name: str, root: Path, fname: str, sha: str) -> tuple[bytearray | None, Path | None]:
-    """Verified raw bytes of fname from the cache, else root, else the dataset's system_dirs (raw or .gz); (None, None) if absent."""
+    """Verified raw bytes of fname from the cache, else root, else the dataset's system_dirs (raw or .gz);
+    (None, None) if absent."""
     cached = default_root(name) / fname
     if cached.is_file():  # our own cache: if it was altered, drop it and re-derive
         raw = _decode_file(cached)
@@ -407,11 +411,12 @@ def load_arrays(name: str = "mnist", root: str | os.PathLike | None = None,
     """Return verified uint8 arrays train_images (60000,28,28), train_labels, test_images, test_labels."""
     files, cache, root = _spec(name)["files"], default_root(name), _root(name, root)
     raws, missing = {}, {}
-    for key, (fname, sha) in files.items():
+    for fname, sha in files.values():
         raw, src = _local(name, root, fname, sha)
         if raw is None:
             missing[fname] = sha
-        elif src != cache / fname:
+            continue
+        if src != cache / fname:
             _cache_quietly(cache, fname, raw)
         raws[fname] = raw
     if missing:
@@ -421,7 +426,7 @@ def load_arrays(name: str = "mnist", root: str | os.PathLike | None = None,
     return {key: read_idx(raws[fname], fname) for key, (fname, _) in files.items()}
 
 
-def _cache_quietly(cache: Path, fname: str, raw: bytes) -> None:
+def _cache_quietly(cache: Path, fname: str, raw: bytes | bytearray) -> None:
     try:
         _store(cache, fname, raw)
     except OSError as e:
@@ -440,7 +445,7 @@ def download(name: str = "mnist", root: str | os.PathLike | None = None) -> Path
         raw, src = _local(name, root, fname, sha)  # the cache (dropped if altered)
         if raw is None:
             missing[fname] = sha
-        elif src.parent != root:
+        elif src is not None and src.parent != root:  # _local gives both or neither
             todo[fname] = raw  # verified copy in the cache: put it in root too
     if todo or missing:
         try:  # fail early, before a long download

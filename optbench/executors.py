@@ -15,8 +15,9 @@ import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from optbench.results import rundir
+from optbench import jobs, schema
 from optbench.errors import UserError
+from optbench.results import rundir
 
 EXECUTORS = ("in_process", "workers", "slurm", "submitit_local")
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def train_pass(cfgs: list, dirs: list, choices: list, job: str | None = None) ->
     run's summary failed with the reason, its traceback in train.log, and the
     sweep goes on, as in process.
     """
-    from optbench import jobs, schema, trainer
+    from optbench import trainer
 
     schema.register()  # a worker process composed nothing, but resolves the configs with optbench's resolvers
     handler = None
@@ -93,13 +94,13 @@ def in_workers(calls: list[tuple], n_workers: int) -> list:
     slots = context.SimpleQueue()
     for k in range(n_workers):
         slots.put(k)
-    log.info("%d worker processes, %s", n_workers,
-             f"GPUs {', '.join(gpus)}" if gpus else f"{worker_setup(0, n_workers, gpus, cores)[1]} torch thread(s) each")
+    each = f"GPUs {', '.join(gpus)}" if gpus else f"{worker_setup(0, n_workers, gpus, cores)[1]} torch thread(s) each"
+    log.info("%d worker processes, %s", n_workers, each)
     pool = ProcessPoolExecutor(n_workers, mp_context=context, initializer=_start_worker,
                                initargs=(slots, n_workers, gpus, cores))
     futures = [pool.submit(train_pass, *call) for call in calls]
     try:
-        outcomes = []
+        outcomes: list[list[dict] | Exception] = []
         for future in futures:
             try:
                 outcomes.append(future.result())

@@ -7,14 +7,18 @@ values on to `trainer.fit`, which never reads Hydra itself.
 """
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 
-from optbench.results import rundir
+from optbench import results, schema
 from optbench.errors import UserError
+from optbench.results import rundir
 
 log = logging.getLogger("optbench")
 
@@ -26,10 +30,6 @@ def choices(hydra_cfg) -> dict:
 
 def train_task(cfg) -> float | None:
     """Hydra's task for `optbench train`: train (or skip, or resume) the run in Hydra's output directory."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from optbench import schema
     from optbench.trainer import fit
 
     schema.register()  # a joblib or submitit worker process composes nothing, but resolves the config
@@ -50,7 +50,7 @@ def train_task(cfg) -> float | None:
             failed_runs.append(f"{Path(hydra_cfg.runtime.output_dir).name}: {e}")
             return None
         print(f"optbench: error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     except Exception as e:
         if isinstance(e, OSError) and e.errno in rundir.DISK_FULL:
             disk_full(e, hydra_cfg.runtime.output_dir)
@@ -103,10 +103,7 @@ def finished_run(cfg, run_dir: Path) -> dict | None:
 
 def share_machine(cfg, hydra_cfg) -> None:
     """Parallel jobs split the machine instead of fighting over it: torch threads per job, GPU per job."""
-    import os
-
     import torch
-    from hydra.types import RunMode
 
     threads = job_threads(hydra_cfg.launcher, len(os.sched_getaffinity(0)))
     if threads:
@@ -176,8 +173,6 @@ class SweepSummary(Callback):
 
 def summarise_sweep(sweep_dir: Path) -> tuple[list[str], list[str]]:
     """(the lines that close a sweep: every run, the ranking, what to run next; "<run>: <why>" per failed run)."""
-    from optbench import results
-
     try:
         runs = results.load_runs(sweep_dir)
     except UserError as e:

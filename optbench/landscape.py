@@ -20,6 +20,7 @@ All grid points are evaluated in batches with torch.func: `vmap` over
 import inspect
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,10 +30,10 @@ from omegaconf import OmegaConf
 from torch.func import functional_call, vmap
 
 from optbench import data
-from optbench.results import rundir
 from optbench.compose import CONF
 from optbench.errors import UserError
 from optbench.models import build_mlp
+from optbench.results import RUN_SETTINGS, as_text, key_words, load_runs, rundir
 from optbench.trainer import make_splits, normalise, select_device
 
 # what a run's own loss config may add to the package's option: plain values, passed as keyword arguments
@@ -40,7 +41,8 @@ PLAIN = (int, float, bool, str, type(None))
 
 
 def load_run(run_dir, which: str = "final", device: str | None = None):
-    """(cfg, model, init_state, final_state) of a run; the model holds `which` ("final" or "init") weights, in eval mode.
+    """(cfg, model, init_state, final_state) of a run; the model holds `which` ("final" or "init") weights, in eval
+    mode.
 
     Only data is read from the folder: tensors with weights_only, the config's values; what is instantiated
     (the loss) is the package's own option, by the name the run recorded (`loss_of`)."""
@@ -78,8 +80,9 @@ def loss_of(run_dir: Path, cfg):
                         "run only from optbench's own options")
     option = options[name]
     takes = inspect.signature(get_class(option._target_)).parameters  # arguments meant for another class: left out
-    extra = {k: v for k, v in OmegaConf.to_container(cfg.get("loss") or {}).items()
-             if k in takes and isinstance(v, PLAIN)}
+    # the run's loss section is a mapping, so its container is a dict with string keys
+    recorded = cast(dict[str, Any], OmegaConf.to_container(cfg.get("loss") or {}))
+    extra = {k: v for k, v in recorded.items() if k in takes and isinstance(v, PLAIN)}
     return instantiate(option, **extra)
 
 
@@ -176,7 +179,8 @@ def landscape(run_dir, points: int = 41, span: float = 1.0, samples: int = 10000
 # ---------------------------------------------------------------- figures
 
 # what a panel title says about a run when nothing else tells the runs apart
-SETTINGS = ("optimizer.name", "optimizer.lr", "trainer.batch_size", "trainer.epochs", "model.hidden", "model.activation")
+SETTINGS = ("optimizer.name", "optimizer.lr", "trainer.batch_size", "trainer.epochs", "model.hidden",
+            "model.activation")
 
 
 def titles(results: list[dict]) -> tuple[list[str], str]:
@@ -185,12 +189,11 @@ def titles(results: list[dict]) -> tuple[list[str], str]:
     A folder's name is a time stamp more often than not (outputs/2026-12-01_17-59-38); its config says what it is."""
     import pandas as pd
 
-    from optbench.results import RUN_SETTINGS, as_text, key_words, load_runs
-
     rows = [load_runs(r["run_dir"]).iloc[0] for r in results] if all("run_dir" in r for r in results) else []
     if not rows:
         return [r["name"] for r in results], ""
-    table = as_text(pd.DataFrame(rows).reset_index(drop=True).drop(columns=["run", "run_dir", "status"], errors="ignore"))
+    frame = pd.DataFrame(rows).reset_index(drop=True)
+    table = as_text(frame.drop(columns=["run", "run_dir", "status"], errors="ignore"))
     config = [c for c in rows[0].index if c in table and c not in RUN_SETTINGS and "._target_" not in c
               and (c.split(".")[0] in ("optimizer", "trainer", "model", "init", "schedule", "data", "loss")
                    or c == "seed")]
@@ -281,6 +284,7 @@ def save_figures(results: list[dict], out_dir) -> list[Path]:
         plt.close(fig)
         paths.append(out_dir / name)
     arrays = {f"{i}_{k}": v for i, r in enumerate(results) for k, v in r.items() if isinstance(v, np.ndarray)}
-    np.savez(out_dir / f"{prefix}.npz", **arrays)
+    # numpy's stubs match **arrays against savez's allow_pickle: bool keyword, not its **kwds of arrays
+    np.savez(out_dir / f"{prefix}.npz", **arrays)  # type: ignore[arg-type]
     paths.append(out_dir / f"{prefix}.npz")
     return paths

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from optbench.compose import compose_config
 from optbench.errors import UserError
 from optbench.trainer import build_optimizer
 
@@ -59,21 +62,19 @@ def surface_fn(surface: DictConfig):
 
 # ---------------------------------------------------------------- configs
 
-def expand(overrides: list[str]) -> tuple[list[str], list[str], list[str]]:
+def expand(overrides: list[str]) -> tuple[list, list, list[str]]:
     """(optimizers, surfaces, other overrides) from a command line such as `optimizer=sgd,adam optimizer.lr=0.1`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
         raise UserError(" ".join(str(e).split())) from None
-    found, rest = {}, []
+    found: dict[str, list] = {}  # option names as Hydra parsed them (a sweep's as text)
+    rest: list[str] = []
     for o in parsed:
         if o.key_or_group in ("optimizer", "surface") and not o.is_delete():
             found[o.key_or_group] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
         else:
-            rest.append(o.input_line)
+            rest.append(str(o.input_line))  # set for every override parsed from text
     optimizers = found.get("optimizer") or [n for n in DEFAULT_OPTIMIZERS if _exists("optimizer", n)]
     return optimizers, found.get("surface", ["quadratic"]), rest
 
@@ -88,8 +89,6 @@ def compose(optimizer: str, surface: str, overrides: list[str]) -> DictConfig:
     Unless the command line sets optimizer.lr, the surface's lr for this optimizer replaces the
     YAML's own (rates tuned for MNIST mini-batches make nothing move on Rosenbrock in 500 steps).
     """
-    from optbench.compose import compose_config
-
     cfg = compose_config([f"optimizer={optimizer}", f"surface={surface}", *overrides], config_name="trajectories")
     lr_given = any(o.split("=", 1)[0].lstrip("+~") == "optimizer.lr" for o in overrides)
     OmegaConf.set_struct(cfg, False)
@@ -147,15 +146,15 @@ def run(cfg: DictConfig) -> dict:
 
     window = np.array([cfg.surface.xlim, cfg.surface.ylim], dtype=float)
     centre, half = window.mean(1), (window[:, 1] - window[:, 0]) / 2
-    path, stopped = [xy.detach().clone()], None
+    points, stopped = [xy.detach().clone()], None
     for step in range(1, cfg.steps + 1):
         optimizer.step(closure)
-        path.append(xy.detach().clone())
-        p = path[-1].numpy()
+        points.append(xy.detach().clone())
+        p = points[-1].numpy()
         if not np.isfinite(p).all() or (np.abs(p - centre) > ESCAPE * half).any():
             stopped = step
             break
-    path = torch.stack(path)
+    path = torch.stack(points)
     with torch.no_grad():
         values = f(path)
     return {"name": cfg.name, "lr": cfg.optimizer.lr, "optimizer": type(optimizer).__name__,
@@ -206,7 +205,7 @@ def view(surface: DictConfig, results: list[dict], pad: float = 0.08) -> tuple[l
 def _contours(ax, surface: DictConfig, xlim, ylim):
     """Pale contours, so the coloured paths (and the valley floor they follow) stay in front."""
     f = surface_fn(surface)
-    X, Y = np.meshgrid(np.linspace(*xlim, 300), np.linspace(*ylim, 300))
+    X, Y = np.meshgrid(np.linspace(xlim[0], xlim[1], 300), np.linspace(ylim[0], ylim[1], 300))
     with torch.no_grad():
         Z = f(torch.from_numpy(np.stack([X, Y], -1))).numpy()
     style = {"colors": "0.72", "linewidths": 0.6, "zorder": 1}

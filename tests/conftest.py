@@ -12,6 +12,10 @@ import pytest
 
 from optbench import data
 
+# the fixtures of the throwaway PostgreSQL server and SLURM cluster (tests/postgres.py, tests/slurm.py), for the
+# test files that ask for them by name; their modules import nothing heavy and start nothing until a test asks
+pytest_plugins = ["postgres", "slurm"]
+
 REPO = Path(__file__).resolve().parents[1]
 # the MNIST folder CI and the development machines keep beside the checkout; OPTBENCH_TEST_MNIST names another
 # (a missing one tests what a fresh clone does)

@@ -1,4 +1,5 @@
-"""A throwaway one-node SLURM cluster for tests: Debian's slurmctld, slurmd and munged, configured in a temporary folder.
+"""A throwaway one-node SLURM cluster for tests: Debian's slurmctld, slurmd and munged, configured in a temporary
+folder.
 
 The cluster has its own munge key and socket, its own ports, state and
 spool folders, and one node (this machine by `hostname -s`, its CPUs and

@@ -29,6 +29,20 @@ def test_help_and_list_do_not_import_torch():
     assert out.returncode == 0, out.stderr
 
 
+def test_import_optbench_is_light_and_its_reading_names_load_on_first_use():
+    code = ("import sys, importlib.metadata, optbench; "
+            "heavy = {'torch', 'pandas', 'matplotlib', 'optuna', 'scipy', 'sqlalchemy', 'submitit'}; "
+            "heavy &= set(sys.modules); "
+            "assert not heavy, heavy; "
+            "assert optbench.__version__ == importlib.metadata.version('optbench'); "
+            "from optbench.results import table, ranking; "
+            "assert (optbench.load_runs, optbench.load_metrics) == (table.load_runs, table.load_metrics); "
+            "assert (optbench.rank, optbench.format_ranking) == (ranking.rank, ranking.format_ranking); "
+            "assert all(hasattr(optbench, name) for name in optbench.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 def test_train_single_run_into_given_dir(mnist_root, tmp_path):
     out = optbench("train", f"data.root={mnist_root}", "optimizer=sgd", "optimizer.lr=0.05", *SMALL,
                    "trainer.max_steps=20", "seed=3", f"hydra.run.dir={tmp_path}")

@@ -13,10 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 
 import optbench as optbench_package
-from conftest import compose, optbench
-from optbench.results import rundir
 from optbench.executors import default_workers, worker_setup
+from optbench.results import rundir
 from optbench.vectorized import plan
+
+from conftest import compose, optbench
 
 # two passes (the hidden sizes differ) of two seeds each, a few steps on small subsets
 SWEEP = ("device=cpu", "diagnostics=off", "trainer.max_steps=3", "data.train_eval_size=500", "data.val_size=500",

@@ -27,7 +27,8 @@ COMMANDS = {
     # one pass of 4: batch norm, dropout, clipping, L1; a plateau schedule that cuts the rate at every evaluation
     # after a warm-up; schedule-free and Muon among the optimizers
     "pass": ("train", "-m", *SMALL, "optimizer=adam,sgd,schedulefree_adamw,muon", "schedule=plateau",
-             "schedule.warmup_steps=10", "schedule.patience=0", "schedule.threshold=0.5", "model.batchnorm=pre", "model.dropout=0.1", "trainer.clip_grad_norm=1.0",
+             "schedule.warmup_steps=10", "schedule.patience=0", "schedule.threshold=0.5", "model.batchnorm=pre",
+             "model.dropout=0.1", "trainer.clip_grad_norm=1.0",
              "trainer.l1=1e-5", "trainer.max_steps=40", "trainer.eval_every=10", "seed=1"),
     # a sweep of 2 optimizers x 3 seeds, then its ranking
     "sweep": ("train", "-m", *SMALL, "optimizer=sgd,adam", "seed=0,1,2", "trainer.max_steps=30",

@@ -61,7 +61,8 @@ def flagged_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("flagged")
     for opt in ("sgd", "adam"):
         for seed in (0, 1):
-            run = root / "runs" / (f"{seed}_optimizer={opt},model.activation=sigmoid,model.hidden=[256,256,256,256,256,256],"
+            run = root / "runs" / (f"{seed}_optimizer={opt},model.activation=sigmoid,"
+                                   "model.hidden=[256,256,256,256,256,256],"
                                    f"init=normal,trainer.max_steps=30,seed={seed}")
             write_run(run, opt, 0.1, seed, val=0.9 + 0.01 * seed, test=0.9)
             write_diagnostics(run, seed, {"saturated": 0, "vanishing_gradients": 1} if opt == "sgd" else None)

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from conftest import compose, optbench
 from optbench import landscape as ls
 from optbench.trainer import fit
+
+from conftest import compose, optbench
 
 matplotlib.use("Agg")
 

@@ -5,10 +5,12 @@ import os
 
 import pytest
 
-from conftest import optbench
 from optbench.jobs import job_device, job_threads
 
+from conftest import optbench
+
 RUN_FILES = {"config.yaml", "metrics.csv", "summary.json", "train.log", ".hydra"}
+SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 
 
 @pytest.mark.parametrize(
@@ -19,8 +21,8 @@ RUN_FILES = {"config.yaml", "metrics.csv", "summary.json", "train.log", ".hydra"
         ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, 8, 1),
         ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -2}, 8, 1),
         ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 3}, 2, 1),
-        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": 3}, 8, 3),
-        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": None}, 8, None),
+        ({"_target_": SUBMITIT_LOCAL, "cpus_per_task": 3}, 8, 3),
+        ({"_target_": SUBMITIT_LOCAL, "cpus_per_task": None}, 8, None),
         ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 8, None),
     ],
 )

@@ -7,15 +7,16 @@ import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 from PIL import Image
+from test_results import write_run
+
+from optbench import results
+from optbench.results import plots, rundir
 
 from conftest import optbench
 from figure_checks import drawn, labelled_ticks, overlaps, pale_lines
-from optbench.results import rundir
-from optbench import results
-from optbench.results import plots
-from test_results import write_run
 
-FIGURES = ("learning_curves", "gradient_norms", "learning_rates", "final_metrics", "activations", "histograms_act", "histograms_grad")
+FIGURES = ("learning_curves", "gradient_norms", "learning_rates", "final_metrics", "activations", "histograms_act",
+           "histograms_grad")
 COMPARED = ("differences", "rank_over_seeds")  # two groups sharing seeds (tests/test_stats.py checks what they say)
 
 
@@ -74,7 +75,8 @@ def test_x_axis_in_epochs_and_seconds(tables):
     assert max(epoch.get_lines()[0].get_xdata()) == pytest.approx(20 / per_epoch)
     time = plots.learning_curves(runs, metrics, by, x="time").axes[2]
     assert time.get_xlabel() == "training time (s)"
-    assert max(time.get_lines()[0].get_xdata()) == pytest.approx(runs[runs["optimizer.name"] == "sgd"].train_time.mean(), rel=0.01,
+    sgd_time = runs[runs["optimizer.name"] == "sgd"].train_time.mean()
+    assert max(time.get_lines()[0].get_xdata()) == pytest.approx(sgd_time, rel=0.01,
                                                                   abs=1e-3)  # summaries round to 1 ms
 
 

@@ -4,12 +4,12 @@ import math
 
 import pandas as pd
 import pytest
+from test_results import write_run
+
+from optbench import results
+from optbench.results import profiles, rundir
 
 from conftest import optbench
-from optbench.results import rundir
-from optbench import results
-from optbench.results import profiles
-from test_results import write_run
 
 TARGET = 0.9
 # steps at which each optimizer's run of each seed first reaches TARGET; None: never (its accuracy stops at 0.5)

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import SWEEP, compose, optbench
-from optbench.compose import compose_config
-from optbench.results import rundir
 from optbench import results
+from optbench.compose import compose_config
 from optbench.errors import UserError
+from optbench.results import rundir
+
+from conftest import SWEEP, compose, optbench
 
 
 def sweep(mnist_root, sweep_dir, *extra):
@@ -129,7 +130,8 @@ def test_rerun_skips_completed_and_false_forces(mnist_root, shared_sweep, tmp_pa
 def test_same_config_notices_a_changed_default(tmp_path):
     cfg = OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": True}})
     OmegaConf.save(cfg, tmp_path / "config.yaml")
-    assert not rundir.config_differences(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.1}, "trainer": {"skip_completed": False}}))
+    assert not rundir.config_differences(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.1},
+                                                                     "trainer": {"skip_completed": False}}))
     assert rundir.config_differences(tmp_path, OmegaConf.create({"optimizer": {"lr": 0.2}, "trainer": {}}))
 
 
@@ -202,7 +204,8 @@ def test_export_tensorboard_reads_back(shared_sweep, tmp_path):
     assert out.returncode == 0, out.stderr
     runs = sorted(p.parent for p in tmp_path.glob("*/*/events.out.tfevents.*"))
     assert [p.relative_to(tmp_path).as_posix() for p in runs] == [
-        "optimizer.name=adam/seed=0", "optimizer.name=adam/seed=1", "optimizer.name=sgd/seed=0", "optimizer.name=sgd/seed=1"]
+        "optimizer.name=adam/seed=0", "optimizer.name=adam/seed=1",
+        "optimizer.name=sgd/seed=0", "optimizer.name=sgd/seed=1"]
     events = EventAccumulator(str(runs[0]))
     events.Reload()
     metrics = pd.read_csv(next(shared_sweep.glob("*optimizer=adam,seed=0*/metrics.csv")))

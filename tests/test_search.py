@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import optbench
 from optbench.errors import UserError
+
+from conftest import optbench
 
 optuna = pytest.importorskip("optuna")
 from optbench import search  # noqa: E402
@@ -57,7 +58,8 @@ def test_grid_is_log_spaced_inside_the_range_and_crosses_choices():
     assert np.allclose(np.diff(np.log10(lrs)), 7 / 35)
     both = search.grid(search.parse_space({"optimizer.lr": "log(0.01, 1)", "trainer.batch_size": [32, 128]}), 3)
     assert len(both) == 6 and {p["trainer.batch_size"] for p in both} == {32, 128}
-    assert search.grid(search.parse_space({"trainer.epochs": "int(1, 3)"}), 5) == [{"trainer.epochs": v} for v in (1, 2, 3)]
+    epochs = search.parse_space({"trainer.epochs": "int(1, 3)"})
+    assert search.grid(epochs, 5) == [{"trainer.epochs": v} for v in (1, 2, 3)]
 
 
 def _drawn(tmp_path, name: str, sampler_seed: int, trials: int = 4) -> list[float]:
@@ -164,7 +166,8 @@ def _calm_space(tmp_path):
 
 def _params(search_dir):
     with sqlite3.connect(search_dir / "study.db") as db:
-        return db.execute("select t.number, p.param_value from trial_params p join trials t using (trial_id)").fetchall()
+        return db.execute("select t.number, p.param_value from trial_params p "
+                          "join trials t using (trial_id)").fetchall()
 
 
 # every trial: 10 SGD steps, evaluated on 1000-image subsets (searching is under test, not the evaluation)
@@ -177,7 +180,8 @@ def _search(tmp_path, mnist_root, *args):
 
 
 def test_random_search_writes_run_dirs_scores_validation_and_resumes(mnist_root, tmp_path):
-    out = _search(tmp_path, mnist_root, "--space", _calm_space(tmp_path), "--sampler", "random", "--trials", "2", "--seeds", "0,1")
+    out = _search(tmp_path, mnist_root, "--space", _calm_space(tmp_path), "--sampler", "random", "--trials", "2",
+                  "--seeds", "0,1")
     assert out.returncode == 0, out.stderr[-3000:]
     s = tmp_path / "s"
     assert _trials(s) == [(0, "COMPLETE"), (1, "COMPLETE")]

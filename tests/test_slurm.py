@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import optbench, run_cli
 from optbench.results import rundir
-from slurm import slurm_cluster  # noqa: F401 (fixture)
+
+from conftest import optbench, run_cli
 
 # tiny runs: the cluster, submitit and the requeue are under test, not the training
 TINY = ("device=cpu", "diagnostics=off", "model.hidden=[32]", "data.train_eval_size=500", "data.val_size=1000")
-# one core a job, as a pass's twin in process gets here; a time limit far away: the tests send SLURM's warning themselves
+# one core a job, as a pass's twin in process gets here; a time limit far away: the tests send SLURM's warning
+# themselves
 ON_SLURM = ("hydra.launcher.executor=slurm", "hydra.launcher.cpus_per_job=1", "hydra.launcher.timeout_min=10")
 RUN_FILES = {"config.yaml", "metrics.csv", "summary.json", "train.log"}
 TIMEOUT_S = 240

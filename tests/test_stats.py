@@ -10,10 +10,11 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats as sps
 
-from conftest import optbench
 from optbench import results
-from optbench.results import stats
 from optbench.errors import UserError
+from optbench.results import stats
+
+from conftest import optbench
 
 # --- the paired test and interval, small enough to enumerate -------------------------------------------
 
@@ -231,13 +232,15 @@ def test_report_shows_intervals_and_verdicts_and_unpairing_changes_them(sweep, t
     with pytest.raises(UserError, match="--baseline nope: no such group; groups: "):
         results.rank(runs, results.load_metrics(runs), target=0.5, baseline="nope")
     against = results.rank(runs, results.load_metrics(runs), target=0.5, baseline=worse).set_index("optimizer.name")
-    assert against.loc[worse, "verdict"] == "baseline" and against.loc[best["optimizer.name"], "verdict"] == "resolved: better"
+    assert against.loc[worse, "verdict"] == "baseline"
+    assert against.loc[best["optimizer.name"], "verdict"] == "resolved: better"
 
 
 def test_figures_and_page_show_the_comparisons(sweep):
     from matplotlib.colors import to_rgba
 
-    from optbench.results import html as html_report, plots
+    from optbench.results import html as html_report
+    from optbench.results import plots
 
     runs = results.load_runs(sweep)
     values = results.group_values(runs, ["optimizer.name"])
@@ -268,8 +271,9 @@ def test_figures_and_page_show_the_comparisons(sweep):
 
 
 def test_time_to_target_ranking_at_looser_targets(tmp_path):
-    from optbench.results import profiles
     from test_results import write_run
+
+    from optbench.results import profiles
 
     # validation accuracy rises linearly to its last evaluation (step 30): a ends at 0.97, b at 0.965.
     # At 0.97 only a arrives (b never: score 0); at 0.965 and 0.96 both first arrive at step 30: tied.
@@ -293,7 +297,8 @@ def test_crowded_valley_rows_carry_the_expected_best_of_each_budget():
     study = optuna.create_study(direction="maximize")
     distribution = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
     for lr, value in ((0.5, 0.9), (0.01, 0.1), (0.1, 0.5)):
-        study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": lr}, distributions={"optimizer.lr": distribution},
+        study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": lr},
+                                                  distributions={"optimizer.lr": distribution},
                                                   value=value, user_attrs={"test_acc_mean": value - 0.01}))
     one_shot = [{"status": "completed", "best_val_acc": 0.6, "test_acc_at_best_val": 0.59}]
     rows = search.valley_rows("constant", one_shot, {"optimizer.lr": 0.1}, study, [1, 2, 3])

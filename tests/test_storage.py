@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from conftest import optbench
-from postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 optuna = pytest.importorskip("optuna")
 from optbench import search  # noqa: E402
@@ -60,7 +59,8 @@ def _check_exactly(search_dir, study, n):
             assert t.state.name == "FAIL" and t.user_attrs["reason"].startswith("not run:") and not t.params
     runs = sorted(p.parent.name for p in search_dir.glob("runs/*/summary.json"))
     assert [r[:3] for r in runs] == [f"{i:03d}" for i in range(n)]
-    assert all(json.loads((search_dir / "runs" / r / "summary.json").read_text())["status"] == "completed" for r in runs)
+    summaries = [json.loads((search_dir / "runs" / r / "summary.json").read_text()) for r in runs]
+    assert all(s["status"] == "completed" for s in summaries)
     lrs = [t.params["optimizer.lr"] for t in trials if t.state.name == "COMPLETE"]
     assert len(set(lrs)) == n  # workers asking at once do not draw one point twice
     return trials

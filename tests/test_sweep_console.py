@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from conftest import optbench, run_cli
-from optbench.results import rundir
 from optbench import results
+from optbench.results import rundir
+
+from conftest import optbench, run_cli
 
 TINY = ["device=cpu", "model.hidden=[16]", "data.train_eval_size=500", "data.val_size=1000", "diagnostics=off"]
 
@@ -37,9 +38,11 @@ def boom_module(user_code):
     return user_code("boom_optim", BOOM)
 
 
-@pytest.mark.parametrize("value, why", [("optimizer.lr=0.1,-1", "optimizer.lr=-1: optimizer: Invalid learning rate: -1"),
-                                        ("trainer.batch_size=64,0", "trainer.batch_size=0: trainer.batch_size=0 must be"),
-                                        ("optimizer.lr=0.1,abc", "optimizer.lr=abc must be a number")])
+@pytest.mark.parametrize("value, why", [
+    ("optimizer.lr=0.1,-1", "optimizer.lr=-1: optimizer: Invalid learning rate: -1"),
+    ("trainer.batch_size=64,0", "trainer.batch_size=0: trainer.batch_size=0 must be"),
+    ("optimizer.lr=0.1,abc", "optimizer.lr=abc must be a number"),
+])
 def test_a_bad_sweep_value_is_one_line_and_exit_2_before_any_job(value, why, mnist_root, tmp_path):
     out = optbench("train", "-m", f"data.root={mnist_root}", *TINY, value, "trainer.max_steps=3",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
@@ -53,9 +56,10 @@ def test_a_job_that_raises_fails_alone_and_the_sweep_exits_non_zero_naming_it(ve
                                                                                 boom_module):
     # torch's SGD and Boom (raises at step 3) x batch 64, 128: with vectorize=auto two passes, one per batch size,
     # each with a Boom run; with off, four jobs one after another
-    out = optbench("train", "-m", f"data.root={mnist_root}", *TINY, "trainer.max_steps=6", f"trainer.vectorize={vectorize}",
-                   "trainer.batch_size=64,128", "optimizer=custom", "optimizer._target_=torch.optim.SGD,boom_optim.Boom",
-                   "+optimizer.lr=0.1", f"hydra.sweep.dir={tmp_path}")
+    out = optbench("train", "-m", f"data.root={mnist_root}", *TINY, "trainer.max_steps=6",
+                   f"trainer.vectorize={vectorize}", "trainer.batch_size=64,128", "optimizer=custom",
+                   "optimizer._target_=torch.optim.SGD,boom_optim.Boom", "+optimizer.lr=0.1",
+                   f"hydra.sweep.dir={tmp_path}")
     assert out.returncode == 1, out.stderr[-2000:]
     if vectorize == "auto":
         assert "2 vectorized pass(es)" in out.stdout

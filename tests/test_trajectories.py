@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import optbench
 from optbench import trajectories as tr
+
+from conftest import optbench
 
 matplotlib.use("Agg")
 
@@ -84,7 +85,8 @@ def test_cli_writes_pngs_and_gif(tmp_path):
     for stem in ("saddle", "quadratic"):
         for suffix in ("_paths.png", "_values.png", "_paths.gif"):
             assert (tmp_path / f"{stem}{suffix}").stat().st_size > 1000
-    noisy = optbench("trajectories", "optimizer=sgd", "surface=beale", "surface.noise=1", "steps=5", "--out", str(tmp_path))
+    noisy = optbench("trajectories", "optimizer=sgd", "surface=beale", "surface.noise=1", "steps=5",
+                     "--out", str(tmp_path))
     assert noisy.returncode == 0 and (tmp_path / "beale_noisy_paths.png").is_file()
 
 

@@ -11,6 +11,10 @@ processes (workers), or as submitit jobs (slurm, submitit_local); the run
 directories are set up here either way, so they are the same whatever
 trains them. In process, a sweep with nothing to group is handed to the
 basic launcher untouched.
+
+Every optbench module is imported inside the method that uses it, an exception to the package's rule
+(optbench/__init__.py): Hydra imports every module under hydra_plugins/ when any Hydra app in this environment
+starts, so this one must cost them nothing beyond Hydra itself.
 """
 
 import copy
@@ -19,13 +23,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
-from omegaconf import open_dict, read_write
+from hydra.types import HydraContext
+from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,17 @@ class OptbenchLauncher(BasicLauncher):
         self.settings = OptbenchLauncherConf(**settings)
         self.submitit = None  # executor=slurm|submitit_local: submitit's executor, made before any run is set up
 
+    @property
+    def _config(self) -> DictConfig:
+        """The primary config: Optional in BasicLauncher only until Hydra calls setup(), which it does first."""
+        assert self.config is not None, "Hydra calls setup() before launch()"
+        return self.config
+
+    @property
+    def _context(self) -> HydraContext:
+        assert self.hydra_context is not None, "Hydra calls setup() before launch()"
+        return self.hydra_context
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from optbench import jobs, vectorized
 
@@ -71,10 +87,10 @@ class OptbenchLauncher(BasicLauncher):
             executor = self._check_settings()
         except UserError as e:  # Hydra would print it with a traceback; nothing is set up yet
             print(f"optbench: error: {e}", file=sys.stderr)
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         configs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            sweep_config = self._context.config_loader.load_sweep_config(self._config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
@@ -85,11 +101,11 @@ class OptbenchLauncher(BasicLauncher):
             return super().launch(job_overrides, initial_job_idx)  # exactly Hydra's basic launcher
 
         setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configure_log(self._config.hydra.hydra_logging, self._config.hydra.verbose)
+        Path(str(self._config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         where = "locally" if executor == "in_process" else f"through executor {executor}"
         log.info(f"Launching {len(job_overrides)} jobs {where}, {sum(len(p) > 1 for p in passes)} vectorized pass(es)")
-        runs: List[JobReturn] = [None] * len(configs)
+        runs: Dict[int, JobReturn] = {}  # config index -> its JobReturn; every pass fills its members'
         interrupted = False
         handed = []  # (JobReturns, what train_pass trains) of the passes an executor out of this process trains
         for members in passes:
@@ -97,7 +113,7 @@ class OptbenchLauncher(BasicLauncher):
                 log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")
             if executor == "in_process" and len(members) == 1:
                 runs[members[0]] = self._run(configs[members[0]], self.task_function)
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+                configure_log(self._config.hydra.hydra_logging, self._config.hydra.verbose)
                 continue
             rets, prepared = self._prepare([configs[i] for i in members])
             for i, ret in zip(members, rets):
@@ -114,7 +130,7 @@ class OptbenchLauncher(BasicLauncher):
                 interrupted |= _finish(rets, prepared, outcome)
         if interrupted:
             raise KeyboardInterrupt  # ends the multirun, as the train task does
-        return runs
+        return [runs[i] for i in range(len(configs))]
 
     def _check_settings(self) -> str:
         from optbench.errors import UserError
@@ -135,7 +151,7 @@ class OptbenchLauncher(BasicLauncher):
                 raise UserError(f"hydra.launcher.executor={s.executor} needs submitit: "
                                 "pip install 'optbench[slurm]'") from None
             self.submitit = cluster.make_executor("slurm" if s.executor == "slurm" else "local",
-                                                  Path(str(self.config.hydra.sweep.dir)) / ".submitit", s)
+                                                  Path(str(self._config.hydra.sweep.dir)) / ".submitit", s)
         return s.executor
 
     def _execute(self, executor: str, calls: list) -> list:
@@ -150,7 +166,7 @@ class OptbenchLauncher(BasicLauncher):
         return cluster.submit(self.submitit, calls, self.settings.cpus_per_job)
 
     def _run(self, config, task_function) -> JobReturn:
-        return run_job(hydra_context=self.hydra_context, task_function=task_function, config=config,
+        return run_job(hydra_context=self._context, task_function=task_function, config=config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def _prepare(self, configs) -> tuple[list, dict]:
@@ -177,7 +193,7 @@ class OptbenchLauncher(BasicLauncher):
         rets = []
         for c in configs:
             rets.append(self._run(c, prepare))
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        configure_log(self._config.hydra.hydra_logging, self._config.hydra.verbose)
         return rets, prepared
 
 

@@ -8,14 +8,20 @@ import base64
 import html
 import io
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from optbench.results import as_text, format_ranking, run_flags
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; max-width: 100%; }
 /* cells break between words (and after every comma, see _table) rather than widen the page past the window */
-th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: left; vertical-align: top; overflow-wrap: break-word; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: left; vertical-align: top;
+         overflow-wrap: break-word; }
 th { background: #f0f0f0; } tr:nth-child(even) td { background: #fafafa; }
 pre { background: #f4f4f4; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
@@ -62,8 +68,6 @@ def sweep_commands(runs) -> list[str]:
     a single run's .hydra/overrides.yaml holds its own. Runs found in neither
     contribute nothing: the page then says the command is unknown.
     """
-    from omegaconf import OmegaConf
-
     commands = []
     for run_dir in map(Path, runs["run_dir"]):
         multirun = next((p / "multirun.yaml" for p in run_dir.parents if (p / "multirun.yaml").exists()), None)
@@ -93,8 +97,6 @@ def config_tables(runs, by: list[str]):
     """(per group: the config keys that vary across runs; the config every run shares), as DataFrames."""
     import pandas as pd
 
-    from optbench.results import as_text
-
     columns = runs.attrs.get("config_columns") or []
     text = as_text(runs[columns]) if columns else pd.DataFrame(index=runs.index)
     varied = [c for c in columns if text[c].nunique() > 1]
@@ -112,8 +114,6 @@ def config_tables(runs, by: list[str]):
 
 def run_table(runs):
     """The runs table of the page: name, status, seed, results and the health flags each run raised."""
-    from optbench.results import run_flags
-
     table = runs.assign(**{"health flags": run_flags(runs)})
     return table[[c for c in RUN_COLUMNS if c in table]].round(4)
 
@@ -124,11 +124,9 @@ def _table(frame) -> str:
 
 
 def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbench report",
-          notes: list[str] = (), tuning=None) -> str:
+          notes: Sequence[str] = (), tuning=None) -> str:
     """The page: ranking (results.rank's table), how sure it is (`notes`: results.verdict_lines), the
     tuning cost table (results.tuning_cost), figures, config per group, the producing command."""
-    from optbench.results import as_text, format_ranking
-
     by = ranking.attrs["by"]
     target = ranking.attrs["target"]
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())

@@ -7,12 +7,15 @@ band, one colour per group. Figures are built without pyplot, so no GUI
 backend is involved and nothing global changes; the CLI saves them.
 """
 
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from optbench.results import stats
-from optbench.results import group_label, key_words
+from optbench import results
+from optbench.results import group_label, key_words, stats
 
 DPI = 150
 X_LABELS = {"step": "optimisation step", "epoch": "epoch", "time": "training time (s)"}
@@ -147,6 +150,12 @@ def _legend(fig: Figure, colours: dict, by: list[str]) -> None:
     fig.legend(handles, list(colours), title=_legend_title(by), loc="outside right upper", fontsize="small")
 
 
+def _records(frame: pd.DataFrame) -> Iterator[Any]:
+    """frame.itertuples(): the rows of a table whose columns the caller knows (pandas-stubs types every field as
+    any scalar, which no arithmetic or format accepts)."""
+    return iter(frame.itertuples())
+
+
 def _new_figure(width: float, height: float, title: str) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     fig.suptitle(title)
@@ -222,8 +231,12 @@ def gradient_norms(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
     global_norm = _smooth(_series(m, "step", "grad_norm"))
     cols = min(len(layers), 4)
     rows = -(-len(layers) // cols) if layers else 0
-    fig = _new_figure(11, 4.5 + 2.4 * rows, f"Gradient norms (L2, {_window_text(global_norm)}; mean over seeds, band = min-max)")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[4.5, 2.4 * rows]) if layers else (fig, None)
+    fig = _new_figure(11, 4.5 + 2.4 * rows,
+                      f"Gradient norms (L2, {_window_text(global_norm)}; mean over seeds, band = min-max)")
+    if layers:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[4.5, 2.4 * rows], squeeze=False)[:, 0]
+    else:
+        top, bottom = fig, None
     ax = top.subplots()
     _draw_groups(ax, global_norm, labels, colours)
     ax.set(title="all parameters", ylabel="||g|| (log)", xlabel=X_LABELS[x])
@@ -501,7 +514,7 @@ def forest(comparisons: pd.DataFrame, kind: str = "best", metric: str = "best va
                       + f": mean over seeds, t-interval at Holm's level for {100 * level:g}% overall")
     ax = fig.subplots()
     y = np.arange(len(rows))[::-1]
-    for yi, row in zip(y, rows.itertuples()):
+    for yi, row in zip(y, _records(rows)):
         colour = RESOLVED if row.resolved else TIED
         ax.plot([row.low, row.high], [yi, yi], color=colour, lw=2.2, solid_capstyle="butt")
         ax.plot(row.difference, yi, "o", ms=8, color=colour, markerfacecolor=colour if row.resolved else "white",
@@ -514,9 +527,11 @@ def forest(comparisons: pd.DataFrame, kind: str = "best", metric: str = "best va
     ax.grid(alpha=0.3, axis="x")
     notes = ax.twinx()
     notes.set_ylim(ax.get_ylim())
-    notes.set_yticks(y, [f"{'paired t, %d seeds' % row.seeds if row.paired else 'Welch, %d vs %d runs' % (row.n_a, row.n_b)}"
-                         f", {100 * row.interval_level:.3g}% interval; p (Holm) = {row.p_holm:.2g}: "
-                         f"{'resolved' if row.resolved else 'not resolved'}" for row in rows.itertuples()],
+    # int(): the counts may arrive as floats (a column with a gap), which %d printed truncated and :d refuses
+    notes.set_yticks(y, [(f"paired t, {int(row.seeds)} seeds" if row.paired
+                          else f"Welch, {int(row.n_a)} vs {int(row.n_b)} runs")
+                         + f", {100 * row.interval_level:.3g}% interval; p (Holm) = {row.p_holm:.2g}: "
+                         f"{'resolved' if row.resolved else 'not resolved'}" for row in _records(rows)],
                      fontsize="small")
     notes.tick_params(length=0)
     handles = [Line2D([], [], color=RESOLVED, marker="o", lw=2.2, ms=8),
@@ -536,7 +551,7 @@ def rank_table(values: dict) -> pd.DataFrame:
     return table if len(table) >= 2 else pd.DataFrame()
 
 
-def rank_over_seeds(values: dict, by: list[str] = (), metric: str = "best validation accuracy") -> Figure:
+def rank_over_seeds(values: dict, by: Sequence[str] = (), metric: str = "best validation accuracy") -> Figure:
     """How often each group takes each rank within a seed (1 = best on that seed): a ranking that holds
     up has its mass on the diagonal; spread rows are groups whose place depends on the seed."""
     table = rank_table(values)
@@ -606,8 +621,6 @@ def tuning_cost(trials: dict, by: list[str], trial: str = "runs over the swept v
 def figures(runs, metrics, by: list[str], x: str = "step", level: float | None = None,
             baseline: str | None = None) -> dict:
     """name -> matplotlib figure: what `optbench plot` saves and `optbench report --html` embeds."""
-    from optbench import results
-
     level = stats.LEVEL if level is None else level
     chosen = results.select_best(runs, by)  # with a swept lr: each group's best lr, as in the ranking
     curves = metrics[metrics.run.isin(chosen.run)]

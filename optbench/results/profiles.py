@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from optbench import results
-from optbench.results import plots
 from optbench.errors import UserError
+from optbench.results import plots
 
 
 def performance_profile(costs, r_max: float = 4.0, taus=None):
@@ -91,7 +91,7 @@ def target_sensitivity(runs, metrics, by: list[str] | None, target: float, r_max
     A ranking that changes when the target moves by half a point of
     accuracy is a statement about the target, not about the optimizers.
     """
-    table = None
+    table: pd.DataFrame | None = None
     for relaxation in relaxations:
         t = round(target - relaxation, 6)
         scores, _ = algoperf(runs, metrics, by, t, r_max)
@@ -100,6 +100,7 @@ def target_sensitivity(runs, metrics, by: list[str] | None, target: float, r_max
         part[["rank_steps", "rank_time"]] = part.rank(ascending=False, method="min").to_numpy()
         part.columns = [f"{c}@{t:g}" for c in part.columns]
         table = part if table is None else table.join(part)
+    assert table is not None, "relaxations is empty"
     return table.reset_index()
 
 
@@ -114,16 +115,16 @@ def write_profile(runs, metrics, by: list[str] | None, target: float, out: Path,
     with pd.option_context("display.width", 160):
         print(scores.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     labels = {"steps": "steps to target", "time": "training time to target"}
+    title = f"Performance profiles: val acc >= {target}, {len(costs['steps'])} seeds (problems)"
     fig = plots.performance_profiles({labels[k]: performance_profile(c, r_max) for k, c in costs.items()},
-                                     scores.attrs["by"], r_max,
-                                     f"Performance profiles: val acc >= {target}, {len(costs['steps'])} seeds (problems)")
+                                     scores.attrs["by"], r_max, title)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     path = out / "plots" / "performance_profile.png"
     fig.savefig(path, dpi=plots.DPI)
     sensitivity = target_sensitivity(runs, metrics, by, target, r_max)
     sensitivity.to_csv(out / "profile_targets.csv", index=False)
     ranks = sensitivity[[sensitivity.columns[0]] + [c for c in sensitivity.columns if c.startswith("rank")]]
-    print(f"\nrank by step- and time-based score at the target and looser targets (1 = best; ties share a rank):")
+    print("\nrank by step- and time-based score at the target and looser targets (1 = best; ties share a rank):")
     with pd.option_context("display.width", 160):
         print(ranks.to_string(index=False, float_format=lambda x: f"{x:.0f}"))
     print(f"wrote {out / 'profile.csv'}, {out / 'profile_targets.csv'}, {path}")

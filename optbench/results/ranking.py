@@ -6,8 +6,17 @@ How sure each comparison is comes from `optbench.results.stats`; the tables it r
 from optbench.errors import UserError
 from optbench.results import stats
 from optbench.results.rundir import FINISHED
-from optbench.results.table import as_text, flag_columns, group_flags, group_label, group_values, resolve_by, \
-    select_best, to_target, varied_keys
+from optbench.results.table import (
+    as_text,
+    flag_columns,
+    group_flags,
+    group_label,
+    group_values,
+    resolve_by,
+    select_best,
+    to_target,
+    varied_keys,
+)
 
 
 def comparisons(values: dict, pairs: list[tuple[str, str]], level: float = stats.LEVEL, margin: float | None = None):
@@ -212,8 +221,9 @@ def format_ranking(table):
         out["IQM"] = ["" if pd.isna(v) else f"{v:.4f}" for v in table["best_val_acc_iqm"]]
     kind = table.attrs.get("reference_kind", "best")
     difference = [("" if pd.isna(d) else f"{d:+.4f} ") for d in table["vs_difference"]]
+    intervals = interval(table["vs_low"], table["vs_high"], "{:+.4f}")
     out[f"vs {kind}"] = [d + i + ("" if pd.isna(lvl) or lvl == level else f" ({100 * lvl:.3g}%)") for d, i, lvl in
-                         zip(difference, interval(table["vs_low"], table["vs_high"], "{:+.4f}"), table["vs_interval_level"])]
+                         zip(difference, intervals, table["vs_interval_level"])]
     out["test"] = [_test_text(t, s, n_a, n_b) for t, s, n_a, n_b in
                    zip(table["vs_test"], table["vs_seeds"], table["vs_n_a"], table["vs_n_b"])]
     out["p (Holm)"] = ["" if pd.isna(p) else f"{p:.2g}" for p in table["vs_p_holm"]]

@@ -24,10 +24,12 @@ or, for a holder on another host, a heartbeat younger than STALE seconds.
 import csv
 import errno
 import hashlib
+import io
 import itertools
 import json
 import logging
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -36,7 +38,9 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
+import optbench
 from optbench.errors import UserError
 
 CONFIG = "config.yaml"
@@ -102,8 +106,6 @@ def write_config(run_dir: Path, cfg) -> None:
 
 def save_tensors(obj, path: Path) -> None:
     """torch.save, atomically; serialised in memory first so a full disk raises a plain OSError."""
-    import io
-
     import torch
 
     buffer = io.BytesIO()
@@ -159,6 +161,8 @@ class MetricsWriter:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in tagged]
+        # only called with TensorBoard on (the writer exists) and before close() (its file writer is open)
+        assert self._events is not None and self._events.file_writer is not None
         self._events.file_writer.add_summary(Summary(value=values), global_step=int(step))
 
     def flush(self) -> None:
@@ -201,9 +205,8 @@ def log_line(run_dir: Path, message: str, level: int = logging.ERROR) -> None:
 def provenance() -> dict:
     import torch
 
-    import optbench
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "optbench": optbench.__version__}
+    versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
+                                       "optbench": optbench.__version__}
     for name in ("hydra", "omegaconf", "numpy"):
         module = sys.modules.get(name)
         versions[name] = getattr(module, "__version__", None)
@@ -304,8 +307,6 @@ def read_config(run_dir: Path):
 def read_tensors(path: Path, way_out: str, device="cpu"):
     """A checkpoint or init.pt: tensors and plain values only (weights_only=True), so a planted pickle runs no
     code; anything else is a DamagedFile."""
-    import pickle
-
     import torch
 
     try:
@@ -509,7 +510,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 def resolved(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    return flat(OmegaConf.to_container(cfg, resolve=True))
+    return flat(cast(dict, OmegaConf.to_container(cfg, resolve=True)))  # a DictConfig becomes a dict
 
 
 def config_differences(run_dir: Path, cfg) -> list[str]:

@@ -18,6 +18,8 @@ beside the paired t-test as a check that assumes no normality; it cannot go
 below 2/2^n, so it cannot decide at the seed counts people use.
 """
 
+from typing import Any
+
 import numpy as np
 
 LEVEL = 0.95  # confidence level of the intervals; 1 - LEVEL is the tests' alpha
@@ -72,7 +74,8 @@ def mean_interval(values, level: float = LEVEL) -> tuple[float, float, str]:
     values = _finite(values)
     if len(values) < 2:
         return np.nan, np.nan, "none"
-    low, high = t_interval(*paired_t(values), 1 - level)
+    estimate, se, df = paired_t(values)
+    low, high = t_interval(estimate, se, df, 1 - level)
     return float(low), float(high), "t"
 
 
@@ -192,8 +195,8 @@ def _welch_power(n: int, difference: float, spread_a: float, spread_b: float, al
     mean = difference + np.sqrt(v_a + v_b) * rng.standard_normal(POWER_SETS)
     s_a = v_a * rng.chisquare(n - 1, POWER_SETS) / (n - 1)
     s_b = v_b * rng.chisquare(n - 1, POWER_SETS) / (n - 1)
-    df = (s_a + s_b) ** 2 / (s_a**2 / (n - 1) + s_b**2 / (n - 1))
-    return float(np.mean(t_p(mean, np.sqrt(s_a + s_b), df) <= alpha))
+    dfs = (s_a + s_b) ** 2 / (s_a**2 / (n - 1) + s_b**2 / (n - 1))
+    return float(np.mean(t_p(mean, np.sqrt(s_a + s_b), dfs) <= alpha))
 
 
 def compare(a, b, level: float = LEVEL, comparisons: int = 1) -> dict:
@@ -209,7 +212,7 @@ def compare(a, b, level: float = LEVEL, comparisons: int = 1) -> dict:
     a, b = (pd.Series(x, dtype=float).dropna().groupby(level=0).mean() for x in (a, b))
     shared = a.index.intersection(b.index)
     paired = len(shared) >= 2
-    out = {"n_a": len(a), "n_b": len(b), "paired": paired, "seeds": len(shared) if paired else 0,
+    out: dict[str, Any] = {"n_a": len(a), "n_b": len(b), "paired": paired, "seeds": len(shared) if paired else 0,
            "interval_level": level, "p_sign_flip": np.nan}
     alpha = (1 - level) / max(comparisons, 1)
     if paired:

@@ -6,7 +6,11 @@ these tables is `optbench.results.ranking`'s.
 
 import logging
 import os
+import re
 from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
 
 from optbench.errors import UserError
 from optbench.results import rundir, stats
@@ -35,8 +39,6 @@ def find_runs(dirs) -> list[Path]:
 
 def _natural(path: Path):
     """Sort 2_... before 10_... (display order only; analysis never reads folder names)."""
-    import re
-
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
@@ -66,7 +68,6 @@ def load_runs(*dirs):
     names the config part.
     """
     import pandas as pd
-    from omegaconf import OmegaConf
 
     paths = find_runs(dirs or ["."])
     root = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
@@ -166,7 +167,7 @@ def varied_keys(runs) -> list[str]:
     """
     columns = runs.attrs.get("config_columns") or [c for c in runs.columns if c not in ("run", "run_dir", "status")]
     columns = sorted(columns, key=lambda c: not c.endswith(".name"))
-    kept = []
+    kept: list[str] = []
     for c in columns:
         if c in NOT_FACTORS or as_text(runs[c]).nunique() < 2:
             continue
@@ -259,7 +260,8 @@ def group_label(frame, by: list[str]):
 
 
 def flag_columns(runs) -> list[str]:
-    """summary.json's health flags as runs columns (flags.saturated, ...): each the first step it was raised, or null."""
+    """summary.json's health flags as runs columns (flags.saturated, ...): each the first step it was raised, or
+    null."""
     return [c for c in runs.columns if c.startswith("flags.")]
 
 
@@ -308,7 +310,6 @@ def tuning_trials(runs, by: list[str], metric: str = "best_val_acc") -> dict:
 def tuning_cost(trials: dict, budgets=None):
     """Expected best validation accuracy after n trials per group, for n in `budgets` (default: 1, 2, 5,
     10, 20, 50, ... up to the most trials a group has); blank beyond a group's own trials."""
-    import numpy as np
     import pandas as pd
 
     most = max((len(v) for v in trials.values()), default=0)
@@ -340,7 +341,8 @@ def export_tensorboard(runs, metrics, out: Path, by: list[str] | None = None) ->
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("export tensorboard needs the tensorboard package: pip install 'optbench[tensorboard]'") from None
+        raise UserError("export tensorboard needs the tensorboard package: "
+                        "pip install 'optbench[tensorboard]'") from None
     keys = resolve_by(runs, by) if by else varied_keys(runs)
     written = []
     for i, run in runs.iterrows():

@@ -14,8 +14,18 @@ from optbench.search.figures import save_plots
 from optbench.search.running import budget_left, completed, run_search
 from optbench.search.scoring import write_table
 from optbench.search.settings import DEFAULTS, TRIALS, load_spec, read_saved, save_spec, settled
-from optbench.search.shared import (HEARTBEAT, PASSWORD_ENV, WORKER_TIMEOUT_MIN, Shared, is_journal, masked,
-                                    open_study, password_in_environment, split_password, submit_workers)
+from optbench.search.shared import (
+    HEARTBEAT,
+    PASSWORD_ENV,
+    WORKER_TIMEOUT_MIN,
+    Shared,
+    is_journal,
+    masked,
+    open_study,
+    password_in_environment,
+    split_password,
+    submit_workers,
+)
 from optbench.search.spaces import SAMPLERS, parse_space
 from optbench.search.valley import run_valley
 
@@ -69,11 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--space", help="a preset in optbench/conf/search (see `optbench list`) or a YAML file")
     parser.add_argument("--sampler", choices=SAMPLERS, help=f"default {DEFAULTS['sampler']}")
-    parser.add_argument("--trials", type=int, help=f"finished trials wanted in the study (default {TRIALS}; grid: its size)")
-    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], help=f"seeds per trial, e.g. 0,1,2 (default {','.join(map(str, DEFAULTS['seeds']))})")
-    parser.add_argument("--grid-points", type=int, dest="grid_points", help=f"points per float range for --sampler grid (default {DEFAULTS['grid_points']})")
-    parser.add_argument("--final-seeds", type=int, dest="final_seeds", help="rerun the best trial with this many new seeds")
-    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help=f"seed of the sampler (default {DEFAULTS['sampler_seed']})")
+    parser.add_argument("--trials", type=int,
+                        help=f"finished trials wanted in the study (default {TRIALS}; grid: its size)")
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
+                        help=f"seeds per trial, e.g. 0,1,2 (default {','.join(map(str, DEFAULTS['seeds']))})")
+    parser.add_argument("--grid-points", type=int, dest="grid_points",
+                        help=f"points per float range for --sampler grid (default {DEFAULTS['grid_points']})")
+    parser.add_argument("--final-seeds", type=int, dest="final_seeds",
+                        help="rerun the best trial with this many new seeds")
+    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed",
+                        help=f"seed of the sampler (default {DEFAULTS['sampler_seed']})")
     parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")],
                         help="crowded_valley: trial budgets compared with one-shot, e.g. 25,50,75")
     parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")
@@ -166,6 +181,7 @@ def submit(search_dir: Path, spec: dict, threads: int | None, shared: Shared | N
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     search_dir = search_dir.resolve()  # jobs may start in another folder
     # made here, before the workers race to create the study and queue the grid
+    assert shared is not None  # --workers needs --storage (checked in main)
     study = open_study(shared, spec)
     done, todo = budget_left(study, parse_space(spec["space"]), spec)
     threads = threads or params.get("cpus_per_task")

@@ -3,12 +3,13 @@
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from optbench.results import rundir
-from optbench.results import key_words
+from optbench.results import key_words, rundir
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,10 @@ def plot_slice(study, target_name: str = "mean best val acc"):
     white) under two titles in ggplot's grey; this one colours a few trials apart with a legend, many along a
     colour bar that stays visible, and rings the best trial.
     """
+    import pandas as pd
     from matplotlib import colormaps
     from matplotlib.figure import Figure
     from optuna.distributions import CategoricalDistribution
-
-    import pandas as pd
 
     from optbench.results.plots import log_y, palette, visible  # matplotlib
 
@@ -46,7 +46,7 @@ def plot_slice(study, target_name: str = "mean best val acc"):
         shown = [(t, c) for t, c in zip(trials, colours) if name in t.params]
         distribution = shown[0][0].distributions[name]
         categorical = isinstance(distribution, CategoricalDistribution)
-        position = {v: i for i, v in enumerate(distribution.choices)} if categorical else None
+        position = {v: i for i, v in enumerate(distribution.choices)} if categorical else {}
         x = [position[t.params[name]] if categorical else t.params[name] for t, _ in shown]
         for (t, c), xi in zip(shown, x):
             ax.scatter(xi, t.value, s=55, color=c, edgecolor="black", linewidth=0.6, zorder=3,
@@ -93,7 +93,7 @@ def save_plots(study, search_dir: Path) -> list[Path]:
     complete = [t for t in study.trials if t.value is not None]
     if len(complete) < 2:
         return []
-    plots = {"history": ovm.plot_optimization_history, "slice": plot_slice}
+    plots: dict[str, Callable[..., Any]] = {"history": ovm.plot_optimization_history, "slice": plot_slice}
     if len(complete[0].params) >= 2:
         plots["importance"] = ovm.plot_param_importances  # fANOVA built into optuna, no scikit-learn
     saved = []

@@ -11,8 +11,8 @@ import yaml
 from omegaconf import OmegaConf, open_dict
 
 from optbench import jobs
-from optbench.results import rundir
 from optbench.compose import compose_config
+from optbench.results import rundir
 from optbench.search.figures import save_plots
 from optbench.search.scoring import METRIC, score, write_table
 from optbench.search.settings import budget, settle_spec
@@ -51,7 +51,8 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if todo > 0:
-                log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, done, todo, spec["sampler"])
+                log.info("search %s: %d trials finished, %d to run (%s sampler)", search_dir, done, todo,
+                         spec["sampler"])
             if shared is None:
                 while (trial := next_trial(study, spec, target, lock)) is not None:
                     _run_trial(study, trial, objective)
@@ -60,7 +61,8 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared:
             # on a shared study the workers still running would rerun the best at once: only a process
             # that found the study finished does (the one that submitted --workers, or the command run again)
             finisher = shared is None or todo <= 0
-            if spec["final_seeds"] and finisher and completed(study) and not (search_dir / "best" / "result.txt").exists():
+            rerun_done = (search_dir / "best" / "result.txt").exists()
+            if spec["final_seeds"] and finisher and completed(study) and not rerun_done:
                 rerun_best(study, search_dir, spec)
     finally:
         write_table(study, search_dir)
@@ -110,7 +112,8 @@ def next_trial(study, spec: dict, target: int, lock: Path):
 
     with _locked(lock):
         fail_orphans(study, unclaimed=True)
-        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))) >= target:
+        counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        if len(study.get_trials(deepcopy=False, states=counted)) >= target:
             return None
         # seeded by trial number: any process, and a resumed search, draws trial n's point alike and never replays one
         study.sampler = seeded_sampler(spec, len(study.trials))

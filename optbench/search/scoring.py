@@ -20,7 +20,8 @@ def trials_table(study):
     df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
     if df.empty:
         return df
-    df = df.rename(columns={"value": "val_acc_mean"}).rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
+    df = df.rename(columns={"value": "val_acc_mean"})
+    df = df.rename(columns=lambda c: c.removeprefix("params_").removeprefix("user_attrs_"))
     df["duration"] = df["duration"].dt.total_seconds().round(1)
     front = ["number", "state", *study.trials[0].params.keys(), "val_acc_mean", "val_acc_std", "test_acc_mean"]
     front = [c for c in front if c in df.columns]

@@ -2,21 +2,21 @@
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
 
-from optbench.results import rundir
 from optbench.compose import CONF, check_group_choices, compose_config
 from optbench.errors import UserError
-from optbench.results import RUN_SETTINGS
+from optbench.results import RUN_SETTINGS, rundir
 from optbench.search.spaces import SAMPLERS, grid, parse_space, trial_overrides
 
 SAVED = "search.yaml"
 SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed",
              "budgets", "schedules")
-DEFAULTS = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [], "final_seeds": 0,
-            "sampler_seed": 0, "budgets": None, "schedules": None, "storage": None}
+DEFAULTS: dict[str, Any] = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [],
+                            "final_seeds": 0, "sampler_seed": 0, "budgets": None, "schedules": None, "storage": None}
 TRIALS = 20  # finished trials wanted when neither --trials nor a grid says how many
 # keys a resumed search may change: a larger budget does not change what the finished trials mean
 GROWABLE = ("trials", "budgets")

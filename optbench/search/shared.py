@@ -329,7 +329,8 @@ def fail_orphans(study, unclaimed: bool = False) -> None:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:  # a shared study: another worker was first
                 continue
-            log.warning("trial %d: its process %s is gone; marked FAIL", t.number, pid or "(stopped before claiming it)")
+            log.warning("trial %d: its process %s is gone; marked FAIL", t.number,
+                        pid or "(stopped before claiming it)")
 
 
 def _alive(pid: int) -> bool:

@@ -10,16 +10,17 @@ from optbench.compose import groups
 from optbench.errors import UserError
 
 SAMPLERS = ("random", "tpe", "cmaes", "grid")
-FORMS = "log(low, high), uniform(low, high), int(low, high), choice(a, b, ...), a YAML list, or {type, low, high, log, step, choices}"
+FORMS = ("log(low, high), uniform(low, high), int(low, high), choice(a, b, ...), a YAML list, "
+         "or {type, low, high, log, step, choices}")
 
 
 def parse_space(space: dict) -> dict:
     """{config key: optuna distribution} from the YAML forms in FORMS."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
     if not isinstance(space, dict) or not space:
         raise UserError(f"search space must be a non-empty mapping of config keys to ranges ({FORMS})")
-    out = {}
+    out: dict[str, BaseDistribution] = {}
     for key, value in space.items():
         try:
             if isinstance(value, list):
@@ -31,14 +32,16 @@ def parse_space(space: dict) -> dict:
             kind = value.get("type")
             if kind == "categorical":
                 out[key] = CategoricalDistribution([_choice(c) for c in value["choices"]])
-            elif kind in ("float", "int"):
-                cast = float if kind == "float" else int
-                log_scale = bool(value.get("log", False))
+            elif kind == "float":
                 step = value.get("step")
-                low, high = cast(float(value["low"])), cast(float(value["high"]))
-                dist = FloatDistribution if kind == "float" else IntDistribution
-                step = None if step is None else cast(float(step))
-                out[key] = dist(low, high, log=log_scale, step=step if kind == "float" else (step or 1))
+                out[key] = FloatDistribution(float(value["low"]), float(value["high"]),
+                                             log=bool(value.get("log", False)),
+                                             step=None if step is None else float(step))
+            elif kind == "int":
+                step = value.get("step")
+                out[key] = IntDistribution(int(float(value["low"])), int(float(value["high"])),
+                                           log=bool(value.get("log", False)),
+                                           step=1 if step is None else int(float(step)) or 1)
             else:
                 raise ValueError(f"type {kind!r} is not float, int or categorical")
         except (ValueError, KeyError, TypeError) as e:
@@ -55,6 +58,7 @@ def _parse_short(text: str) -> dict:
         args = OverridesParser.create().parse_override(f"x=[{match[2]}]").value()
     except Exception:
         raise ValueError(f"cannot read the arguments of {text!r}") from None
+    assert isinstance(args, list)  # x=[...] is a list
     if match[1] == "choice":
         return {"type": "categorical", "choices": args}
     if len(args) != 2:
@@ -85,7 +89,7 @@ def grid(space: dict, points: int) -> list[dict]:
     """Every combination: categorical choices, ints (thinned to `points` if more), `points` floats per range."""
     from optuna.distributions import CategoricalDistribution
 
-    axes = {}
+    axes: dict[str, list] = {}
     for key, d in space.items():
         if isinstance(d, CategoricalDistribution):
             axes[key] = list(d.choices)
@@ -100,7 +104,7 @@ def grid(space: dict, points: int) -> list[dict]:
         is_int = isinstance(d.low, int)
         axes[key] = sorted({int(round(v)) if is_int else float(v) for v in values})
     keys = list(axes)
-    combos = [[]]
+    combos: list[list] = [[]]
     for key in keys:
         combos = [c + [v] for c in combos for v in axes[key]]
     return [dict(zip(keys, c)) for c in combos]

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from optbench.results import rundir
-from optbench.results import markdown
+from optbench.results import markdown, rundir
+from optbench.results.stats import expected_best
 from optbench.search.running import run_one, run_search
 from optbench.search.scoring import METRIC
 from optbench.search.spaces import parse_space
-from optbench.results.stats import expected_best
 
 log = logging.getLogger(__name__)
 
