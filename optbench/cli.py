@@ -332,7 +332,7 @@ def _by(value: str | None) -> list[str] | None:
     return [k.strip() for k in value.split(",") if k.strip()] if value else None
 
 
-def report_command(args: list[str]) -> int:
+def _report_parser() -> argparse.ArgumentParser:
     from optbench.results.stats import LEVEL
 
     parser = argparse.ArgumentParser(
@@ -355,6 +355,11 @@ def report_command(args: list[str]) -> int:
     parser.add_argument("--all-pairs", action="store_true",
                         help="also compare every pair of groups (Holm's correction over all pairs); "
                              "see comparisons.csv")
+    return parser
+
+
+def report_command(args: list[str]) -> int:
+    parser = _report_parser()
     opts = parser.parse_args(args)
     if not 0 < opts.target <= 1:
         raise UserError(f"--target {opts.target} must be an accuracy in (0, 1]")
