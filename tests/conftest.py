@@ -29,6 +29,18 @@ SWEEP = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20", "trainer.eval
          "data.train_eval_size=2000", "data.val_size=2000")
 
 
+# the fast tier, `pytest -m fast`, for the inner loop of work: pure functions, composition and its rules, and one
+# tiny training and one tiny pass checked against a plain for-loop (tests elsewhere may carry the mark themselves)
+FAST_FILES = {"test_layout.py", "test_stats.py", "test_models.py", "test_diagnostics.py", "test_bad_input.py"}
+FAST_TESTS = {"test_the_loop_matches_a_plain_for_loop[1-sgd]", "test_the_loop_matches_a_plain_for_loop[4-adam]"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in FAST_FILES or item.name in FAST_TESTS:
+            item.add_marker(pytest.mark.fast)
+
+
 def pytest_configure(config):
     """Under pytest -n N (xdist), each worker process gets its share of the cores, and so do the processes its tests
     start (OMP_NUM_THREADS): N torch processes with every core's thread each slow each other down far beyond N x.
