@@ -157,7 +157,7 @@ def test_the_ranking_read_at_earlier_checkpoints_shows_the_flip():
 
 def test_relaxed_targets_rank_by_steps_to_each_target():
     table = robustness.relaxed_targets(_curves(), (0.0, 0.02))
-    # base target 0.94 (a's final): a reaches it at 40, b at 30; 0.92: a at 20, b at 30
+    # base target 0.94 (a's best, the lowest best): a reaches it at 40, b at 30; 0.92: a at 20, b at 30
     assert list(table["target"]) == pytest.approx([0.94, 0.92])
     assert list(table["steps.a"]) == [40, 20] and list(table["steps.b"]) == [30, 30]
     assert list(table["leader"]) == ["b", "a"]
