@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+
 from conftest import optbench
 
 # 2 optimizers x 4 trials x 20 steps; seeds 2 then 3; [32] hidden units on 500/1000-image evaluation subsets

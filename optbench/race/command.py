@@ -23,7 +23,8 @@ DEFAULTS = {"trials": 6, "studies": 1, "steps": 300, "first_seeds": 3, "seed_ste
             "alpha": sequential.ALPHA, "epsilon": sensitivity.EPSILON, "sampler_seed": 0}
 # fixed for every run of the default scale; the command line's overrides win
 SCALE = ["model.hidden=[128]", "data.train_eval_size=2000"]
-COMPARED = ("optimizers", "spaces", "trials", "studies", "overrides", "seeds", "alpha", "sampler_seed", "extend_edges")
+COMPARED = ("optimizers", "spaces", "trials", "studies", "overrides", "seeds", "alpha", "sampler_seed", "extend_edges",
+            "shapes")
 
 
 def main(args: list[str]) -> int:
@@ -41,7 +42,9 @@ def main(args: list[str]) -> int:
               "(tuning/<opt>/*/trials.csv gives each reason)", file=sys.stderr)
         return 1
     result = running.seed_rounds(race_dir, settings, {n: c["params"] for n, c in chosen.items()})
-    finish(race_dir, settings, studies, chosen, result, opts.data_root, time.perf_counter() - started)
+    base = {n: tables.mean_value(race_dir, n, settings["seeds"]["first"]) for n in result["names"]}
+    shapes = running.shape_scores(race_dir, settings, {n: chosen[n]["params"] for n in result["names"]}, base)
+    finish(race_dir, settings, studies, chosen, result, shapes, opts.data_root, time.perf_counter() - started)
     print(f"race directory: {race_dir} (race.md, race.html)")
     return 0
 
@@ -67,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="replace an optimizer's declared space (conf/race/spaces.yaml) by a file's")
     parser.add_argument("--extend-edges", action="store_true", dest="extend_edges",
                         help="spend the same extra budget on every optimizer, widening the range of a flagged one")
+    parser.add_argument("--shapes", help="robustness across models: other hidden layer shapes, ';'-separated, e.g. "
+                        "'[64];[256,256]': the chosen configurations rerun there (first round's seeds), ranks compared")
     parser.add_argument("--dir", help="race directory; an existing one is resumed (default races/<time>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides fixed for every run")
@@ -84,7 +89,8 @@ def _given(opts) -> dict:
             first, step, cap = (int(x) for x in opts.seeds.split(","))
             sequential.looks(first, step, cap)
         except ValueError:
-            raise UserError(f"--seeds {opts.seeds}: write FIRST,STEP,CAP with FIRST >= 2, STEP >= 1, CAP >= FIRST") from None
+            raise UserError(f"--seeds {opts.seeds}: write FIRST,STEP,CAP with FIRST >= 2, STEP >= 1, "
+                            "CAP >= FIRST") from None
         seeds = {"first": first, "step": step, "cap": cap}
     if opts.alpha is not None and not 0 < opts.alpha < 1:
         raise UserError(f"--alpha={opts.alpha} must lie between 0 and 1")
@@ -93,11 +99,25 @@ def _given(opts) -> dict:
         if len(set(optimizers)) < 2:
             raise UserError(f"--optimizers {opts.optimizers}: a race needs two or more different optimizers")
         check_group_choices([f"optimizer={o}" for o in optimizers])
-    opts.data_root = next((o.split("=", 1)[1] for o in opts.overrides if o.split("=", 1)[0].lstrip("+") == "data.root"), None)
+    opts.data_root = next((o.split("=", 1)[1] for o in opts.overrides
+                           if o.split("=", 1)[0].lstrip("+") == "data.root"), None)
     return {"optimizers": optimizers, "trials": opts.trials, "studies": opts.studies, "steps": opts.steps,
             "seeds": seeds, "alpha": opts.alpha, "epsilon": opts.epsilon, "sampler_seed": opts.sampler_seed,
             "space_files": dict(spaces.read_space_option(s) for s in opts.space), "extend_edges": opts.extend_edges,
-            "overrides": list(opts.overrides) or None, "argv": None}
+            "overrides": list(opts.overrides) or None, "shapes": _shapes(opts.shapes)}
+
+
+def _shapes(text: str | None) -> list[str] | None:
+    """--shapes '[64];[256,256]' -> ['[64]', '[256,256]'], each checked as a list of positive widths."""
+    if not text:
+        return None
+    shapes = [t.strip().replace(" ", "") for t in text.split(";") if t.strip()]
+    for shape in shapes:
+        inner = shape.removeprefix("[").removesuffix("]")
+        if not (shape.startswith("[") and shape.endswith("]") and inner
+                and all(w.isdigit() and int(w) > 0 for w in inner.split(","))):
+            raise UserError(f"--shapes {text}: write hidden layer shapes as [64];[256,256] (positive widths)")
+    return shapes
 
 
 def settle(race_dir: Path, given: dict) -> dict:
@@ -136,7 +156,7 @@ def _fill(given: dict) -> dict:
             "seeds": given["seeds"] or {"first": d["first_seeds"], "step": d["seed_step"], "cap": d["max_seeds"]},
             "alpha": given["alpha"] or d["alpha"], "epsilon": given["epsilon"] or d["epsilon"],
             "sampler_seed": d["sampler_seed"] if given["sampler_seed"] is None else given["sampler_seed"],
-            "extend_edges": bool(given["extend_edges"])}
+            "extend_edges": bool(given["extend_edges"]), "shapes": given["shapes"] or []}
 
 
 def _read(race_dir: Path) -> dict | None:
@@ -146,13 +166,15 @@ def _read(race_dir: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise rundir.DamagedFile(path, f"cannot be read ({type(e).__name__})", "move it away or pick a new --dir") from None
+        raise rundir.DamagedFile(path, f"cannot be read ({type(e).__name__})",
+                                 "move it away or pick a new --dir") from None
     if not isinstance(saved, dict) or not set(COMPARED) <= set(saved):
         raise rundir.DamagedFile(path, "is not a race's settings", "move it away or pick a new --dir")
     return saved
 
 
-def finish(race_dir: Path, settings: dict, studies: dict, chosen: dict, result: dict, data_root, wall: float) -> dict:
+def finish(race_dir: Path, settings: dict, studies: dict, chosen: dict, result: dict, shapes: dict, data_root,
+           wall: float) -> dict:
     """Every table (CSV beside the page) and the page."""
     names = result["names"]
     counts = {n: result["looks"][-1]["seeds"] for n in names}
@@ -171,11 +193,16 @@ def finish(race_dir: Path, settings: dict, studies: dict, chosen: dict, result: 
          "checkpoints": checkpoints, "targets": targets,
          "words_checkpoints": robustness.words(checkpoints, "tau_vs_end", "the checkpoint it is read at"),
          "words_targets": robustness.words(targets, "tau_vs_base", "the target"),
+         "shapes": robustness.across(shapes) if len(shapes) > 1 else None,
          "verdict_lines": page.verdict_lines(verdicts, limits, settings["alpha"]),
          "command": page.command_line(_argv(race_dir, settings)),
          "wall_time": wall}
-    for name in ("verdicts", "looks", "limits", "ledger", "chosen_table", "sensitivity", "checkpoints", "targets"):
-        r[name].to_csv(race_dir / f"{name}.csv", index=False)
+    r["words_shapes"] = robustness.words(r["shapes"], "tau_vs_first", "the model") if r["shapes"] is not None else (
+        "Not measured: give --shapes '[64];[256,256]' to rerun the chosen configurations on other models.")
+    for name in ("verdicts", "looks", "limits", "ledger", "chosen_table", "sensitivity", "checkpoints", "targets",
+                 "shapes"):
+        if r[name] is not None:
+            r[name].to_csv(race_dir / f"{name}.csv", index=False)
     page.save(race_dir, r)
     for line in r["verdict_lines"]:
         print(line)
@@ -188,7 +215,8 @@ def _argv(race_dir: Path, settings: dict) -> list[str]:
     return ["--optimizers", ",".join(s["optimizers"]), "--trials", str(s["trials"]), "--studies", str(s["studies"]),
             "--steps", str(s["steps"]), "--seeds", f"{seeds['first']},{seeds['step']},{seeds['cap']}",
             "--alpha", f"{s['alpha']:g}", "--epsilon", f"{s['epsilon']:g}", "--sampler-seed", str(s["sampler_seed"]),
-            *(["--extend-edges"] if s["extend_edges"] else []), "--dir", str(race_dir), *s["overrides"]]
+            *(["--extend-edges"] if s["extend_edges"] else []),
+            *(["--shapes", ";".join(s["shapes"])] if s["shapes"] else []), "--dir", str(race_dir), *s["overrides"]]
 
 
 def _chosen_table(chosen: dict):
@@ -197,5 +225,7 @@ def _chosen_table(chosen: dict):
     return pd.DataFrame([{"optimizer": n, "study": c["study"], "trial": c["number"], "val_acc": c["score"],
                           "median_of_studies": c["median_of_studies"],
                           "edges": ", ".join(f"{k} {s}" for k, s in c["edges"].items()),
+                          "edges_before_extension": ", ".join(f"{k} {s}"
+                                                              for k, s in c["edges_before_extension"].items()),
                           **{k: v for k, v in c["params"].items()}, "tuning_run": c["run"],
                           "seed_runs": f"seeds/{n}/seed=*"} for n, c in chosen.items()])

@@ -20,7 +20,8 @@ def lr_figure(trials: dict, chosen: dict, epsilon: float):
     from optbench.results.plots import DPI, palette
 
     fig = Figure(figsize=(9, 5), dpi=DPI, layout="constrained")
-    fig.suptitle(f"Validation accuracy against learning rate (one dot per trial; ring: chosen; band: within {epsilon:g})")
+    fig.suptitle("Validation accuracy against learning rate "
+                 f"(one dot per trial; ring: chosen; band: within {epsilon:g} of it)")
     ax = fig.subplots()
     finite = [f["score"].dropna() for f in trials.values() if len(f)]
     floor = min((s.min() for s in finite if len(s)), default=0.0)
@@ -68,7 +69,7 @@ def verdict_lines(verdicts, limits, alpha: float) -> list[str]:
         tail = f"; this test set resolves differences of {100 * test_limit:.2f} points or more between these two models"
         if v["resolved"]:
             lines.append(f"{v['leader']} beats {v['other']} by {100 * v['difference']:.2f} points of test accuracy "
-                         f"(resolved at {int(v['resolved_at_seeds'] or v['seeds'])} seeds; interval {interval})" + tail)
+                         f"(resolved at {int(v['resolved_at_seeds'])} seeds; interval {interval})" + tail)
         else:
             lines.append(f"{v['leader']} vs {v['other']}: not resolved after {v['seeds']} seeds (the cap): "
                          f"difference {100 * v['difference']:+.2f} points, interval {interval}; a difference up to "
@@ -81,6 +82,11 @@ def sections(r: dict) -> list[tuple[str, str, object]]:
     s = r["settings"]
     flags = [f"{n}: {k} = {c['params'][k]:.4g} at the {side} edge of its range" for n, c in r["chosen"].items()
              for k, side in c["edges"].items()]
+    extended = [f"{n} ({', '.join(f'{k} {side}' for k, side in c['edges_before_extension'].items())})"
+                for n, c in r["chosen"].items() if c["edges_before_extension"]] if s["extend_edges"] else []
+    extension = (" --extend-edges gave every optimizer the same extra trials (study 'extra'), over a range widened by "
+                 "a decade where the first studies' choice was at an edge: "
+                 + (", ".join(extended) or "none was") + ".")
     return [
         ("Command", "Reproduces (and resumes) this race:", None),
         ("Verdicts", "\n".join(f"- {line}" for line in r["verdict_lines"]) + "\n\nThe seed-to-seed interval "
@@ -90,10 +96,12 @@ def sections(r: dict) -> list[tuple[str, str, object]]:
          f"{s['alpha']} (Holm over all pairs within a look).", r["verdicts"]),
         ("Looks", "The verdict after each round of seeds.", r["looks"]),
         ("Budget ledger", "Every optimizer got the same tuning budget; FLOPs are 6 x parameters x batch x steps. "
-         + ("Equal in trials and steps." if not r["unequal"] else "NOT EQUAL: " + "; ".join(r["unequal"])), r["ledger"]),
+         + ("Equal in trials and steps." if not r["unequal"] else "NOT EQUAL: " + "; ".join(r["unequal"])),
+         r["ledger"]),
         ("Chosen configurations", "Best trial on validation (tuning seed 0); AlgoPerf's score is the median over "
          "studies of each study's best. " + ("Under-tuned: " + "; ".join(flags) + " (rerun with --extend-edges)."
-                                             if flags else "No chosen value lies at the edge of its range."),
+                                             if flags else "No chosen value lies at the edge of its range.")
+         + (extension if s["extend_edges"] else ""),
          r["chosen_table"]),
         ("The test set's limit", "Exact McNemar test over the 10,000 test images, the leader's first seed run "
          "against each other's (`resolvable`: the smallest accuracy difference this pair's disagreements allow "
@@ -103,6 +111,8 @@ def sections(r: dict) -> list[tuple[str, str, object]]:
          "trials_to_eps: expected trials to land there (expected best of n).", r["sensitivity"]),
         ("Robustness: earlier checkpoints", r["words_checkpoints"], r["checkpoints"]),
         ("Robustness: relaxed targets", r["words_targets"], r["targets"]),
+        ("Robustness: model shapes", r["words_shapes"] + " Final test accuracy, mean over the first round's seeds; "
+         "the configurations chosen on the race's model, not re-tuned.", r["shapes"]),
     ]
 
 

@@ -103,7 +103,9 @@ def words(table, tau_column: str, what: str) -> str:
     taus = table[tau_column].to_numpy(float)
     lowest = np.nanmin(taus) if np.isfinite(taus).any() else np.nan
     if len(leaders) > 1:
-        return f"The ranking depends on {what}: the leader changes ({' / '.join(leaders)}); lowest Kendall tau {lowest:.2f}."
+        return (f"The ranking depends on {what}: the leader changes ({' / '.join(leaders)}); "
+                f"lowest Kendall tau {lowest:.2f}.")
     if np.isfinite(lowest) and lowest < 1:
-        return f"The leader ({leaders[0]}) holds across {what}, but the order below it moves (lowest Kendall tau {lowest:.2f})."
+        return (f"The leader ({leaders[0]}) holds across {what}, but the order below it moves "
+                f"(lowest Kendall tau {lowest:.2f}).")
     return f"The ranking holds across {what} (same leader, {leaders[0]}, and the same order)."

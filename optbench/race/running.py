@@ -125,5 +125,31 @@ def seed_rounds(race_dir: Path, settings: dict, chosen: dict) -> dict:
     return result
 
 
+def shape_scores(race_dir: Path, settings: dict, chosen: dict, base: dict) -> dict:
+    """--shapes: each optimizer's chosen configuration (tuned on the race's model) trained on other hidden layer
+    shapes with the first round's seeds: {shape: {optimizer: mean verdict value}}, the race's own model first
+    (`base`, over the same seeds). Whether a ranking carries over to another model is the question, so nothing
+    is re-tuned there."""
+    n = settings["seeds"]["first"]
+    out = {"race's model": base}
+    for shape in settings.get("shapes") or []:
+        extra = [*settings["overrides"], f"model.hidden={shape}"]
+        scores = {}
+        for name, params in chosen.items():
+            values = []
+            for s in range(n):
+                run_dir = race_dir / "shapes" / rundir.folder_name(shape) / name / f"seed={FIRST_SEED + s}"
+                summary = rundir.read_summary(run_dir)
+                if summary is None or summary["status"] not in rundir.FINISHED:
+                    summary = run_one([f"optimizer={name}", *extra, *trial_overrides(params),
+                                       f"seed={FIRST_SEED + s}"], run_dir)
+                if summary["status"] == "interrupted":
+                    raise KeyboardInterrupt
+                values.append(verdict_value(summary))
+            scores[name] = float(np.mean(values))
+        out[f"hidden={shape}"] = scores
+    return out
+
+
 def seed_dirs(race_dir: Path, name: str, n: int) -> list[Path]:
     return [race_dir / "seeds" / name / f"seed={FIRST_SEED + s}" for s in range(n)]

@@ -41,7 +41,8 @@ def spending(t, alpha: float = ALPHA):
 def looks(first: int, step: int, cap: int) -> list[int]:
     """Seed counts at which the verdict is looked at: first, first + step, ..., and the cap."""
     if first < 2 or step < 1 or cap < first:
-        raise ValueError(f"looks need first >= 2 (a t-test's fewest), step >= 1 and cap >= first; got {first}, {step}, {cap}")
+        raise ValueError(f"looks need first >= 2 (a t-test's fewest), step >= 1 and cap >= first; "
+                         f"got {first}, {step}, {cap}")
     return sorted({*range(first, cap, step), cap})
 
 

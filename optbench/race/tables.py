@@ -57,7 +57,9 @@ def chosen(studies: dict) -> dict:
         best = running.best_trial(entries)
         if best is not None:
             label, space, trial = best
-            out[name] = {"study": label, "number": trial.number,
+            first = running.best_trial([e for e in entries if e[0] != "extra"])
+            out[name] = {"edges_before_extension": spaces.edges(first[2].params, first[1]) if first else {},
+                         "study": label, "number": trial.number,
                          "run": f"tuning/{name}/{label}/{trial.user_attrs['runs'][0]}", "params": dict(trial.params),
                          "score": float(trial.value), "edges": spaces.edges(trial.params, space),
                          "median_of_studies": _median_best(entries)}
@@ -83,12 +85,17 @@ def verdicts(result: dict):
     for c in last["comparisons"]:
         ever = (last["leader"], c["other"]) in result["resolved"]
         at = next((look["seeds"] for look in result["looks"] if look["leader"] == last["leader"] and any(
-            x["other"] == c["other"] and x["resolved"] for x in look["comparisons"])), None)
+            x["other"] == c["other"] and x["resolved"] for x in look["comparisons"])), np.nan)
         rows.append({"leader": leader, "other": names[c["other"]], "seeds": last["seeds"],
                      "difference": c["difference"], "low": c["low"], "high": c["high"], "p": c["p"],
                      "p_holm": c["p_holm"], "look_alpha": last["level"], "resolved": ever, "resolved_at_seeds": at,
                      "could_hide": np.nan if ever else sequential.hidden_difference(c)})
     return pd.DataFrame(rows)
+
+
+def mean_value(race_dir: Path, name: str, n: int) -> float:
+    """Mean verdict value of an optimizer's first n seed runs."""
+    return float(np.mean([running.verdict_value(rundir.read_summary(d)) for d in running.seed_dirs(race_dir, name, n)]))
 
 
 def looks(result: dict):
@@ -120,7 +127,8 @@ def testset_limits(race_dir: Path, names: list[str], leader: str, data_root: str
 
 
 def curves(race_dir: Path, names: list[str], seed_counts: dict):
-    """Validation accuracy at every evaluation of the chosen configurations' seed runs (optimizer, seed, step, value)."""
+    """Validation accuracy at every evaluation of the chosen configurations' seed runs (optimizer, seed, step,
+    value)."""
     import pandas as pd
 
     frames = []
