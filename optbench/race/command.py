@@ -18,8 +18,9 @@ from optbench.results import rundir
 from optbench.search.settings import comparable
 
 SAVED = "race.yaml"
-# the default scale: 4 optimizers in about 15 minutes on an idle 2-core CPU (docs/race.md)
-DEFAULTS = {"trials": 6, "studies": 1, "steps": 300, "first_seeds": 3, "seed_step": 2, "max_seeds": 7,
+# the default scale: 4 optimizers in about 15 minutes on an idle 2-core CPU (docs/race.md): 8 Sobol trials (a power
+# of two: balanced Sobol points) and up to 7 seeds of 200 steps each, 4 x (8 + 7) = 60 runs of 3-15 s
+DEFAULTS = {"trials": 8, "studies": 1, "steps": 200, "first_seeds": 3, "seed_step": 2, "max_seeds": 7,
             "alpha": sequential.ALPHA, "epsilon": sensitivity.EPSILON, "sampler_seed": 0}
 # fixed for every run of the default scale; the command line's overrides win
 SCALE = ["model.hidden=[128]", "data.train_eval_size=2000"]
