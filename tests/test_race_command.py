@@ -90,3 +90,19 @@ def test_a_killed_race_resumes_to_the_ledger_of_an_uninterrupted_one(race, mnist
     assert states.count("COMPLETE") == 4 and "FAIL" in states
     resumed, uninterrupted = (pd.read_csv(d / "ledger.csv")[LEDGER] for d in (race_dir, whole))
     pd.testing.assert_frame_equal(resumed, uninterrupted)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--optimizers", "adamw"), "a race needs two or more different optimizers"),
+    (("--optimizers", "adamw,nosuch"), "nosuch"),
+    (("--optimizers", "adamw,sgd", "--seeds", "1,1,3"), "FIRST >= 2"),
+    (("--optimizers", "adamw,sgd", "--trials", "0"), "--trials=0 must be >= 1"),
+    (("--optimizers", "adamw,sgd", "--shapes", "[0]"), "positive widths"),
+    (("--optimizers", "adamw,sgd", "--space", "sgd"), "write OPTIMIZER:FILE.yaml"),
+    ((), "--optimizers is needed"),
+    (("--optimizers", "adamw,sgd", "trainer.nosuch=1"), "nosuch"),
+])
+def test_a_mistake_is_one_line_and_leaves_no_race_directory(tmp_path, args, message):
+    out = optbench("race", *args, "--dir", str(tmp_path / "race"))
+    assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "race").exists()

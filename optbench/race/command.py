@@ -15,7 +15,7 @@ from optbench.compose import check_group_choices
 from optbench.errors import UserError
 from optbench.race import budget, page, robustness, running, sensitivity, sequential, spaces, tables
 from optbench.results import rundir
-from optbench.search.settings import comparable
+from optbench.search.settings import check_spec, comparable
 
 SAVED = "race.yaml"
 # the default scale: 4 optimizers in about 15 minutes on an idle 2-core CPU (docs/race.md): 8 Sobol trials (a power
@@ -138,6 +138,8 @@ def settle(race_dir: Path, given: dict) -> dict:
                 raise UserError(f"{race_dir} holds a race with other {', '.join(clash)}; resume it without "
                                 "changing them (or give only --dir), or pick a new --dir")
         full = {**saved, "overrides": full["overrides"] if full and given["overrides"] else saved["overrides"]}
+    for name in full["optimizers"]:  # every space and override composed before anything is written
+        check_spec({"space": full["spaces"][name], "overrides": [f"optimizer={name}", *full["overrides"]], "seeds": [0]})
     race_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_bytes(race_dir / SAVED, yaml.safe_dump(full, sort_keys=False).encode())
     return full
