@@ -139,7 +139,8 @@ def settle(race_dir: Path, given: dict) -> dict:
                                 "changing them (or give only --dir), or pick a new --dir")
         full = {**saved, "overrides": full["overrides"] if full and given["overrides"] else saved["overrides"]}
     for name in full["optimizers"]:  # every space and override composed before anything is written
-        check_spec({"space": full["spaces"][name], "overrides": [f"optimizer={name}", *full["overrides"]], "seeds": [0]})
+        check_spec({"space": full["spaces"][name], "overrides": [f"optimizer={name}", *full["overrides"]],
+                    "seeds": [0]})
     race_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_bytes(race_dir / SAVED, yaml.safe_dump(full, sort_keys=False).encode())
     return full
