@@ -164,3 +164,24 @@ def test_relaxed_targets_rank_by_steps_to_each_target():
     same = robustness.across({"[32]": {"a": 0.9, "b": 0.8, "c": 0.7}, "[64]": {"a": 0.91, "b": 0.85, "c": 0.6}})
     assert same["tau_vs_first"].tolist() == [1.0, 1.0]
     assert "holds" in robustness.words(same, "tau_vs_first", "the model width")
+
+
+def test_a_verdict_is_reported_as_the_look_that_resolved_it():
+    from optbench.race import tables
+
+    def comparison(other, resolved, difference, low, high):
+        return {"other": other, "resolved": resolved, "difference": difference, "low": low, "high": high,
+                "p": 0.01 if resolved else 0.2, "p_holm": 0.02 if resolved else 0.3}
+
+    result = {"names": ["a", "b", "c"], "resolved": {(0, 1), (0, 2)}, "looks": [
+        {"seeds": 3, "level": 0.001, "leader": 0,
+         "comparisons": [comparison(1, True, 0.05, 0.01, 0.09), comparison(2, False, 0.02, -0.01, 0.05)]},
+        {"seeds": 5, "level": 0.02, "leader": 0,
+         "comparisons": [comparison(1, False, 0.03, -0.01, 0.07), comparison(2, True, 0.02, 0.005, 0.035)]}]}
+    rows = tables.verdicts(result).set_index("other")
+    assert rows.loc["b", "seeds"] == 3 and rows.loc["b", "difference"] == 0.05 and rows.loc["b", "look_alpha"] == 0.001
+    assert rows.loc["c", "seeds"] == 5 and rows.loc["c", "low"] == 0.005
+    assert rows["resolved"].all() and rows["could_hide"].isna().all()
+    result["looks"][1]["comparisons"][1]["resolved"] = False  # c never resolved: the last look, and what it may hide
+    rows = tables.verdicts(result).set_index("other")
+    assert not rows.loc["c", "resolved"] and rows.loc["c", "could_hide"] == pytest.approx(0.035)

@@ -74,22 +74,22 @@ def _median_best(entries) -> float:
 
 
 def verdicts(result: dict):
-    """One row per comparison with the leader at the last look: the look, whether resolved, the interval and
-    (unresolved) the difference it could still hide."""
+    """One row per comparison with the last look's leader: a resolved one as the look that resolved it saw it
+    (its seeds, difference, interval, level), an unresolved one as the last look saw it, with the difference
+    it could still hide (the far end of its interval)."""
     import pandas as pd
 
     last = result["looks"][-1]
     names = result["names"]
-    leader = names[last["leader"]]
     rows = []
     for c in last["comparisons"]:
-        ever = (last["leader"], c["other"]) in result["resolved"]
-        at = next((look["seeds"] for look in result["looks"] if look["leader"] == last["leader"] and any(
-            x["other"] == c["other"] and x["resolved"] for x in look["comparisons"])), np.nan)
-        rows.append({"leader": leader, "other": names[c["other"]], "seeds": last["seeds"],
-                     "difference": c["difference"], "low": c["low"], "high": c["high"], "p": c["p"],
-                     "p_holm": c["p_holm"], "look_alpha": last["level"], "resolved": ever, "resolved_at_seeds": at,
-                     "could_hide": np.nan if ever else sequential.hidden_difference(c)})
+        # the first look with this leader that resolved this comparison (the procedure keeps a resolution)
+        look, row = next(((look, x) for look in result["looks"] if look["leader"] == last["leader"]
+                          for x in look["comparisons"] if x["other"] == c["other"] and x["resolved"]), (last, c))
+        rows.append({"leader": names[last["leader"]], "other": names[c["other"]], "seeds": look["seeds"],
+                     "difference": row["difference"], "low": row["low"], "high": row["high"], "p": row["p"],
+                     "p_holm": row["p_holm"], "look_alpha": look["level"], "resolved": row["resolved"],
+                     "could_hide": np.nan if row["resolved"] else sequential.hidden_difference(row)})
     return pd.DataFrame(rows)
 
 
