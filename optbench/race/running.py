@@ -44,6 +44,8 @@ def run_study(search_dir: Path, spec: dict, sobol_seed: int, threads: int | None
     study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(search_dir / 'study.db').resolve()}",
                                 load_if_exists=True, direction="maximize")
     enqueue_grid(study, spaces.sobol_points(spec["space"], spec["trials"], sobol_seed))
+    # run_search logs its sampler as 'random': it is never asked, every trial is one of these queued points
+    log.info("race: %s: %d Sobol points (scramble seed %d)", search_dir, spec["trials"], sobol_seed)
     return run_search(search_dir, spec, threads)
 
 
