@@ -110,6 +110,10 @@ def test_a_chosen_value_in_the_outer_five_percent_or_on_the_last_grid_step_is_fl
                          "optimizer.momentum": 0.7}, space) == {}
     assert spaces.edges({"optimizer.precondition_frequency": 20, "optimizer.momentum": 0.99}, space) == {
         "optimizer.precondition_frequency": "high", "optimizer.momentum": "high"}
+    # 8 quasi-random points: the outer eighth is one grid step (0.90 of the way up the range: 10 ** -1.3)
+    assert spaces.edges({"optimizer.lr": 10 ** -1.3}, space) == {}
+    assert spaces.edges({"optimizer.lr": 10 ** -1.3}, space, trials=8) == {"optimizer.lr": "high"}
+    assert spaces.edges({"optimizer.lr": 10 ** -1.3}, space, trials=40) == {}
     wider = spaces.widened(space, {"optimizer.lr": "high", "optimizer.momentum": "high"})
     assert wider["optimizer.lr"]["high"] == pytest.approx(1.0) and wider["optimizer.lr"]["low"] == 1e-4
     assert wider["optimizer.momentum"] == "uniform(0.5, 1.0)"  # a linear range's bounds mean something

@@ -47,7 +47,7 @@ def test_every_optimizer_gets_the_same_tuning_budget_and_the_edge_is_flagged(rac
     assert chosen.loc["sgd", "edges"] == "optimizer.lr high"
     assert chosen.loc["sgd", "optimizer.lr"] == pytest.approx(1e-4)
     page = (race_dir / "race.md").read_text()
-    assert "Under-tuned: sgd: optimizer.lr = 0.0001 at the high edge of its range" in page
+    assert "sgd: optimizer.lr = 0.0001 at the high edge of its range" in page
     assert "Equal in trials and steps." in page
 
 

@@ -37,7 +37,7 @@ def main(args: list[str]) -> int:
     studies = running.tune(race_dir, settings, opts.threads)
     if settings["extend_edges"]:
         studies = running.extend(race_dir, settings, studies, opts.threads)
-    chosen = tables.chosen(studies)
+    chosen = tables.chosen(studies, settings["trials"])
     if len(chosen) < 2:
         print("optbench: error: fewer than two optimizers completed a trial: nothing to race "
               "(tuning/<opt>/*/trials.csv gives each reason)", file=sys.stderr)

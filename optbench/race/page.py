@@ -99,7 +99,9 @@ def sections(r: dict) -> list[tuple[str, str, object]]:
          + ("Equal in trials and steps." if not r["unequal"] else "NOT EQUAL: " + "; ".join(r["unequal"])),
          r["ledger"]),
         ("Chosen configurations", "Best trial on validation (tuning seed 0); AlgoPerf's score is the median over "
-         "studies of each study's best. " + ("Under-tuned: " + "; ".join(flags) + " (rerun with --extend-edges)."
+         "studies of each study's best. " + (("Still at an edge after the extension: " if s["extend_edges"] else
+                                             "Under-tuned: ") + "; ".join(flags)
+                                            + ("." if s["extend_edges"] else " (rerun with --extend-edges).")
                                              if flags else "No chosen value lies at the edge of its range.")
          + (extension if s["extend_edges"] else ""),
          r["chosen_table"]),

@@ -86,7 +86,7 @@ def extend(race_dir: Path, settings: dict, studies: dict, threads: int | None) -
     seed = settings["sampler_seed"] + settings["studies"]
     for name in settings["optimizers"]:
         _, space, trial = best_trial(studies[name]) or (None, settings["spaces"][name], None)
-        flagged = spaces.edges(trial.params, space) if trial is not None else {}
+        flagged = spaces.edges(trial.params, space, settings["trials"]) if trial is not None else {}
         wide = spaces.widened(settings["spaces"][name], flagged)
         spec = search_spec(settings, name, wide, settings["trials"], seed)
         studies[name].append(("extra", wide, run_study(race_dir / "tuning" / name / "extra", spec, seed, threads)))

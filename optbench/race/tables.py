@@ -50,20 +50,29 @@ def trials(studies: dict, lr_key: str = "optimizer.lr"):
     return out
 
 
-def chosen(studies: dict) -> dict:
-    """{optimizer: {study, params, score, edges}}: the best trial on validation, and its edge flags."""
+def chosen(studies: dict, trials: int) -> dict:
+    """{optimizer: {study, params, score, edges}}: the best trial on validation, and its edge flags (at the grid
+    step of `trials` points per study)."""
     out = {}
     for name, entries in studies.items():
         best = running.best_trial(entries)
         if best is not None:
             label, space, trial = best
             first = running.best_trial([e for e in entries if e[0] != "extra"])
-            out[name] = {"edges_before_extension": spaces.edges(first[2].params, first[1]) if first else {},
+            out[name] = {"edges_before_extension": _edges(first, trials),
                          "study": label, "number": trial.number,
                          "run": f"tuning/{name}/{label}/{trial.user_attrs['runs'][0]}", "params": dict(trial.params),
-                         "score": float(trial.value), "edges": spaces.edges(trial.params, space),
+                         "score": float(trial.value), "edges": _edges(best, trials),
                          "median_of_studies": _median_best(entries)}
     return out
+
+
+def _edges(best, trials: int) -> dict:
+    """The edge flags of a best (study name, space, trial)."""
+    if best is None:
+        return {}
+    _, space, trial = best
+    return spaces.edges(trial.params, space, trials)
 
 
 def _median_best(entries) -> float:
