@@ -189,3 +189,18 @@ def test_a_verdict_is_reported_as_the_look_that_resolved_it():
     result["looks"][1]["comparisons"][1]["resolved"] = False  # c never resolved: the last look, and what it may hide
     rows = tables.verdicts(result).set_index("other")
     assert not rows.loc["c", "resolved"] and rows.loc["c", "could_hide"] == pytest.approx(0.035)
+
+
+def test_every_declared_space_names_an_optimizer_and_composes_with_it():
+    from optbench.compose import compose_config, group_options
+    from optbench.search.settings import check_spec
+
+    declared = spaces.default_spaces()
+    assert set(declared) - {"default"} <= set(group_options("optimizer"))
+    for name, space in declared.items():
+        assert "optimizer.lr" in space and "log(" in str(space["optimizer.lr"]), name
+        overrides = [] if name == "default" else [f"optimizer={name}"]
+        check_spec({"space": space, "overrides": overrides, "seeds": [0]})
+        # a trial sets optimizer keys with ++, which would add a misspelt one: each must be one its YAML file sets
+        optimizer = compose_config(overrides).optimizer
+        assert all(key.removeprefix("optimizer.") in optimizer for key in space), name
