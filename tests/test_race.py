@@ -175,7 +175,7 @@ def test_a_verdict_is_reported_as_the_look_that_resolved_it():
 
     def comparison(other, resolved, difference, low, high):
         return {"other": other, "resolved": resolved, "difference": difference, "low": low, "high": high,
-                "p": 0.01 if resolved else 0.2, "p_holm": 0.02 if resolved else 0.3}
+                "p": 0.01 if resolved else 0.2, "p_holm": 0.02 if resolved else 0.3, "alpha": 0.01}
 
     result = {"names": ["a", "b", "c"], "resolved": {(0, 1), (0, 2)}, "looks": [
         {"seeds": 3, "level": 0.001, "leader": 0,

@@ -69,10 +69,13 @@ def verdict_lines(verdicts, limits, alpha: float) -> list[str]:
         tail = f"; this test set resolves differences of {100 * test_limit:.2f} points or more between these two models"
         if v["resolved"]:
             lines.append(f"{v['leader']} beats {v['other']} by {100 * v['difference']:.2f} points of test accuracy "
-                         f"(resolved at {v['seeds']} seeds; interval {interval} at level {v['look_alpha']:.3g})" + tail)
+                         f"(resolved at {v['seeds']} seeds; {100 * (1 - v['interval_alpha']):.1f}% interval "
+                         f"{interval})" + tail)
         else:
             lines.append(f"{v['leader']} vs {v['other']}: not resolved after {v['seeds']} seeds (the cap): "
-                         f"difference {100 * v['difference']:+.2f} points, interval {interval}; a difference up to "
+                         f"difference {100 * v['difference']:+.2f} points, "
+                         f"{100 * (1 - v['interval_alpha']):.1f}% interval "
+                         f"{interval}; a difference up to "
                          f"{100 * v['could_hide']:.2f} points could still hide there" + tail)
     return lines
 

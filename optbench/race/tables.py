@@ -97,7 +97,8 @@ def verdicts(result: dict):
                           for x in look["comparisons"] if x["other"] == c["other"] and x["resolved"]), (last, c))
         rows.append({"leader": names[last["leader"]], "other": names[c["other"]], "seeds": look["seeds"],
                      "difference": row["difference"], "low": row["low"], "high": row["high"], "p": row["p"],
-                     "p_holm": row["p_holm"], "look_alpha": look["level"], "resolved": row["resolved"],
+                     "p_holm": row["p_holm"], "look_alpha": look["level"],
+                     "interval_alpha": row["alpha"], "resolved": row["resolved"],
                      "could_hide": np.nan if row["resolved"] else sequential.hidden_difference(row)})
     return pd.DataFrame(rows)
 
