@@ -25,20 +25,23 @@ def lr_figure(trials: dict, chosen: dict, epsilon: float):
     ax = fig.subplots()
     finite = [f["score"].dropna() for f in trials.values() if len(f)]
     floor = min((s.min() for s in finite if len(s)), default=0.0)
-    for colour, (name, frame) in zip(palette(len(trials)), trials.items()):
+    markers = "osD^vP*X"  # a shape per optimizer too: dots of neighbouring rates overlap
+    for i, (colour, (name, frame)) in enumerate(zip(palette(len(trials)), trials.items())):
         if not len(frame):
             continue
         frame = frame.sort_values(LR_KEY)
         ok = frame["score"].notna()
-        ax.plot(frame.loc[ok, LR_KEY], frame.loc[ok, "score"], "o", color=colour, ms=5, alpha=0.8, label=name)
+        ax.plot(frame.loc[ok, LR_KEY], frame.loc[ok, "score"], markers[i % len(markers)], color=colour, ms=5,
+                alpha=0.8, label=name)
         ax.plot(frame.loc[~ok, LR_KEY], [floor] * int((~ok).sum()), "x", color=colour, ms=6)
         if name in chosen:
             best = chosen[name]
-            ax.plot([best["params"][LR_KEY]], [best["score"]], "o", ms=12, mfc="none", mec=colour, mew=2)
+            ax.plot([best["params"][LR_KEY]], [best["score"]], "o", ms=13, mfc="none", mec=colour, mew=2)
             ax.axhspan(best["score"] - epsilon, best["score"], color=colour, alpha=0.08)
     ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="validation accuracy (trial's seed)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="optimizer", fontsize=8, loc="lower left")
+    # below the axes: no trial hidden behind it, and the title keeps the full width
+    fig.legend(title="optimizer", fontsize=8, loc="outside lower center", ncols=min(len(trials), 5))
     return fig
 
 
