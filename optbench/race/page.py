@@ -127,7 +127,8 @@ def sections(r: dict) -> list[tuple[str, str, object]]:
 def markdown(r: dict) -> str:
     parts = [f"# Optimizer race: {', '.join(r['settings']['optimizers'])}\n",
              f"Race directory `{r['dir']}`; every run directory named below is relative to it. "
-             f"Finished in {r['wall_time']:.0f} s (this invocation).\n"]
+             f"This invocation took {r['wall_time']:.0f} s; the race's runs took {_run_time(r):.0f} s in all "
+             "(the ledger's wall time, over every invocation).\n"]
     for heading, text, table in sections(r):
         parts.append(f"## {heading}\n\n{text}\n")
         if heading == "Command":
@@ -141,7 +142,8 @@ def markdown(r: dict) -> str:
 
 def write_html(r: dict, fig) -> str:
     parts = [f"<h1>Optimizer race: {html.escape(', '.join(r['settings']['optimizers']))}</h1>",
-             f"<p>Race directory <code>{html.escape(str(r['dir']))}</code>; finished in {r['wall_time']:.0f} s.</p>"]
+             f"<p>Race directory <code>{html.escape(str(r['dir']))}</code>; this invocation took "
+             f"{r['wall_time']:.0f} s; the race's runs took {_run_time(r):.0f} s in all.</p>"]
     for heading, text, table in sections(r):
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         lines = text.split("\n")
@@ -159,6 +161,10 @@ def write_html(r: dict, fig) -> str:
     title = html.escape("optbench race")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+def _run_time(r: dict) -> float:
+    return float(r["ledger"]["wall_time_s"].sum())
 
 
 def command_line(argv: list[str]) -> str:
