@@ -137,13 +137,23 @@ def settle(race_dir: Path, given: dict) -> dict:
             if clash:
                 raise UserError(f"{race_dir} holds a race with other {', '.join(clash)}; resume it without "
                                 "changing them (or give only --dir), or pick a new --dir")
-        full = {**saved, "overrides": full["overrides"] if full and given["overrides"] else saved["overrides"]}
+        full = {**saved, "overrides": _resumed_overrides(saved["overrides"], given["overrides"]),
+                # the good region's margin only reads the runs: a resumed race may draw it anew
+                "epsilon": given["epsilon"] or saved["epsilon"]}
     for name in full["optimizers"]:  # every space and override composed before anything is written
         check_spec({"space": full["spaces"][name], "overrides": [f"optimizer={name}", *full["overrides"]],
                     "seeds": [0]})
     race_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_bytes(race_dir / SAVED, yaml.safe_dump(full, sort_keys=False).encode())
     return full
+
+
+def _resumed_overrides(saved: list[str], given: list[str] | None) -> list[str]:
+    """The saved experiment, run where and how this command says (data.root, device: rundir.RUN_SETTINGS)."""
+    if not given:
+        return saved
+    factors = comparable("overrides", given)
+    return [*comparable("overrides", saved), *(o for o in given if o not in factors)]
 
 
 def _fill(given: dict) -> dict:
