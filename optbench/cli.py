@@ -43,7 +43,7 @@ commands:
   search --space NAME [--sampler random|tpe|cmaes|grid] [--trials N] [--seeds 0,1] [--dir DIR] [overrides]
                         Optuna search over config keys; every trial is a run directory (`optbench search -h`);
                         --space crowded_valley: one-shot vs tuning budgets per schedule (valley.csv/.png)
-  race --optimizers adamw,lion,... [--trials N] [--steps S] [--seeds 3,2,7] [--dir DIR] [overrides]   a fair race: equal budgets, seeds until resolved, one page (`optbench race -h`)
+  race --optimizers A,B,... [--trials N] [--steps S] [--dir DIR]  a fair race: equal budgets, seeds until resolved
   gradcheck [overrides] autograd vs finite differences on the configured model (float64)
   trajectories [overrides] [--gif] [--out DIR]
                         optimizers from conf/optimizer/ stepping on a 2-D surface (surface=quadratic|...)
