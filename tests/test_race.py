@@ -204,3 +204,12 @@ def test_every_declared_space_names_an_optimizer_and_composes_with_it():
         # a trial sets optimizer keys with ++, which would add a misspelt one: each must be one its YAML file sets
         optimizer = compose_config(overrides).optimizer
         assert all(key.removeprefix("optimizer.") in optimizer for key in space), name
+
+
+def test_a_resumed_race_keeps_its_experiment_and_runs_where_this_command_says():
+    from optbench.race.command import _resumed_overrides
+
+    saved = ["model.hidden=[32]", "data.root=/old", "trainer.max_steps=20"]
+    assert _resumed_overrides(saved, None) == saved
+    assert _resumed_overrides(saved, ["data.root=/new"]) == ["model.hidden=[32]", "trainer.max_steps=20",
+                                                              "data.root=/new"]
