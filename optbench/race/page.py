@@ -70,6 +70,9 @@ def verdict_lines(verdicts, limits, alpha: float) -> list[str]:
         interval = f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] points"
         test_limit = limit.get(v["other"], np.nan)
         tail = f"; this test set resolves differences of {100 * test_limit:.2f} points or more between these two models"
+        if v["resolved"] and abs(v["difference"]) < test_limit:
+            tail += (": the difference holds on average over seeds, yet two single models this far apart could not "
+                     "be told apart on these 10,000 images")
         if v["resolved"]:
             lines.append(f"{v['leader']} beats {v['other']} by {100 * v['difference']:.2f} points of test accuracy "
                          f"(resolved at {v['seeds']} seeds; {100 * (1 - v['interval_alpha']):.1f}% interval "
@@ -90,8 +93,9 @@ def sections(r: dict) -> list[tuple[str, str, object]]:
              for k, side in c["edges"].items()]
     extended = [f"{n} ({', '.join(f'{k} {side}' for k, side in c['edges_before_extension'].items())})"
                 for n, c in r["chosen"].items() if c["edges_before_extension"]] if s["extend_edges"] else []
-    extension = (" --extend-edges gave every optimizer the same extra trials (study 'extra'), over a range widened by "
-                 "a decade where the first studies' choice was at an edge: "
+    extension = (" --extend-edges gave every optimizer the same extra trials (study 'extra'); a log range whose first "
+                 "choice was at an edge was widened by a decade on that side (other ranges keep their bounds, which "
+                 "mean something: a momentum below 1, a warm-up within the run). At an edge in the first studies: "
                  + (", ".join(extended) or "none was") + ".")
     return [
         ("Command", "Reproduces (and resumes) this race:", None),

@@ -20,7 +20,7 @@ def run_row(run_dir: Path, optimizer: str, phase: str, trial) -> dict:
 
 def ledger_runs(race_dir: Path, studies: dict, seed_counts: dict):
     """One row per run the race counts: the finished trials' runs (a FAIL trial, interrupted, is rerun and not
-    counted) and the seed runs of the rounds made."""
+    counted), the seed runs of the rounds made, and --shapes' runs."""
     import pandas as pd
 
     rows = []
@@ -31,6 +31,9 @@ def ledger_runs(race_dir: Path, studies: dict, seed_counts: dict):
                 rows += [run_row(search_dir / r, name, "tuning", f"{label}/{t.number}") for r in t.user_attrs["runs"]]
         for s, path in enumerate(running.seed_dirs(race_dir, name, seed_counts.get(name, 0))):
             rows.append(run_row(path, name, "seeds", f"seed {running.FIRST_SEED + s}"))
+        for path in sorted((race_dir / "shapes").glob(f"*/{name}/seed=*")):  # --shapes: robustness runs
+            if rundir.read_summary(path) is not None:
+                rows.append(run_row(path, name, "shapes", path.parent.parent.name))
     return pd.DataFrame(rows)
 
 
