@@ -12,34 +12,44 @@ from optbench.results.html import CSS, png_data_uri
 LR_KEY = "optimizer.lr"
 
 
+ZOOM = 0.03  # the lower panel shows the top 3 points of accuracy, where the good regions are told apart
+
+
 def lr_figure(trials: dict, chosen: dict, epsilon: float):
-    """Validation accuracy of every trial against its learning rate, all optimizers on one axis; the chosen
-    trial ringed, diverged trials as crosses at the bottom."""
+    """Validation accuracy of every trial against its learning rate, all optimizers on one axis (above: every
+    trial, diverged ones as crosses at the bottom; below: the top ZOOM of accuracy), the chosen trial ringed and
+    the band within epsilon of it shaded."""
     from matplotlib.figure import Figure
 
     from optbench.results.plots import DPI, palette
 
-    fig = Figure(figsize=(9, 5), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(9, 7.5), dpi=DPI, layout="constrained")
     fig.suptitle("Validation accuracy against learning rate "
                  f"(one dot per trial; ring: chosen; band: within {epsilon:g} of it)")
-    ax = fig.subplots()
+    full, zoom = fig.subplots(2, 1, sharex=True, height_ratios=(1, 1.3))
     finite = [f["score"].dropna() for f in trials.values() if len(f)]
     floor = min((s.min() for s in finite if len(s)), default=0.0)
+    top = max((s.max() for s in finite if len(s)), default=1.0)
     markers = "osD^vP*X"  # a shape per optimizer too: dots of neighbouring rates overlap
     for i, (colour, (name, frame)) in enumerate(zip(palette(len(trials)), trials.items())):
         if not len(frame):
             continue
         frame = frame.sort_values(LR_KEY)
         ok = frame["score"].notna()
-        ax.plot(frame.loc[ok, LR_KEY], frame.loc[ok, "score"], markers[i % len(markers)], color=colour, ms=5,
-                alpha=0.8, label=name)
-        ax.plot(frame.loc[~ok, LR_KEY], [floor] * int((~ok).sum()), "x", color=colour, ms=6)
-        if name in chosen:
-            best = chosen[name]
-            ax.plot([best["params"][LR_KEY]], [best["score"]], "o", ms=13, mfc="none", mec=colour, mew=2)
-            ax.axhspan(best["score"] - epsilon, best["score"], color=colour, alpha=0.08)
-    ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="validation accuracy (trial's seed)")
-    ax.grid(alpha=0.3, which="both")
+        for ax in (full, zoom):
+            ax.plot(frame.loc[ok, LR_KEY], frame.loc[ok, "score"], markers[i % len(markers)], color=colour, ms=5,
+                    alpha=0.8, label=name if ax is full else None)
+            if name in chosen:
+                best = chosen[name]
+                ax.plot([best["params"][LR_KEY]], [best["score"]], "o", ms=13, mfc="none", mec=colour, mew=2)
+                ax.axhspan(best["score"] - epsilon, best["score"], color=colour, alpha=0.08)
+        full.plot(frame.loc[~ok, LR_KEY], [floor] * int((~ok).sum()), "x", color=colour, ms=6)
+    zoom.set_ylim(top - ZOOM, top + ZOOM / 10)
+    full.set(xscale="log", ylabel="validation accuracy\n(every trial)")
+    zoom.set(xscale="log", xlabel="learning rate (log scale)",
+             ylabel=f"validation accuracy\n(top {100 * ZOOM:g} points)")
+    for ax in (full, zoom):
+        ax.grid(alpha=0.3, which="both")
     # below the axes: no trial hidden behind it, and the title keeps the full width
     fig.legend(title="optimizer", fontsize=8, loc="outside lower center", ncols=min(len(trials), 5))
     return fig
