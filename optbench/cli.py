@@ -50,6 +50,7 @@ commands:
   search --space NAME [--sampler random|tpe|cmaes|grid] [--trials N] [--seeds 0,1] [--dir DIR] [overrides]
                         Optuna search over config keys; every trial is a run directory (`optbench search -h`);
                         --space crowded_valley: one-shot vs tuning budgets per schedule (valley.csv/.png)
+  race --optimizers A,B,... [--trials N] [--steps S] [--dir DIR]  a fair race: equal budgets, seeds until resolved
   gradcheck [overrides] autograd vs finite differences on the configured model (float64)
   trajectories [overrides] [--gif] [--out DIR]
                         optimizers from conf/optimizer/ stepping on a 2-D surface (surface=quadratic|...)
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": train, "list": list_options, "data": data_command, "gradcheck": gradcheck_command,
                 "trajectories": trajectories_command, "landscape": landscape_command, "search": search_command,
                 "report": report_command, "plot": plot_command, "export": export_command,
-                "bench": bench_command, "lectures": lectures_command}
+                "bench": bench_command, "lectures": lectures_command,
+                "race": lambda args: __import__("optbench.race.command", fromlist=["main"]).main(args)}
     if command in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0

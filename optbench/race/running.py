@@ -1,0 +1,157 @@
+"""Running a race: one search per optimizer and study (the search package's, Sobol points queued into it), the
+chosen configurations rerun with paired seeds in rounds, and the tables read back from the run directories.
+
+A race directory holds:
+  race.yaml                  the settings; a rerun with the same --dir resumes them (a changed one is refused)
+  tuning/<opt>/study<k>/     a search directory (search.yaml, study.db, runs/, trials.csv): its resume is the race's
+  tuning/<opt>/extra/        --extend-edges: the same extra budget for every optimizer (widened range if flagged)
+  seeds/<opt>/seed=<s>/      the chosen configuration's runs on fresh seeds 1000, 1001, ... (the same for all)
+  predictions/<opt>.npz      the first seed run's class for each test image, with the labels
+  ledger.csv, verdicts.csv, looks.csv, testset.csv, sensitivity.csv, checkpoints.csv, targets.csv, race.md/.html
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from optbench.race import sequential, spaces
+from optbench.results import rundir
+from optbench.search.running import enqueue_grid, run_one, run_search
+from optbench.search.settings import settle_spec
+from optbench.search.spaces import trial_overrides
+
+log = logging.getLogger(__name__)
+FIRST_SEED = 1000  # fresh seeds: the tuning seed (0) chose the configurations
+STUDY_NAME = "optbench"  # the search package's name for the study in DIR/study.db
+CHANCE = 0.1  # a diverged seed run scores as guessing among 10 classes (it is not left out: that would flatter it)
+VERDICT = "final.test_acc"  # the end of the schedule (Wen et al.: compare there), the weights predictions use
+
+
+def search_spec(settings: dict, optimizer: str, space: dict, trials: int, sampler_seed: int) -> dict:
+    """The search package's settings for one optimizer's study. Sampler 'random' is never asked: every trial
+    is a queued Sobol point (spaces.sobol_points), so the search runs them in order and resumes them."""
+    return {"space": space, "sampler": "random", "trials": trials, "seeds": [0], "sampler_seed": sampler_seed,
+            "overrides": [f"optimizer={optimizer}", *settings["overrides"]]}
+
+
+def run_study(search_dir: Path, spec: dict, sobol_seed: int, threads: int | None):
+    """Queue the study's Sobol points not yet finished or queued, then run (or resume) the search."""
+    import optuna
+
+    spec = settle_spec(search_dir, spec)  # checks every setting, makes the folder
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(search_dir / 'study.db').resolve()}",
+                                load_if_exists=True, direction="maximize")
+    enqueue_grid(study, spaces.sobol_points(spec["space"], spec["trials"], sobol_seed))
+    # run_search logs its sampler as 'random': it is never asked, every trial is one of these queued points
+    log.info("race: %s: %d Sobol points (scramble seed %d)", search_dir, spec["trials"], sobol_seed)
+    return run_search(search_dir, spec, threads)
+
+
+def finished_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def tune(race_dir: Path, settings: dict, threads: int | None) -> dict:
+    """Every optimizer's studies: {optimizer: [(study name, space, study)]}. The i-th study of every
+    optimizer draws the same Sobol cube (seed sampler_seed + i)."""
+    out = {}
+    for name in settings["optimizers"]:
+        space = settings["spaces"][name]
+        out[name] = []
+        for k in range(settings["studies"]):
+            seed = settings["sampler_seed"] + k
+            spec = search_spec(settings, name, space, settings["trials"], seed)
+            directory = race_dir / "tuning" / name / f"study{k}"
+            out[name].append((f"study{k}", space, run_study(directory, spec, seed, threads)))
+    return out
+
+
+def best_trial(studies: list):
+    """(study name, space, trial) of the best COMPLETE trial over an optimizer's studies; None if none completed."""
+    best = None
+    for label, space, study in studies:
+        for t in study.get_trials(deepcopy=False):
+            if t.value is not None and (best is None or t.value > best[2].value):
+                best = (label, space, t)
+    return best
+
+
+def extend(race_dir: Path, settings: dict, studies: dict, threads: int | None) -> dict:
+    """--extend-edges: every optimizer gets `trials` more trials (the same extra budget); a flagged one over its
+    widened range, the others over their own (a new Sobol scramble, so no point repeats)."""
+    seed = settings["sampler_seed"] + settings["studies"]
+    for name in settings["optimizers"]:
+        _, space, trial = best_trial(studies[name]) or (None, settings["spaces"][name], None)
+        flagged = spaces.edges(trial.params, space, settings["trials"]) if trial is not None else {}
+        wide = spaces.widened(settings["spaces"][name], flagged)
+        spec = search_spec(settings, name, wide, settings["trials"], seed)
+        studies[name].append(("extra", wide, run_study(race_dir / "tuning" / name / "extra", spec, seed, threads)))
+    return studies
+
+
+def seed_run(race_dir: Path, settings: dict, name: str, params: dict, seed: int) -> dict:
+    """The chosen configuration on one seed; a finished run is read, an unfinished one resumed (trainer.resume)."""
+    run_dir = race_dir / "seeds" / name / f"seed={seed}"
+    summary = rundir.read_summary(run_dir)
+    if summary is None or summary["status"] not in rundir.FINISHED:
+        summary = run_one([f"optimizer={name}", *settings["overrides"], *trial_overrides(params), f"seed={seed}"],
+                          run_dir)
+    if summary["status"] == "interrupted":
+        raise KeyboardInterrupt
+    return summary
+
+
+def verdict_value(summary: dict) -> float:
+    value = (summary.get("final") or {}).get("test_acc", np.nan) if summary["status"] == "completed" else np.nan
+    return float(value) if np.isfinite(value) else CHANCE
+
+
+def seed_rounds(race_dir: Path, settings: dict, chosen: dict) -> dict:
+    """Seeds in rounds until every comparison with the leader is resolved or the cap (sequential.run)."""
+    names = list(chosen)
+    seeds = settings["seeds"]
+    counts = sequential.looks(seeds["first"], seeds["step"], seeds["cap"])
+
+    def draw(n: int) -> np.ndarray:
+        log.info("seeds: %d per optimizer", n)
+        return np.array([[verdict_value(seed_run(race_dir, settings, name, chosen[name], FIRST_SEED + s))
+                          for s in range(n)] for name in names])
+
+    result = sequential.run(draw, counts, settings["alpha"])
+    result["names"] = names
+    result["counts"] = counts
+    return result
+
+
+def shape_scores(race_dir: Path, settings: dict, chosen: dict, base: dict) -> dict:
+    """--shapes: each optimizer's chosen configuration (tuned on the race's model) trained on other hidden layer
+    shapes with the first round's seeds: {shape: {optimizer: mean verdict value}}, the race's own model first
+    (`base`, over the same seeds). Whether a ranking carries over to another model is the question, so nothing
+    is re-tuned there."""
+    n = settings["seeds"]["first"]
+    out = {"race's model": base}
+    for shape in settings.get("shapes") or []:
+        extra = [*settings["overrides"], f"model.hidden={shape}"]
+        scores = {}
+        for name, params in chosen.items():
+            values = []
+            for s in range(n):
+                run_dir = race_dir / "shapes" / rundir.folder_name(shape) / name / f"seed={FIRST_SEED + s}"
+                summary = rundir.read_summary(run_dir)
+                if summary is None or summary["status"] not in rundir.FINISHED:
+                    summary = run_one([f"optimizer={name}", *extra, *trial_overrides(params),
+                                       f"seed={FIRST_SEED + s}"], run_dir)
+                if summary["status"] == "interrupted":
+                    raise KeyboardInterrupt
+                values.append(verdict_value(summary))
+            scores[name] = float(np.mean(values))
+        out[f"hidden={shape}"] = scores
+    return out
+
+
+def seed_dirs(race_dir: Path, name: str, n: int) -> list[Path]:
+    return [race_dir / "seeds" / name / f"seed={FIRST_SEED + s}" for s in range(n)]
