@@ -4,10 +4,14 @@ verdicts, the ledger, the flags, the test set's limit, sensitivity, robustness a
 import html
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from optbench.results.html import CSS, png_data_uri
+
+if TYPE_CHECKING:  # pandas is imported where a page is made, not when the command starts
+    import pandas as pd
 
 LR_KEY = "optimizer.lr"
 
@@ -66,9 +70,10 @@ def _md_table(frame) -> str:
 
 def _cell(v) -> str:
     if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "" if np.isnan(v) else str(v)
-        return f"{v:.3g}" if abs(v) >= 1e5 else f"{v:.4g}"
+        x = float(v)
+        if not np.isfinite(x):
+            return "" if np.isnan(x) else str(x)
+        return f"{x:.3g}" if abs(x) >= 1e5 else f"{x:.4g}"
     return str(v)
 
 
@@ -96,7 +101,7 @@ def verdict_lines(verdicts, limits, alpha: float) -> list[str]:
     return lines
 
 
-def sections(r: dict) -> list[tuple[str, str, object]]:
+def sections(r: dict) -> list[tuple[str, str, "pd.DataFrame | None"]]:
     """(heading, text, table) in page order, from the race's results `r` (command.finish builds it)."""
     s = r["settings"]
     flags = [f"{n}: {k} = {c['params'][k]:.4g} at the {side} edge of its range" for n, c in r["chosen"].items()

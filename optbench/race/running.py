@@ -58,7 +58,7 @@ def finished_trials(study) -> list:
 def tune(race_dir: Path, settings: dict, threads: int | None) -> dict:
     """Every optimizer's studies: {optimizer: [(study name, space, study)]}. The i-th study of every
     optimizer draws the same Sobol cube (seed sampler_seed + i)."""
-    out = {}
+    out: dict[str, list] = {}
     for name in settings["optimizers"]:
         space = settings["spaces"][name]
         out[name] = []
@@ -105,7 +105,10 @@ def seed_run(race_dir: Path, settings: dict, name: str, params: dict, seed: int)
     return summary
 
 
-def verdict_value(summary: dict) -> float:
+def verdict_value(summary: dict | None) -> float:
+    """The test accuracy a seed run ends with; a run that did not complete scores chance."""
+    if summary is None:
+        return CHANCE
     value = (summary.get("final") or {}).get("test_acc", np.nan) if summary["status"] == "completed" else np.nan
     return float(value) if np.isfinite(value) else CHANCE
 
