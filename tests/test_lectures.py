@@ -5,20 +5,21 @@ import hashlib
 import io
 import json
 import re
-from pathlib import Path
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from test_html_report import CHROMIUM, FLAGS
+
+from optbench import lectures
 
 from conftest import REPO, compose, optbench
-from optbench import lectures
-from test_html_report import CHROMIUM, FLAGS
 
 # the lecture notes sit beside the checkout on the development machines; a fresh clone checks against the copy of
 # them kept with the tests (test_the_copied_notes_are_the_notes keeps it the same)
@@ -299,9 +300,9 @@ def _outside(ax) -> list:
 
 
 def test_tiny_claim_has_curves_to_project(tiny, tmp_path):
-    from figure_checks import drawn
-
     from optbench.lectures.figures import figure
+
+    from figure_checks import drawn
 
     out, _, _ = tiny
     (tmp_path / "tiny.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'"))

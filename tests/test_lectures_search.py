@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import optbench
 from optbench import lectures
+
+from conftest import optbench
 
 pytest.importorskip("optuna")
 

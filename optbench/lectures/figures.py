@@ -4,10 +4,11 @@ import textwrap
 
 import numpy as np
 
-from optbench.results import rundir
 from optbench.lectures.measures import QUANTITIES, batch_size, evaluations, layer_series
 from optbench.lectures.running import chosen_trials
 from optbench.lectures.verdicts import verdict_text
+from optbench.results import rundir
+
 
 def figure(claim: dict, result: dict, runs: list[dict]):
     """Left: the quantity per group (each seed a dot, the mean and its interval); right: the curve it comes from.

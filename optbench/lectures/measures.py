@@ -10,6 +10,7 @@ import numpy as np
 
 from optbench.results import rundir
 
+
 def evaluations(metrics, split: str, metric: str):
     rows = metrics[(metrics.split == split) & (metrics.metric == metric)]
     return rows.groupby("step")["value"].last()

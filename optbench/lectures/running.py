@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from optbench.results import rundir
 from optbench.errors import UserError
 from optbench.lectures.catalogue import experiment, override_key
 from optbench.lectures.measures import QUANTITIES
+from optbench.results import rundir
+
 
 def multiruns(groups: dict) -> list[tuple[str, list[str]]]:
     """(folder below runs/, overrides) of each `optbench train -m` the groups need.
