@@ -286,7 +286,8 @@ def check_interval(schedule) -> None:
         return
     takes_loss = any(p.default is p.empty and p.name != "self" for p in step)
     if takes_loss != (schedule.interval == "eval"):
-        wants = "eval (it steps with the validation loss)" if takes_loss else "step or epoch (eval is for schedule=plateau)"
+        wants = ("eval (it steps with the validation loss)" if takes_loss
+                 else "step or epoch (eval is for schedule=plateau)")
         raise UserError(f"schedule.interval={schedule.interval} cannot step {schedule._target_}: use {wants}")
 
 

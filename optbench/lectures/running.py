@@ -133,7 +133,8 @@ def group_of(run_overrides: list[str], groups: dict) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=(), damaged: list | None = None) -> list[dict]:
+def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=(),
+                    damaged: list | None = None) -> list[dict]:
     """Every run below out/<claim>/runs/ that belongs to one of the claim's groups at `scale` with the command
     line's `extra` overrides: group, seed, status, summary, config and metrics. A search claim's runs are its
     searches' trials, each with the seed of its search and its trial number. A run with a damaged file is
