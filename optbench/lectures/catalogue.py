@@ -157,7 +157,7 @@ def override_key(line: str) -> str:
 
 def merge_overrides(*lists) -> list[str]:
     """Later lists win per key: Hydra refuses the same key twice on one command line."""
-    merged = {}
+    merged: dict[str, str] = {}
     for lines in lists:
         for line in lines:
             merged.pop(override_key(line), None)

@@ -128,7 +128,8 @@ def main(args: list[str]) -> int:
         check(claim, opts.scale, extra)
     out = Path(opts.out or (OUT if opts.scale == "default" else f"{OUT}-{opts.scale}"))
     out.mkdir(parents=True, exist_ok=True)
-    done, failed, partial, damaged, started = [], [], [], [], time.perf_counter()
+    done, failed, partial, started = [], [], [], time.perf_counter()
+    damaged: list[str] = []  # the damaged files' messages, filled in by load_claim_runs
     for claim in claims:
         print(f"{claim['name']}: {claim['description']}")
         result = run_claim(claim, out, opts.scale, extra, opts.level, train_first=opts.action == "run",

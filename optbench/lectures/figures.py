@@ -1,6 +1,7 @@
 """The figure beside each verdict: the deciding quantity per seed, and the curve (or trials) it is read from."""
 
 import textwrap
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def _zoom_to_rings(ax, level: float):
     if ax.get_yscale() == "log":  # a zoom spans less than a decade: label every tenth of it
         from matplotlib.ticker import LogLocator
 
-        ax.yaxis.set_major_locator(LogLocator(subs=np.arange(1.0, 10.0)))
+        ax.yaxis.set_major_locator(LogLocator(subs=np.arange(1.0, 10.0).tolist()))
     ax.set_title("zoomed: where each seed first reaches the target", fontsize=10)
     ax.get_legend().remove()
 
@@ -196,9 +197,10 @@ def _trials_panel(right, claim: dict, runs: list[dict], colours):
 
 
 def _dotted(config: dict, key: str):
+    value: Any = config
     for part in key.split("."):
-        config = (config or {}).get(part)
-    return config
+        value = (value or {}).get(part)
+    return value
 
 
 def _curve(run, split: str, metric: str, x: str):

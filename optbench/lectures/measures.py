@@ -111,7 +111,8 @@ def distinct_units(run, claim) -> float:
     bias = next(v for k, v in state.items() if k.endswith("bias"))
     rows = torch.cat([weight, bias[:, None]], 1).double().numpy()
     tolerance = TOLERANCE * max(float(np.abs(rows).max()), 1e-12)
-    kept = []  # one row per group of rows within the tolerance of each other (rounding would split near-ties)
+    # one row per group of rows within the tolerance of each other (rounding would split near-ties)
+    kept: list[np.ndarray] = []
     for row in rows:
         if not any(np.abs(row - other).max() <= tolerance for other in kept):
             kept.append(row)

@@ -50,7 +50,7 @@ def markdown_section(claim: dict, result: dict) -> str:
 
 def handout(claim: dict, result: dict) -> str:
     """One claim's page for a lecturer to use as is (out/<claim>/handout.md, its figure beside it)."""
-    lines = [f"# {claim['description'] or claim['name']}", "", f"> {_quote(claim)}", ">",
+    lines: list[str | None] = [f"# {claim['description'] or claim['name']}", "", f"> {_quote(claim)}", ">",
              f"> lecture file `{claim['lecture']}`", "",
              "**The experiment.** " + "  \n".join(experiment_lines(claim, result)), ""]
     if result.get("figure"):
@@ -163,10 +163,11 @@ def scales_table(folders: list[Path], catalogue: Path = CATALOGUE) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect(out: Path, catalogue: Path = CATALOGUE):
+def collect(out: Path, catalogue: Path = CATALOGUE) -> tuple[list[dict], list[dict]] | None:
     """(claims, results) of every claim with a verdict.json below `out`, in catalogue order: the page covers
     every claim run into this folder so far, not only those of the last command."""
-    claims, results = [], []
+    claims: list[dict] = []
+    results: list[dict] = []
     for name in names(catalogue):
         path = out / name / "verdict.json"
         if path.is_file():
