@@ -10,9 +10,13 @@ import difflib
 import importlib.util
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from optbench import config_dirs
 from optbench.errors import UserError
+
+if TYPE_CHECKING:  # omegaconf stays off the `optbench list` / --help path
+    from omegaconf import DictConfig
 
 CONF = Path(__file__).parent / "conf"
 
@@ -53,7 +57,7 @@ def check_group_choices(args: list[str]) -> None:
                 )
 
 
-def validate_overrides(args: list[str]) -> list[tuple[str, object]]:
+def validate_overrides(args: list[str]) -> list[tuple[str, "DictConfig"]]:
     """Compose the config for every value a sweep names, so a bad key or type fails now, in one line.
 
     Hydra would report it too, but over several lines, and in a sweep only
@@ -73,7 +77,8 @@ def validate_overrides(args: list[str]) -> list[tuple[str, object]]:
     if parsed.help or parsed.hydra_help or parsed.shell_completion or parsed.info:
         return []
 
-    def line(o, value: str) -> str:
+    def line(o, value: str | None) -> str:
+        assert value is not None  # parsed from a command line: Hydra sets each override's input_line
         return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
 
     # hydra.compose takes no --config-dir: the user's folders travel as one hydra.searchpath override
@@ -90,7 +95,7 @@ def validate_overrides(args: list[str]) -> list[tuple[str, object]]:
     return composed if parsed.multirun else []
 
 
-def check_sweep(variants: list[tuple[str, object]]) -> None:
+def check_sweep(variants: list[tuple[str, "DictConfig"]]) -> None:
     """Build each value's run (model, optimizer, schedule, lengths) on the CPU before the first job starts,
     so `optimizer.lr=0.1,-1` or `trainer.batch_size=64,0` fails in one line instead of as job 2 of 50."""
     from optbench import data, trainer
@@ -247,7 +252,8 @@ def check_arguments(name: str, node) -> None:
 
     from optbench.optimizers import OWN_KEYS
 
-    args = OmegaConf.to_container(node, resolve=True)
+    # a `_target_` node is a mapping, so its container is a dict with string keys
+    args = cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
     try:
         target = _locate(args["_target_"])
         parameters = inspect.signature(target).parameters
@@ -286,7 +292,8 @@ def check_interval(schedule) -> None:
         return
     takes_loss = any(p.default is p.empty and p.name != "self" for p in step)
     if takes_loss != (schedule.interval == "eval"):
-        wants = "eval (it steps with the validation loss)" if takes_loss else "step or epoch (eval is for schedule=plateau)"
+        wants = ("eval (it steps with the validation loss)" if takes_loss
+                 else "step or epoch (eval is for schedule=plateau)")
         raise UserError(f"schedule.interval={schedule.interval} cannot step {schedule._target_}: use {wants}")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class, instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, vmap
 
 from optbench import data
@@ -70,7 +70,8 @@ def loss_of(run_dir: Path, cfg):
     """The run's loss, built from the package's own conf/loss/<name>.yaml (the name from its summary), with the
     run's plain-valued arguments: never a `_target_` read from the folder, which could name any callable."""
     summary = rundir.read_summary(run_dir) or {}
-    options = {p.stem: OmegaConf.load(p) for p in sorted((CONF / "loss").glob("*.yaml"))}
+    # each conf/loss/<name>.yaml is a mapping (its _target_ and arguments)
+    options = {p.stem: cast(DictConfig, OmegaConf.load(p)) for p in sorted((CONF / "loss").glob("*.yaml"))}
     name = (summary.get("choices") or {}).get("loss")
     if name is None:  # trained through the Python API without choices: the option whose class the run names
         target = (cfg.get("loss") or {}).get("_target_")

@@ -107,7 +107,7 @@ def prepared(words: list[str], mnist_root: Path, n: int, stamps: dict) -> list[s
 def test_the_commands_on_the_page_run(page, mnist_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     stamps: dict = {}
-    for n, (path, number, command) in enumerate(c for c in RUN if c[0] == page):
+    for n, (_path, number, command) in enumerate(c for c in RUN if c[0] == page):
         args = prepared(shell_words(command), mnist_root, n, stamps)
         out = optbench(*args)
         assert out.returncode == 0, f"{page.name}:{number}: optbench {' '.join(args)}\n{out.stderr[-3000:]}"

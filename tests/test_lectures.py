@@ -5,20 +5,21 @@ import hashlib
 import io
 import json
 import re
-from pathlib import Path
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from test_html_report import CHROMIUM, FLAGS
+
+from optbench import lectures
 
 from conftest import REPO, compose, optbench
-from optbench import lectures
-from test_html_report import CHROMIUM, FLAGS
 
 # the lecture notes sit beside the checkout on the development machines; a fresh clone checks against the copy of
 # them kept with the tests (test_the_copied_notes_are_the_notes keeps it the same)
@@ -143,7 +144,8 @@ def test_verdicts_follow_the_paired_test():
     assert unresolved["verdict"] == lectures.UNRESOLVED and 6 < unresolved["seeds_needed"] < 1000
     smallest = unresolved["comparisons"][0]["smallest_effect"]
     assert abs(unresolved["comparisons"][0]["difference"]) < smallest < 0.02
-    assert lectures.verdict_text(unresolved) == f"not resolved (at 6 seeds it could resolve differences beyond {smallest:.4g})"
+    assert lectures.verdict_text(unresolved) == (
+        f"not resolved (at 6 seeds it could resolve differences beyond {smallest:.4g})")
     # 5 seeds: the sign-flip test could not go below 2/2^5 = 0.0625, the paired t-test resolves a large difference
     few = lectures.judge(_claim(["a > b"]), _values(0.9, 0.8, 0.9, seeds=5))
     assert few["verdict"] == lectures.SUPPORTED and few["comparisons"][0]["p_sign_flip"] == 0.0625
@@ -299,9 +301,9 @@ def _outside(ax) -> list:
 
 
 def test_tiny_claim_has_curves_to_project(tiny, tmp_path):
-    from figure_checks import drawn
-
     from optbench.lectures.figures import figure
+
+    from figure_checks import drawn
 
     out, _, _ = tiny
     (tmp_path / "tiny.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'"))
@@ -321,8 +323,8 @@ def test_tiny_claim_has_curves_to_project(tiny, tmp_path):
                                        .replace("final_train_loss", "best_val_acc"))
     acc = lectures.load("acc", tmp_path)
     judged = {**lectures.judge(acc, lectures.measure(acc, runs)), "condition": "c", "scale": "default"}
-    for fig in (fig, drawn(figure(acc, judged, runs))):
-        left, right = fig.axes[:2]
+    for shown in (fig, drawn(figure(acc, judged, runs))):
+        left, right = shown.axes[:2]
         for ax in (left, right):
             assert not _outside(ax), _outside(ax)[:5]
         assert right.get_yscale() == "log" and len(right.collections) >= 2 * 6 + 2  # rings per seed and bands
@@ -463,7 +465,8 @@ def test_a_damaged_run_is_skipped_with_one_line_and_a_nonzero_exit(copied, damag
 def test_run_judges_the_runs_that_trained_around_a_damaged_one(copied, mnist_root):
     catalogue, out, runs = copied
     (runs[3] / "summary.json").write_bytes(b"{broken")
-    run = optbench("lectures", "run", "units", f"data.root={mnist_root}", "--catalogue", str(catalogue), "--out", str(out))
+    run = optbench("lectures", "run", "units", f"data.root={mnist_root}", "--catalogue", str(catalogue),
+                   "--out", str(out))
     assert run.returncode == 1 and len(_warnings(run.stderr, runs[3] / "summary.json")) == 1, run.stderr[-2000:]
     assert "judged on the runs that trained: units" in run.stdout and "skipped 1 damaged run" in run.stdout
     result = json.loads((out / "units" / "verdict.json").read_text())
@@ -484,7 +487,8 @@ def test_a_claim_not_testable_at_a_scale_trains_nothing_and_says_why(tmp_path):
                                          + "not_testable: {default: 20 steps cannot tell}\n")
     out = optbench("lectures", "run", "short", "--catalogue", str(tmp_path), "--out", str(tmp_path / "out"))
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "short: not testable at this scale: 20 steps cannot tell (0 s; condition: a tiny net, 20 steps)" in out.stdout
+    assert ("short: not testable at this scale: 20 steps cannot tell (0 s; condition: a tiny net, 20 steps)"
+            in out.stdout)
     result = json.loads((tmp_path / "out" / "short" / "verdict.json").read_text())
     assert result["verdict"] == "not testable at this scale" and result["reason"] == "20 steps cannot tell"
     assert result["condition"] == "a tiny net, 20 steps" and not (tmp_path / "out" / "short" / "runs").exists()
@@ -505,7 +509,8 @@ def test_a_scale_block_is_checked(tmp_path):
     (tmp_path / "odd.yaml").write_text(TINY.replace("PREDICTION", "'too_small > good'")
                                        + "scales: {middle: {seeds: 8, groups: {good: [trainer.max_steps=40]}}}\n")
     groups, seeds = lectures.experiment(lectures.load("odd", tmp_path), "middle")
-    assert len(seeds) == 8 and "trainer.max_steps=40" in groups["good"] and "trainer.max_steps=20" in groups["too_small"]
+    assert len(seeds) == 8
+    assert "trainer.max_steps=40" in groups["good"] and "trainer.max_steps=20" in groups["too_small"]
 
 
 def test_each_scale_writes_into_its_own_folder_by_default(tmp_path, monkeypatch):
@@ -515,7 +520,8 @@ def test_each_scale_writes_into_its_own_folder_by_default(tmp_path, monkeypatch)
     for scale in ("default", "middle"):
         assert optbench("lectures", "run", "short", "--scale", scale, "--catalogue", str(tmp_path)).returncode == 0
     assert json.loads((tmp_path / "lectures" / "short" / "verdict.json").read_text())["reason"] == "too short"
-    assert json.loads((tmp_path / "lectures-middle" / "short" / "verdict.json").read_text())["reason"] == "still too short"
+    middle = json.loads((tmp_path / "lectures-middle" / "short" / "verdict.json").read_text())
+    assert middle["reason"] == "still too short"
 
 
 def test_the_scales_table_shows_a_verdict_that_changes(tiny, tmp_path):

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import optbench
 from optbench import lectures
+
+from conftest import optbench
 
 pytest.importorskip("optuna")
 
@@ -33,7 +34,8 @@ predict: ["random > grid"]
 def searched(mnist_root, tmp_path_factory):
     catalogue, out = tmp_path_factory.mktemp("catalogue"), tmp_path_factory.mktemp("lectures")
     (catalogue / "tiny_search.yaml").write_text(TINY_SEARCH)
-    args = ("lectures", "run", "tiny_search", f"data.root={mnist_root}", "--catalogue", str(catalogue), "--out", str(out))
+    args = ("lectures", "run", "tiny_search", f"data.root={mnist_root}", "--catalogue", str(catalogue),
+            "--out", str(out))
     first = optbench(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     return out, args, first.stdout

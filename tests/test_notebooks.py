@@ -28,7 +28,8 @@ def test_the_notebook_runs_in_a_kernel_and_draws(path, mnist_root, tmp_path, mon
     monkeypatch.setenv("OPTBENCH_NOTEBOOK_OUT", str(out))
     notebook = nbformat.read(path, as_version=4)
     # a cell that raises fails the test (CellExecutionError, with the cell and its traceback)
-    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert "20 steps per run" in "".join(o.get("text", "") for o in outputs)  # the budget the test asked for

@@ -26,12 +26,30 @@ functions that use them, everything else at the top of each module.
 """
 
 from optbench.errors import UserError
-from optbench.lectures.catalogue import (CATALOGUE, SCALES, compositions, condition, experiment, load, merge_overrides,
-                                         names, parse_prediction, untestable)
+from optbench.lectures.catalogue import (
+    CATALOGUE,
+    SCALES,
+    compositions,
+    condition,
+    experiment,
+    load,
+    merge_overrides,
+    names,
+    parse_prediction,
+    untestable,
+)
 from optbench.lectures.command import main
 from optbench.lectures.running import chosen_trial, group_of, load_claim_runs, measure, search_dir
-from optbench.lectures.verdicts import (CONTRADICTED, SUPPORTED, UNRESOLVED, UNTESTABLE, comparison_text, judge,
-                                        smallest_effect, verdict_text)
+from optbench.lectures.verdicts import (
+    CONTRADICTED,
+    SUPPORTED,
+    UNRESOLVED,
+    UNTESTABLE,
+    comparison_text,
+    judge,
+    smallest_effect,
+    verdict_text,
+)
 
 __all__ = ["CATALOGUE", "CONTRADICTED", "SCALES", "SUPPORTED", "UNRESOLVED", "UNTESTABLE", "UserError", "chosen_trial",
            "comparison_text", "compositions", "condition", "experiment", "group_of", "judge", "load", "load_claim_runs",

@@ -57,7 +57,8 @@ def load(name: str, catalogue: Path = CATALOGUE) -> dict:
     missing = [k for k in REQUIRED if k not in claim]
     if unknown or missing:
         raise UserError(f"{path}: " + "; ".join(
-            ([f"unknown keys {sorted(unknown)}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])))
+            ([f"unknown keys {sorted(unknown)}"] if unknown else [])
+            + ([f"missing keys {missing}"] if missing else [])))
     if claim["quantity"] not in QUANTITIES:
         raise UserError(f"{path}: quantity {claim['quantity']!r} is not one of {', '.join(QUANTITIES)}")
     if claim.get("x", "step") not in X_AXES:
@@ -109,7 +110,8 @@ def _check_scales(claim: dict, path) -> None:
     for scale, block in scales.items():
         unknown = set(block or {}) - SCALE_KEYS
         if unknown:
-            raise UserError(f"{path}: scales.{scale} sets {sorted(unknown)}; it may set {', '.join(sorted(SCALE_KEYS))}")
+            raise UserError(f"{path}: scales.{scale} sets {sorted(unknown)}; "
+                            f"it may set {', '.join(sorted(SCALE_KEYS))}")
         extra = set((block or {}).get("groups") or {}) - set(claim["groups"])
         if extra:
             raise UserError(f"{path}: scales.{scale}.groups names {sorted(extra)}, not groups of the claim")
@@ -155,7 +157,7 @@ def override_key(line: str) -> str:
 
 def merge_overrides(*lists) -> list[str]:
     """Later lists win per key: Hydra refuses the same key twice on one command line."""
-    merged = {}
+    merged: dict[str, str] = {}
     for lines in lists:
         for line in lines:
             merged.pop(override_key(line), None)

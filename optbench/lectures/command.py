@@ -22,7 +22,8 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     """Train (what is missing; nothing with train_first=False), measure, judge, draw; the result saved as
     out/<claim>/verdict.json with the experiment's condition, and the claim's handout beside it. A claim not
     testable at `scale` trains nothing and says why. None when a group has no finished run to measure; when
-    a multirun failed, the runs that finished are judged and the result says training_failed. A run with a damaged file is skipped with a warning and named in `damaged`."""
+    a multirun failed, the runs that finished are judged and the result says training_failed. A run with a damaged
+    file is skipped with a warning and named in `damaged`."""
     started, load = time.perf_counter(), os.getloadavg()[0]
     command = shlex.join(["optbench", "lectures", "run", claim["name"], *(["--scale", scale] * (scale != "default")),
                           *extra])
@@ -112,7 +113,8 @@ def main(args: list[str]) -> int:
         folders = [Path(f) for f in opts.claims] or [Path(OUT), Path(f"{OUT}-middle")]
         missing = [str(f) for f in folders if not f.is_dir()]
         if missing:
-            raise UserError(f"lectures table: no such folder {', '.join(missing)} (give the --out folders of each scale)")
+            raise UserError(f"lectures table: no such folder {', '.join(missing)} "
+                            "(give the --out folders of each scale)")
         print(scales_table(folders, catalogue), end="")
         return 0
     if not 0.5 <= opts.level < 1:
@@ -126,7 +128,8 @@ def main(args: list[str]) -> int:
         check(claim, opts.scale, extra)
     out = Path(opts.out or (OUT if opts.scale == "default" else f"{OUT}-{opts.scale}"))
     out.mkdir(parents=True, exist_ok=True)
-    done, failed, partial, damaged, started = [], [], [], [], time.perf_counter()
+    done, failed, partial, started = [], [], [], time.perf_counter()
+    damaged: list[str] = []  # the damaged files' messages, filled in by load_claim_runs
     for claim in claims:
         print(f"{claim['name']}: {claim['description']}")
         result = run_claim(claim, out, opts.scale, extra, opts.level, train_first=opts.action == "run",

@@ -1,13 +1,15 @@
 """The figure beside each verdict: the deciding quantity per seed, and the curve (or trials) it is read from."""
 
 import textwrap
+from typing import Any
 
 import numpy as np
 
-from optbench.results import rundir
 from optbench.lectures.measures import QUANTITIES, batch_size, evaluations, layer_series
 from optbench.lectures.running import chosen_trials
 from optbench.lectures.verdicts import verdict_text
+from optbench.results import rundir
+
 
 def figure(claim: dict, result: dict, runs: list[dict]):
     """Left: the quantity per group (each seed a dot, the mean and its interval); right: the curve it comes from.
@@ -75,7 +77,7 @@ def _zoom_to_rings(ax, level: float):
     if ax.get_yscale() == "log":  # a zoom spans less than a decade: label every tenth of it
         from matplotlib.ticker import LogLocator
 
-        ax.yaxis.set_major_locator(LogLocator(subs=np.arange(1.0, 10.0)))
+        ax.yaxis.set_major_locator(LogLocator(subs=np.arange(1.0, 10.0).tolist()))
     ax.set_title("zoomed: where each seed first reaches the target", fontsize=10)
     ax.get_legend().remove()
 
@@ -195,9 +197,10 @@ def _trials_panel(right, claim: dict, runs: list[dict], colours):
 
 
 def _dotted(config: dict, key: str):
+    value: Any = config
     for part in key.split("."):
-        config = (config or {}).get(part)
-    return config
+        value = (value or {}).get(part)
+    return value
 
 
 def _curve(run, split: str, metric: str, x: str):

@@ -10,6 +10,7 @@ import numpy as np
 
 from optbench.results import rundir
 
+
 def evaluations(metrics, split: str, metric: str):
     rows = metrics[(metrics.split == split) & (metrics.metric == metric)]
     return rows.groupby("step")["value"].last()
@@ -110,7 +111,8 @@ def distinct_units(run, claim) -> float:
     bias = next(v for k, v in state.items() if k.endswith("bias"))
     rows = torch.cat([weight, bias[:, None]], 1).double().numpy()
     tolerance = TOLERANCE * max(float(np.abs(rows).max()), 1e-12)
-    kept = []  # one row per group of rows within the tolerance of each other (rounding would split near-ties)
+    # one row per group of rows within the tolerance of each other (rounding would split near-ties)
+    kept: list[np.ndarray] = []
     for row in rows:
         if not any(np.abs(row - other).max() <= tolerance for other in kept):
             kept.append(row)
@@ -129,7 +131,8 @@ QUANTITIES = {
     "examples_to_target": (examples_to_target, "training examples to reach the target validation accuracy",
                            ("val", "acc", "examples", False)),
     "loss_rise": (loss_rise, "total rise of log(training loss) between evaluations", ("train", "loss", "step", True)),
-    "act_std_drift": (act_std_drift, "|log2(act std last layer / first layer)| at init", ("diag", "act_std", "layer", True)),
+    "act_std_drift": (act_std_drift, "|log2(act std last layer / first layer)| at init",
+                      ("diag", "act_std", "layer", True)),
     "saturated_at_init": (saturated_at_init, "saturated fraction of sigmoid units at init",
                           ("diag", "saturated", "layer", False)),
     "update_shrink": (update_shrink, "update size at the end / after the first evaluation",

@@ -50,9 +50,9 @@ def markdown_section(claim: dict, result: dict) -> str:
 
 def handout(claim: dict, result: dict) -> str:
     """One claim's page for a lecturer to use as is (out/<claim>/handout.md, its figure beside it)."""
-    lines = [f"# {claim['description'] or claim['name']}", "", f"> {_quote(claim)}", ">",
-             f"> lecture file `{claim['lecture']}`", "", "**The experiment.** " + "  \n".join(experiment_lines(claim, result)),
-             ""]
+    lines: list[str | None] = [f"# {claim['description'] or claim['name']}", "", f"> {_quote(claim)}", ">",
+             f"> lecture file `{claim['lecture']}`", "",
+             "**The experiment.** " + "  \n".join(experiment_lines(claim, result)), ""]
     if result.get("figure"):
         lines += [f"![{claim['name']}]({Path(result['figure']).name})", ""]
     lines += [f"**Verdict at the {result['scale']} scale: {verdict_text(result)}**, under the condition above.", ""]
@@ -66,7 +66,8 @@ def handout(claim: dict, result: dict) -> str:
 
 def _took(result: dict) -> str:
     load = result.get("load")
-    return f"{result['seconds']:.0f} s" + (f", 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after" if load else "")
+    return f"{result['seconds']:.0f} s" + (
+        f", 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after" if load else "")
 
 
 def summary_rows(claims: list[dict], results: list[dict]) -> list[dict]:
@@ -114,7 +115,8 @@ def _html_section(claim: dict, result: dict, out: Path) -> list[str]:
     parts = [f'<h2 id="{name}">{name}: {html.escape(verdict_text(result))}</h2>',
              f"<blockquote>{html.escape(_quote(claim))}</blockquote>",
              f"<p><strong>Verdict at the {html.escape(result['scale'])} scale:</strong> "
-             f"{html.escape(verdict_text(result))}. <strong>Condition:</strong> {html.escape(result['condition'])}.</p>",
+             f"{html.escape(verdict_text(result))}. "
+             f"<strong>Condition:</strong> {html.escape(result['condition'])}.</p>",
              f"<p>{html.escape(experiment_lines(claim, result)[0])}</p>",
              f"<p>Lecture file <code>{html.escape(claim['lecture'])}</code>. "
              f'<a href="{name}/handout.md">Handout</a>.</p>',
@@ -161,10 +163,11 @@ def scales_table(folders: list[Path], catalogue: Path = CATALOGUE) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collect(out: Path, catalogue: Path = CATALOGUE):
+def collect(out: Path, catalogue: Path = CATALOGUE) -> tuple[list[dict], list[dict]] | None:
     """(claims, results) of every claim with a verdict.json below `out`, in catalogue order: the page covers
     every claim run into this folder so far, not only those of the last command."""
-    claims, results = [], []
+    claims: list[dict] = []
+    results: list[dict] = []
     for name in names(catalogue):
         path = out / name / "verdict.json"
         if path.is_file():

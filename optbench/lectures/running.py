@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from optbench.results import rundir
 from optbench.errors import UserError
 from optbench.lectures.catalogue import experiment, override_key
 from optbench.lectures.measures import QUANTITIES
+from optbench.results import rundir
+
 
 def multiruns(groups: dict) -> list[tuple[str, list[str]]]:
     """(folder below runs/, overrides) of each `optbench train -m` the groups need.
@@ -132,7 +133,8 @@ def group_of(run_overrides: list[str], groups: dict) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=(), damaged: list | None = None) -> list[dict]:
+def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=(),
+                    damaged: list | None = None) -> list[dict]:
     """Every run below out/<claim>/runs/ that belongs to one of the claim's groups at `scale` with the command
     line's `extra` overrides: group, seed, status, summary, config and metrics. A search claim's runs are its
     searches' trials, each with the seed of its search and its trial number. A run with a damaged file is

@@ -101,7 +101,8 @@ def verdict_text(result: dict) -> str:
     smallest = [r.get("smallest_effect", math.nan) for r in rows]
     if not smallest or not all(np.isfinite(s) for s in smallest):
         return f"{UNRESOLVED} (at {seeds} seeds this test cannot resolve any difference)"
-    return f"{UNRESOLVED} (at {seeds} seeds it could resolve differences beyond {' and '.join(number(s) for s in smallest)})"
+    beyond = " and ".join(number(s) for s in smallest)
+    return f"{UNRESOLVED} (at {seeds} seeds it could resolve differences beyond {beyond})"
 
 
 def comparison_text(row: dict, label: str) -> str:
