@@ -73,7 +73,8 @@ def test_every_run_has_a_curve_at_every_scale(name):
             continue
         for group, overrides in lectures.compositions(claim, scale).items():
             cfg = compose(*overrides)
-            _, _, total, every = run_lengths(cfg, 60000 - cfg.data.val_size)
+            lengths = run_lengths(cfg, 60000 - cfg.data.val_size)
+            total, every = lengths.total_steps, lengths.eval_every
             evaluations = total // every + (total % every > 0)
             assert evaluations >= 10, f"{name} at {scale}, group {group}: {evaluations} evaluations"
 
