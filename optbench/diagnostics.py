@@ -102,7 +102,8 @@ def histograms(layers: list[dict], bins: int) -> list[tuple[str, str, torch.Tens
     return rows
 
 
-def param_metrics(model: nn.Module, previous: list[torch.Tensor], initial: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def param_metrics(model: nn.Module, previous: list[torch.Tensor],
+                  initial: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per Linear layer (weight and bias together): norm, last update size, distance from init, their ratio.
 
     `previous` and `initial` hold the layers' parameters, flattened and

@@ -37,7 +37,10 @@ def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: 
 
 
 class InverseTime:
-    """eta_k / eta = 1 / (1 + decay * k): lecture 004's "cooling". A class, not a lambda, so it pickles into checkpoints."""
+    """eta_k / eta = 1 / (1 + decay * k): lecture 004's "cooling".
+
+    A class, not a lambda, so it pickles into checkpoints.
+    """
 
     def __init__(self, decay: float):
         if decay < 0:

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from optbench import data, vectorized
-from optbench.results import rundir
 from optbench.errors import UserError
+from optbench.results import rundir
 from optbench.trainer.batches import make_splits
 from optbench.trainer.runs import Run, close, open_run, unopened
 from optbench.trainer.setup import build_runs, run_lengths, select_device

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig
 
 from optbench import optimizers
-from optbench.results import rundir
 from optbench.errors import UserError
+from optbench.results import rundir
 
 if TYPE_CHECKING:
     from optbench.trainer.setup import Group

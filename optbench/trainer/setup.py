@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optbench import compose, data, diagnostics, optimizers, vectorized
-from optbench.results import rundir
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
+from optbench.results import rundir
 from optbench.schedules import build_scheduler
 from optbench.trainer.batches import make_splits, train_size
 from optbench.trainer.runs import Run, close

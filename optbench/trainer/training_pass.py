@@ -22,11 +22,11 @@ import torch
 from tqdm import tqdm
 
 from optbench import diagnostics, optimizers, schedules, vectorized
-from optbench.results import rundir
 from optbench.models import linear_layers
+from optbench.results import rundir
+from optbench.trainer import checkpoints
 from optbench.trainer.batches import eval_splits, evaluate, normalise, random_shift, sync
 from optbench.trainer.runs import Run, close, update_summary
-from optbench.trainer import checkpoints
 from optbench.trainer.setup import Group, Lengths, optimizer_impl, share_optimizers
 
 log = logging.getLogger("optbench.trainer")
