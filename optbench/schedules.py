@@ -4,6 +4,7 @@ trapezoidal schedule), and a warmup that composes with any schedule (`warmup`)."
 
 import math
 from contextlib import contextmanager
+from typing import Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -23,7 +24,7 @@ def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: 
     (T_max, total_iters, total_steps) becomes the run's number of scheduler
     steps: optimisation steps, or epochs for interval=epoch.
     """
-    args = OmegaConf.to_container(schedule_cfg, resolve=True)
+    args = cast(dict[str, Any], OmegaConf.to_container(schedule_cfg, resolve=True))
     interval = args.pop("interval")
     warmup_steps = args.pop("warmup_steps")
     length = total_steps if interval == "step" else math.ceil(total_steps / steps_per_epoch)
