@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from optbench.errors import UserError
 
@@ -16,7 +16,8 @@ from optbench.errors import UserError
 SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
 
 
-def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: int):
+def build_scheduler(schedule_cfg, optimizer, total_steps: int,
+                    steps_per_epoch: int) -> tuple[LRScheduler, str, int]:
     """(torch scheduler, interval, warmup_steps) from the schedule group.
 
     `interval` (step | epoch | eval) and `warmup_steps` are for the trainer; the

@@ -148,7 +148,7 @@ class Group:
     """Runs stepped by one torch optimizer and scheduler: one run, or the rows of runs whose settings agree."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     interval: str
     warmup_steps: int
     views: list  # (tensor the optimizer steps, stacked leaf, rows): its gradient is that leaf's gradient rows
@@ -180,7 +180,7 @@ def prepare(cfg: DictConfig) -> Setup:
                  lengths.total_steps)
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Sequential:
     """The run's MLP with its init, from its own seed: the same draws in a pass as alone."""
     torch.manual_seed(cfg.seed)
     model = build_mlp(**cfg.model).to(device)
