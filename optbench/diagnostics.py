@@ -6,6 +6,7 @@ returns device tensors; the trainer reads them back once per evaluation.
 """
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ def probe(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> list[d
     model.eval()
     layers, h = [], x
     with torch.enable_grad():
-        for module in model:
+        for module in cast(nn.Sequential, model):  # models.build_mlp: an nn.Sequential
             out = module(h)
             if isinstance(module, _ACTIVATION_TYPES):
                 layers.append({"pre": h, "act": out})
@@ -102,7 +103,8 @@ def histograms(layers: list[dict], bins: int) -> list[tuple[str, str, torch.Tens
     return rows
 
 
-def param_metrics(model: nn.Module, previous: list[torch.Tensor], initial: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def param_metrics(model: nn.Module, previous: list[torch.Tensor],
+                  initial: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per Linear layer (weight and bias together): norm, last update size, distance from init, their ratio.
 
     `previous` and `initial` hold the layers' parameters, flattened and

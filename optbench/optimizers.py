@@ -15,6 +15,7 @@ evaluation point, as the schedulefree README advises.
 """
 
 from dataclasses import dataclass, fields
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -68,8 +69,8 @@ TRAIT_NAMES = tuple(f.name for f in fields(Traits))
 
 def traits(optimizer_cfg) -> Traits:
     """The option's traits: its `traits:` block over the defaults."""
-    given = optimizer_cfg.get("traits") or {}
-    given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else dict(given)
+    raw = optimizer_cfg.get("traits") or {}
+    given = cast(dict[str, Any], OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw))
     unknown = sorted(set(given) - set(TRAIT_NAMES))
     if unknown:
         raise UserError(f"optimizer.traits.{unknown[0]} is not a trait; the traits: {', '.join(TRAIT_NAMES)}")
@@ -99,7 +100,8 @@ def split(model: torch.nn.Module, fallback_for) -> tuple[list, list]:
     if unknown:
         raise UserError(f"optimizer.fallback_for: {', '.join(sorted(unknown))} is not a tensor kind "
                         f"({', '.join(KINDS)})")
-    main, rest = [], []
+    main: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
     for p in model.parameters():
         (rest if tensor_kind(model, p) in fallback_for else main).append(p)
     return main, rest
@@ -169,7 +171,9 @@ def recompute_batchnorm(model: torch.nn.Module, batches) -> None:
     average (momentum None); dropout stays off so that no run's random draws
     are spent and the statistics are those the evaluation's forward sees.
     """
-    no_dropout = torch.nn.Sequential(*[torch.nn.Identity() if isinstance(m, Dropout) else m for m in model])
+    # the model is an nn.Sequential (models.build_mlp): its layers in order
+    layers = cast(torch.nn.Sequential, model)
+    no_dropout = torch.nn.Sequential(*[torch.nn.Identity() if isinstance(m, Dropout) else m for m in layers])
     was_training = model.training
     torch.optim.swa_utils.update_bn(batches, no_dropout)
     model.train(was_training)

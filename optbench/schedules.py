@@ -4,10 +4,11 @@ trapezoidal schedule), and a warmup that composes with any schedule (`warmup`)."
 
 import math
 from contextlib import contextmanager
+from typing import Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from optbench.errors import UserError
 
@@ -15,7 +16,8 @@ from optbench.errors import UserError
 SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
 
 
-def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: int):
+def build_scheduler(schedule_cfg, optimizer, total_steps: int,
+                    steps_per_epoch: int) -> tuple[LRScheduler, str, int]:
     """(torch scheduler, interval, warmup_steps) from the schedule group.
 
     `interval` (step | epoch | eval) and `warmup_steps` are for the trainer; the
@@ -23,7 +25,7 @@ def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: 
     (T_max, total_iters, total_steps) becomes the run's number of scheduler
     steps: optimisation steps, or epochs for interval=epoch.
     """
-    args = OmegaConf.to_container(schedule_cfg, resolve=True)
+    args = cast(dict[str, Any], OmegaConf.to_container(schedule_cfg, resolve=True))
     interval = args.pop("interval")
     warmup_steps = args.pop("warmup_steps")
     length = total_steps if interval == "step" else math.ceil(total_steps / steps_per_epoch)
@@ -37,7 +39,10 @@ def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: 
 
 
 class InverseTime:
-    """eta_k / eta = 1 / (1 + decay * k): lecture 004's "cooling". A class, not a lambda, so it pickles into checkpoints."""
+    """eta_k / eta = 1 / (1 + decay * k): lecture 004's "cooling".
+
+    A class, not a lambda, so it pickles into checkpoints.
+    """
 
     def __init__(self, decay: float):
         if decay < 0:

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ def why_not(cfg: DictConfig) -> str | None:
 
 def group_key(cfg: DictConfig) -> str:
     """Configurations with equal keys can share a pass: all but VARYING and trainer.vectorize agree."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     for key in VARYING:
         c.pop(key, None)
     del c["trainer"]["vectorize"]
@@ -95,7 +96,7 @@ def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
     A schedule stepped with each run's own validation loss (interval=eval,
     plateau) keeps its run alone.
     """
-    groups: dict[str, list[int]] = {}
+    groups: dict[str | int, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         # a fallback optimizer (Muon's parameter groups) makes a run's optimizer its own
         shareable = (optimizers.traits(cfg.optimizer).row_wise and "fallback" not in cfg.optimizer
@@ -158,12 +159,13 @@ def stacked_forward(models: list[nn.Sequential], stacked: dict, x: torch.Tensor)
                 x.transpose(0, 1).reshape(n, k * h),
                 stacked[f"{i}.running_mean"].view(-1), stacked[f"{i}.running_var"].view(-1),
                 stacked[f"{i}.weight"].view(-1), stacked[f"{i}.bias"].view(-1),
-                training=True, momentum=module.momentum, eps=module.eps,
+                training=True, momentum=cast(float, module.momentum), eps=module.eps,
             )
             x = y.view(n, k, h).transpose(0, 1)
         elif isinstance(module, Dropout):
             # each model's mask from its own generator, drawn as that model alone draws it
-            keep = torch.stack([torch.rand(x.shape[1:], device=x.device, generator=m[i].generator) for m in models])
+            keep = torch.stack([torch.rand(x.shape[1:], device=x.device, generator=cast(Dropout, m[i]).generator)
+                                for m in models])
             x = x * (keep >= module.p) / (1 - module.p)
         else:  # activations: elementwise, any shape
             x = module(x)
@@ -200,7 +202,7 @@ def norms(tensors: list[torch.Tensor], K: int, ord: float = 2.0) -> torch.Tensor
 
 def l1_norms(weights: list[torch.Tensor], K: int) -> torch.Tensor:
     """[K]: sum |W| over the Linear weights, per model."""
-    return sum(w.abs().view(K, -1).sum(1) for w in weights)
+    return cast(torch.Tensor, sum(w.abs().view(K, -1).sum(1) for w in weights))
 
 
 def guard_and_clip(grads: list, grad_norms: torch.Tensor, clip_norm, clip_value, counters: torch.Tensor) -> None:

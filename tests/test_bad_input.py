@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import optbench
 from optbench.cli import main
+
+from conftest import optbench
 
 
 def _dry(capsys, *overrides):
@@ -157,7 +158,8 @@ RUN_NUMBERS = itertools.count()
 def test_logistic_regression_trains_with_diagnostics(mnist_root, tmp_path):
     """model.hidden=[] (DeepOBS's mnist_logreg): no hidden layer for the probe, still every diagnostic it can give."""
     out = optbench("train", f"data.root={mnist_root}", "device=cpu", "model.hidden=[]", "diagnostics=full",
-                   "trainer.max_steps=5", "trainer.eval_every=5", "data.train_eval_size=500", f"hydra.run.dir={tmp_path}")
+                   "trainer.max_steps=5", "trainer.eval_every=5", "data.train_eval_size=500",
+                   f"hydra.run.dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["n_params"] == 784 * 10 + 10
@@ -201,11 +203,13 @@ def test_report_and_plot_cope_with_half_written_runs_and_mixed_schemas(mnist_roo
     import pandas as pd
     from omegaconf import OmegaConf
 
-    from conftest import compose
     from optbench.trainer import fit
 
+    from conftest import compose
+
     for name, extra in (("a", "optimizer=sgd"), ("b", "optimizer=adam"), ("c", "optimizer=adam")):
-        fit(compose(f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=10", "data.train_eval_size=1000", extra),
+        fit(compose(f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=10", "data.train_eval_size=1000",
+                    extra),
             tmp_path / name,
             {"optimizer": extra.split("=")[1]})
     # b: written by an older optbench whose config had other keys

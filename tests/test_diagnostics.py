@@ -42,7 +42,7 @@ def test_histograms_sum_to_the_number_of_values():
     layers = diagnostics.probe(model, nn.CrossEntropyLoss(), x, torch.randint(0, 10, (50,)))
     rows = diagnostics.histograms(layers, bins=20)
     assert {(layer, kind) for layer, kind, *_ in rows} == {(f"fc{i}", k) for i in range(2) for k in ("act", "grad")}
-    for layer, kind, counts, lo, hi in rows:
+    for layer, _kind, counts, lo, hi in rows:
         width = 32 if layer == "fc0" else 16
         assert counts.sum().item() == 50 * width and len(counts) == 20 and lo < hi
     act_ranges = {(lo, hi) for _, kind, _, lo, hi in rows if kind == "act"}
@@ -159,10 +159,11 @@ def test_gradcheck_passes_on_the_mlp_and_catches_a_broken_backward():
 
 
 def test_diagnostics_figures_show_each_layer_for_each_group(mnist_root, tmp_path):
-    from conftest import compose
     from optbench import results
     from optbench.results import plots
     from optbench.trainer import fit
+
+    from conftest import compose
 
     for init in ("normal", "xavier_uniform"):
         cfg = compose(f"data.root={mnist_root}", "device=cpu", "model.activation=sigmoid", "model.hidden=[32,32,32]",

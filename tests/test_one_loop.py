@@ -5,10 +5,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose
 from optbench import data
 from optbench.models import build_mlp, init_weights, set_dropout_generator
 from optbench.trainer import evaluate, fit_pass, make_splits, normalise
+
+from conftest import compose
 
 STEPS, EVAL = 12, 3
 SMALL = ("model.hidden=[48,24]", "trainer.batch_size=64", f"trainer.max_steps={STEPS}", f"trainer.eval_every={EVAL}",
@@ -51,7 +52,8 @@ CASES = {
     "clipping": ["optimizer=sgd", "optimizer.lr=0.5", "trainer.clip_grad_norm=0.5"],
     "l1": ["optimizer=sgd", "trainer.l1=1e-3"],
     "dropout": ["optimizer=adam", "model.dropout=0.3"],
-    "plateau": ["optimizer=sgd", "optimizer.lr=0.3", "schedule=plateau", "schedule.patience=0", "schedule.threshold=0.5"],
+    "plateau": ["optimizer=sgd", "optimizer.lr=0.3", "schedule=plateau", "schedule.patience=0",
+                "schedule.threshold=0.5"],
 }
 
 

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose, optbench, run_cli
 from optbench import data, optimizers, results
 from optbench.errors import UserError
 from optbench.models import build_mlp
 from optbench.trainer import build_optimizer, evaluate, fit, fit_pass, make_splits, normalise
+
+from conftest import compose, optbench, run_cli
 
 TINY = ["device=cpu", "model.hidden=[32]", "data.train_eval_size=500", "diagnostics=off"]
 
@@ -216,7 +217,8 @@ def test_a_class_by_its_dotted_path_joins_a_pass_and_is_named_by_its_class(mnist
            "trainer.max_steps=8"]
     cfgs = [cfg_for(mnist_root, *own, f"seed={s}") for s in (0, 1)]
     assert_pass_matches_separate(cfgs, tmp_path / "runs")
-    out = optbench("train", "-m", f"data.root={mnist_root}", *TINY, *own, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'm'}")
+    out = optbench("train", "-m", f"data.root={mnist_root}", *TINY, *own, "seed=0,1",
+                   f"hydra.sweep.dir={tmp_path / 'm'}")
     assert out.returncode == 0, out.stderr
     assert "1 vectorized pass" in out.stdout + out.stderr
     runs = results.load_runs(tmp_path / "m")
@@ -265,7 +267,8 @@ def test_extra_option_dirs_from_config_dir_and_searchpath(tmp_path, monkeypatch)
     assert extra_option_dirs(["optimizer=signsgd"]) == []
     assert extra_option_dirs(["--config-dir", "a", "optimizer=signsgd"]) == [tmp_path / "a"]
     assert extra_option_dirs(["-cd", "a", "-m", f"hydra.searchpath=[file://{b},pkg://optbench.conf]",
-                              "optimizer=signsgd,adam"]) == [tmp_path / "a", b, Path(optimizers.__file__).parent / "conf"]
+                              "optimizer=signsgd,adam"]) == [tmp_path / "a", b,
+                                                             Path(optimizers.__file__).parent / "conf"]
     assert extra_option_dirs(["+hydra.searchpath=[file://a]"]) == [tmp_path / "a"]
     conf = Path(optimizers.__file__).parent / "conf"
     # hydra.compose takes no --config-dir: the same folders as one searchpath override find the user's option

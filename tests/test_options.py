@@ -11,10 +11,11 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from conftest import compose
 from optbench.errors import UserError
 from optbench.models import SoftmaxMSELoss, build_mlp, init_weights, linear_layers
 from optbench.trainer import build_optimizer, build_scheduler, evaluations_without_improvement, fit, random_shift
+
+from conftest import compose
 
 CONF = Path(__file__).resolve().parents[1] / "optbench" / "conf"
 
@@ -84,8 +85,10 @@ def test_every_option_composes_and_trains_three_steps(path, mnist_root, tmp_path
 
     group, option = path.parent.name, path.stem
     # optimizer=custom names no class of its own: any class by its dotted path
-    own = ["optimizer._target_=torch.optim.SGD", "+optimizer.lr=0.1"] if (group, option) == ("optimizer", "custom") else []
-    assert not OmegaConf.missing_keys(compose(f"{group}={option}", *own))  # its YAML (or what it extends) sets every key
+    custom = (group, option) == ("optimizer", "custom")
+    own = ["optimizer._target_=torch.optim.SGD", "+optimizer.lr=0.1"] if custom else []
+    # its YAML (or what it extends) sets every key
+    assert not OmegaConf.missing_keys(compose(f"{group}={option}", *own))
     root = mnist_root
     if group == "data" and option != "mnist":
         root = "null"  # the dataset's own lookup: cache, system folder, mirrors, then its Debian package
@@ -205,14 +208,18 @@ def test_gd_takes_one_step_per_epoch(mnist_root, tmp_path):
 
 
 def test_batch_size_one_takes_50000_steps_per_epoch(mnist_root, tmp_path):
-    summary, _, _ = run(mnist_root, tmp_path, "trainer.batch_size=1", "trainer.max_steps=5", "trainer.checkpoint_every=0")
+    summary, _, _ = run(mnist_root, tmp_path, "trainer.batch_size=1", "trainer.max_steps=5",
+                        "trainer.checkpoint_every=0")
     assert (summary["steps_per_epoch"], summary["epoch"], summary["step"]) == (50_000, 1, 5)
 
 
 # ------------------------------------------------------------------ optimizers
 
 def lecture_ema_momentum(gradient, w, alpha, beta, steps):
-    """The lecture's rule, written out: z = beta*z + (1-beta)*g from z = 0, w = w - alpha*z; the weights after each step."""
+    """The lecture's rule, written out: z = beta*z + (1-beta)*g from z = 0, w = w - alpha*z.
+
+    Returns the weights after each step.
+    """
     z, out = torch.zeros_like(w), []
     for _ in range(steps):
         z = beta * z + (1 - beta) * gradient(w)

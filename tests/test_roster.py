@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 import torch
 from hydra.utils import get_class
+from test_optimizers_new import assert_pass_matches_separate, cfg_for, metrics
 
-from conftest import compose
 from optbench.models import build_mlp
 from optbench.optimizers import OWN_KEYS
 from optbench.trainer import build_optimizer, fit, fit_pass
-from test_optimizers_new import assert_pass_matches_separate, cfg_for, metrics
+
+from conftest import compose
 
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 schedulefree = pytest.importorskip("schedulefree")

@@ -14,10 +14,11 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose, optbench
 from optbench import data
 from optbench.errors import UserError
 from optbench.trainer import fit, make_splits
+
+from conftest import compose, optbench
 
 
 def cfg_for(root, *overrides):
@@ -275,7 +276,8 @@ def test_guard_and_clip_act_on_each_run_of_a_pass_alone():
 
 def test_bf16_autocast_trains_close_to_float32(mnist_root, tmp_path):
     full = fit(cfg_for(mnist_root, "trainer.max_steps=60", "trainer.eval_every=30"), tmp_path / "fp32")
-    half = fit(cfg_for(mnist_root, "trainer.max_steps=60", "trainer.eval_every=30", "trainer.amp=true"), tmp_path / "bf16")
+    half = fit(cfg_for(mnist_root, "trainer.max_steps=60", "trainer.eval_every=30", "trainer.amp=true"),
+               tmp_path / "bf16")
     assert half["amp"] and full["amp"] is None
     a, b = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("fp32", "bf16"))
     loss = lambda m: m[(m.split == "step") & (m.metric == "loss")].value.to_numpy()  # noqa: E731

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import compose, optbench
 from optbench.errors import UserError
 from optbench.trainer import fit, fit_pass
 from optbench.vectorized import plan, why_not
+
+from conftest import compose, optbench
 
 STEPS = ["trainer.max_steps=8", "trainer.eval_every=4"]
 
@@ -35,7 +36,8 @@ def metrics(run_dir):
         [["optimizer=sgd", "seed=0"], ["optimizer=sgd", "seed=1", "optimizer.lr=0.05"],
          ["optimizer=sgd", "seed=2", "optimizer.lr=1e6"]],
         [["optimizer=momentum", "seed=0"], ["optimizer=momentum", "seed=3", "optimizer.lr=0.02"]],
-        [["optimizer=adam", "seed=0"], ["optimizer=adam", "seed=1", "optimizer.lr=0.003", "optimizer.betas=[0.8,0.99]"]],
+        [["optimizer=adam", "seed=0"],
+         ["optimizer=adam", "seed=1", "optimizer.lr=0.003", "optimizer.betas=[0.8,0.99]"]],
         # per-model batch-norm statistics
         # (SGD: Adam's first steps normalise gradients that batch norm makes ~0 to +-lr, amplifying rounding)
         [["model.batchnorm=pre", "optimizer=sgd", "seed=0"], ["model.batchnorm=pre", "optimizer=sgd", "seed=1"]],
@@ -68,7 +70,8 @@ def test_one_pass_matches_separate_runs(mnist_root, tmp_path, runs):
         pd.testing.assert_series_equal(ma.value, mb.value, rtol=1e-5, atol=1e-6)
         assert set(b) - set(a) == {"vectorized"} and set(a) <= set(b)
         assert b.get("stopped_early") == a.get("stopped_early") and b.get("clipped_steps") == a.get("clipped_steps")
-        assert (b["status"], b.get("diverged_at_step"), b["step"]) == (a["status"], a.get("diverged_at_step"), a["step"])
+        assert ((b["status"], b.get("diverged_at_step"), b["step"])
+                == (a["status"], a.get("diverged_at_step"), a["step"]))
         assert json.loads((many / "summary.json").read_text())["status"] == b["status"]
         assert b["flags"] == a["flags"] and b["diagnostics"] == a["diagnostics"]
         ha, hb = (pd.read_csv(d / "histograms.csv") for d in (one, many))
@@ -151,7 +154,8 @@ def test_a_pass_starts_over_what_a_killed_attempt_left(mnist_root, tmp_path):
 
 
 def test_a_pass_whose_models_all_diverge_ends_them_all_diverged(mnist_root, tmp_path):
-    cfgs = [cfg_for(mnist_root, "optimizer=sgd", "optimizer.lr=1e6", f"seed={s}", "trainer.log_every=1") for s in (0, 1)]
+    cfgs = [cfg_for(mnist_root, "optimizer=sgd", "optimizer.lr=1e6", f"seed={s}", "trainer.log_every=1")
+            for s in (0, 1)]
     summaries = fit_pass(cfgs, [tmp_path / "a", tmp_path / "b"])
     assert [s["status"] for s in summaries] == ["diverged", "diverged"]
     assert all(s["diverged_at_step"] <= 4 for s in summaries)

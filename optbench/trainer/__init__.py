@@ -8,13 +8,30 @@ close), `checkpoints` (what a run's checkpoint holds, saved and restored),
 K runs share while they train; its step, evaluation, read-back, checkpoint).
 """
 
-from optbench.trainer.batches import (EVAL_CHUNK, eval_splits, evaluate, make_splits, normalise, random_shift, sync,
-                                      train_size)
+from optbench.schedules import build_scheduler
+from optbench.trainer.batches import (
+    EVAL_CHUNK,
+    eval_splits,
+    evaluate,
+    make_splits,
+    normalise,
+    random_shift,
+    sync,
+    train_size,
+)
 from optbench.trainer.loop import fit, fit_pass
 from optbench.trainer.runs import resumable, unopened
-from optbench.schedules import build_scheduler
-from optbench.trainer.setup import (Lengths, Setup, build_model, build_optimizer, check, check_setup, prepare,
-                                    run_lengths, select_device)
+from optbench.trainer.setup import (
+    Lengths,
+    Setup,
+    build_model,
+    build_optimizer,
+    check,
+    check_setup,
+    prepare,
+    run_lengths,
+    select_device,
+)
 from optbench.trainer.training_pass import SYNC_EVERY, Pass, evaluations_without_improvement
 from optbench.vectorized import guard_and_clip
 

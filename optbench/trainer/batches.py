@@ -40,7 +40,7 @@ def train_size(n_images: int, val_size: int) -> int:
     return n_images - val_size
 
 
-def eval_splits(split: dict, train_eval_size: int | None) -> dict:
+def eval_splits(split: dict, train_eval_size: int | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The (x, y) each evaluation runs over: train (its first train_eval_size images, or all), val, test."""
     x, y = split["train"]
     return {"train": (x[:train_eval_size], y[:train_eval_size]), "val": split["val"], "test": split["test"]}

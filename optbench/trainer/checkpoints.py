@@ -32,6 +32,7 @@ def save(training: "Pass", order: torch.Tensor, epoch_step: int) -> None:
         if training.K > 1:  # the stacked batch norm does not count batches: record what the run alone would have
             for bn in run.model.modules():
                 if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                    assert bn.num_batches_tracked is not None  # models.build_mlp's batch norm tracks its statistics
                     bn.num_batches_tracked.fill_(training.step)
         optimizer_state, scheduler_state = run_state(run)
         rundir.save_tensors({
@@ -53,7 +54,7 @@ def restore(training: "Pass") -> None:
     """Every run's weights, optimizer, schedule, random state, history and files as its checkpoint left them."""
     load_states(training.groups, training.runs)
     for k, run in enumerate(training.runs):
-        state = run.resume
+        state = resumed(run)
         run.model.load_state_dict(state["model"])
         run.generator.set_state(state["rng"]["generator"])
         training.step, training.epoch = state["step"], state["epoch"]
@@ -65,9 +66,9 @@ def restore(training: "Pass") -> None:
         run.log.info("resuming from the checkpoint at epoch %d, step %d", training.epoch, training.step)
         if training.K > 1:
             log.info("%s resumes from its checkpoint at step %d", run.dir.name, training.step)
-    torch.set_rng_state(training.runs[0].resume["rng"]["torch"])
-    if training.runs[0].resume.get("order") is not None:
-        training.resumed_order = torch.stack([run.resume["order"] for run in training.runs]).to(training.device)
+    torch.set_rng_state(resumed(training.runs[0])["rng"]["torch"])
+    if resumed(training.runs[0]).get("order") is not None:
+        training.resumed_order = torch.stack([resumed(run)["order"] for run in training.runs]).to(training.device)
     training.histogram_steps = [h for h in training.histogram_steps if h > training.step]
 
 
@@ -84,6 +85,12 @@ def load_states(groups: list["Group"], runs: list[Run]) -> None:
     """Each group's optimizer and schedule as its runs' checkpoints left them (a shared one: their rows stacked)."""
     for group in groups:
         members = [run for run in runs if run.group is group]
-        states = [run.resume["optimizer"] for run in members]
+        states = [resumed(run)["optimizer"] for run in members]
         group.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
-        group.scheduler.load_state_dict(members[0].resume["scheduler"])
+        group.scheduler.load_state_dict(resumed(members[0])["scheduler"])
+
+
+def resumed(run: Run) -> dict:
+    """The checkpoint `run` continues from: a pass restores only runs that all have one."""
+    assert run.resume is not None, f"{run.dir.name} has no checkpoint to resume from"
+    return run.resume

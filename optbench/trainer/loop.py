@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from optbench import data, vectorized
-from optbench.results import rundir
 from optbench.errors import UserError
+from optbench.results import rundir
 from optbench.trainer.batches import make_splits
 from optbench.trainer.runs import Run, close, open_run, unopened
 from optbench.trainer.setup import build_runs, run_lengths, select_device
@@ -60,11 +60,13 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
                 if len(cfgs) == 1:
                     raise
                 outcome[run_dir] = unopened(run_dir, e)
-        by_step = {}  # the runs that continue from a checkpoint at the same step train together; fresh ones too
+        # the runs that continue from a checkpoint at the same step train together; fresh ones too
+        by_step: dict[int | None, list[Run]] = {}
         for run in runs:
             by_step.setdefault(run.resume["step"] if run.resume else None, []).append(run)
         try:
-            reasons = {vectorized.why_not(c) for c in cfgs} - {None} if len(cfgs) > 1 else set()
+            reasons = ({why for c in cfgs if (why := vectorized.why_not(c)) is not None} if len(cfgs) > 1
+                       else set())
             if reasons:  # each run's summary says failed, and why
                 raise UserError(f"these runs cannot share a pass: {'; '.join(sorted(reasons))}")
             for part in by_step.values():

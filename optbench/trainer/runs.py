@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 import torch
 from omegaconf import DictConfig
 
 from optbench import optimizers
-from optbench.results import rundir
 from optbench.errors import UserError
+from optbench.results import rundir
 
 if TYPE_CHECKING:
     from optbench.trainer.setup import Group
@@ -39,9 +39,11 @@ class Run:
     summary: dict
     log: logging.Logger
     resume: dict | None = None  # the checkpoint it continues from
-    model: torch.nn.Module = None  # its own nn.Sequential; in a pass its tensors are views of row k of the stack
-    generator: torch.Generator = None  # its data order, shifts and dropout masks, as if it trained alone
-    group: "Group" = None
+    # model, generator, group, writer and histogram_file are None until the pass builds them (setup.build_runs,
+    # Pass.open_files), before any step reads them: typed as what they then always are
+    model: torch.nn.Sequential = cast(torch.nn.Sequential, None)  # its own; in a pass its tensors are row k's
+    generator: torch.Generator = cast(torch.Generator, None)  # its data order, shifts and dropout masks, as alone
+    group: "Group" = cast("Group", None)
     row: int | None = None  # its row among the group's stacked rows (None: the group steps this run alone)
     history: list = field(default_factory=list)  # one dict per evaluation
     flags: dict = field(default_factory=lambda: dict.fromkeys(FLAGS))
@@ -49,8 +51,8 @@ class Run:
     initial: list | None = None  # per-layer parameters at step 0
     last_values: dict = field(default_factory=dict)  # the last step read back, for the health flags
     status: str = "running"
-    writer: rundir.MetricsWriter = None
-    histogram_file: object = None
+    writer: rundir.MetricsWriter = cast(rundir.MetricsWriter, None)
+    histogram_file: IO[str] = cast(IO[str], None)
 
 
 def unopened(run_dir: Path, error: BaseException) -> dict:

@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from optbench import compose, data, diagnostics, optimizers, vectorized
-from optbench.results import rundir
 from optbench.errors import UserError
 from optbench.models import build_mlp, init_weights, linear_layers, set_dropout_generator
+from optbench.results import rundir
 from optbench.schedules import build_scheduler
 from optbench.trainer.batches import make_splits, train_size
 from optbench.trainer.runs import Run, close
@@ -148,7 +148,7 @@ class Group:
     """Runs stepped by one torch optimizer and scheduler: one run, or the rows of runs whose settings agree."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     interval: str
     warmup_steps: int
     views: list  # (tensor the optimizer steps, stacked leaf, rows): its gradient is that leaf's gradient rows
@@ -180,7 +180,7 @@ def prepare(cfg: DictConfig) -> Setup:
                  lengths.total_steps)
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Sequential:
     """The run's MLP with its init, from its own seed: the same draws in a pass as alone."""
     torch.manual_seed(cfg.seed)
     model = build_mlp(**cfg.model).to(device)

@@ -17,16 +17,18 @@ import csv
 import logging
 import math
 import time
+from typing import cast
 
 import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm import tqdm
 
 from optbench import diagnostics, optimizers, schedules, vectorized
-from optbench.results import rundir
 from optbench.models import linear_layers
+from optbench.results import rundir
+from optbench.trainer import checkpoints
 from optbench.trainer.batches import eval_splits, evaluate, normalise, random_shift, sync
 from optbench.trainer.runs import Run, close, update_summary
-from optbench.trainer import checkpoints
 from optbench.trainer.setup import Group, Lengths, optimizer_impl, share_optimizers
 
 log = logging.getLogger("optbench.trainer")
@@ -70,12 +72,14 @@ class Pass:
         # per run: clipped steps, skipped non-finite steps
         self.counters = torch.zeros(self.K, 2, dtype=torch.int64, device=device)
         self.step, self.epoch, self.resumed_train_time = 0, 0, [0.0] * self.K
-        self.resumed_order = None  # each run's data order of the epoch its checkpoint was taken in, when mid-epoch
+        # each run's data order of the epoch its checkpoint was taken in, when mid-epoch
+        self.resumed_order: torch.Tensor | None = None
         if self.runs[0].resume:
             checkpoints.restore(self)
         self.open_files()
         self.alive = list(range(self.K))
-        self.pending = []  # (step, epoch, [lr per run], [len(step_names), K] tensor) not yet read back
+        # (step, epoch, [lr per run], [len(step_names), K] tensor) not yet read back
+        self.pending: list[tuple[int, int, list[float], torch.Tensor]] = []
         self.eval_time = 0.0
         self.n_epochs = math.ceil(lengths.total_steps / lengths.steps_per_epoch)
         # a pass's bar says how many runs it trains and what differs between them
@@ -164,7 +168,7 @@ class Pass:
                                 for run in self.runs]), 0
         # the epoch a checkpoint was taken in, from the step after it
         order, self.resumed_order = self.resumed_order, None
-        return order, self.runs[0].resume["epoch_step"]
+        return order, checkpoints.resumed(self.runs[0])["epoch_step"]
 
     def train_step(self, rows: torch.Tensor, evaluates_next: bool) -> None:
         """One optimisation step of every run on its batch, `rows` [K, batch size] of the training split."""
@@ -316,6 +320,7 @@ class Pass:
             run.writer.write(step, epoch, name, {"loss": loss, "acc": acc})
         run.writer.write(step, epoch, "run", {"train_time": train_time})
         if self.per_layer:
+            assert run.initial is not None  # setup.build_runs keeps every run's start point
             numbers, layers_seen = diagnostics.at_evaluation(run.model, self.loss_fn, self.probe_x, self.probe_y,
                                                              self.cfg.model.activation, self.diag.saturation, step,
                                                              run.previous, run.initial)
@@ -344,7 +349,8 @@ class Pass:
         if not decide:
             return
         if run.group.interval == "eval" and self.step > 0:
-            run.group.scheduler.step(val_loss)  # the group of a run stepped on its own validation loss is its own
+            # the group of a run stepped on its own validation loss is its own; its scheduler takes a metric
+            cast(ReduceLROnPlateau, run.group.scheduler).step(val_loss)
         if settings.patience and evaluations_without_improvement([h["val_loss"] for h in run.history],
                                                                  settings.min_delta) >= settings.patience:
             run.log.info("stopped early at epoch %d step %d", self.epoch, self.step)
