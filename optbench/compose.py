@@ -229,11 +229,12 @@ def check_config(cfg) -> None:
             check_value(key, OmegaConf.select(cfg, key))
     if "trainer" not in cfg or "optimizer" not in cfg:
         return
-    if cfg.trainer.tensorboard and importlib.util.find_spec("tensorboard") is None:
+    # .get: a trajectories config has a trainer node with only what an optimizer option sets (gd's batch size)
+    if cfg.trainer.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
         raise UserError("trainer.tensorboard=true needs the tensorboard package: pip install 'optbench[tensorboard]'")
     from optbench.optimizers import traits
 
-    if traits(cfg.optimizer).closure and (cfg.trainer.clip_grad_norm or cfg.trainer.clip_grad_value):
+    if traits(cfg.optimizer).closure and (cfg.trainer.get("clip_grad_norm") or cfg.trainer.get("clip_grad_value")):
         # its line search compares losses with the gradient it is given: a clipped one misleads it
         raise UserError("optimizer=lbfgs does not support trainer.clip_grad_norm / trainer.clip_grad_value")
 
