@@ -44,6 +44,24 @@ def sweep(mnist_root, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_run(mnist_root, tmp_path_factory):
+    """A finished single run, trained once for the module; `unfinished` copies it per test."""
+    run = tmp_path_factory.mktemp("faults") / "run"
+    assert optbench("train", f"data.root={mnist_root}", *TINY, f"hydra.run.dir={run}").returncode == 0
+    return run
+
+
+@pytest.fixture
+def unfinished(one_run, mnist_root, tmp_path):
+    """(a copy of the run whose summary says it was interrupted, so training it again resumes; that command)."""
+    run = tmp_path / "run"
+    shutil.copytree(one_run, run)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    return run, ("train", f"data.root={mnist_root}", *TINY, f"hydra.run.dir={run}")
+
+
 @pytest.fixture
 def damaged(sweep, tmp_path):
     copy = tmp_path / "sweep"
@@ -85,12 +103,8 @@ def test_half_a_row_and_rows_of_the_wrong_type_are_dropped_not_fatal(damaged):
     assert metrics.value.dtype == float and metrics.step.max() == 13
 
 
-def test_a_damaged_checkpoint_is_one_line_and_resume_false_gets_past_it(mnist_root, tmp_path):
-    run = tmp_path / "run"
-    base = ("train", f"data.root={mnist_root}", *TINY, f"hydra.run.dir={run}")
-    assert optbench(*base).returncode == 0
-    summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))  # so it resumes
+def test_a_damaged_checkpoint_is_one_line_and_resume_false_gets_past_it(unfinished):
+    run, base = unfinished
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     metrics_before = (run / "metrics.csv").read_bytes()
     out = optbench(*base)
@@ -103,13 +117,9 @@ def test_a_damaged_checkpoint_is_one_line_and_resume_false_gets_past_it(mnist_ro
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
-def test_a_planted_checkpoint_runs_no_code_in_resume_or_landscape(mnist_root, tmp_path):
-    run = tmp_path / "run"
-    base = ("train", f"data.root={mnist_root}", *TINY, f"hydra.run.dir={run}")
-    assert optbench(*base).returncode == 0
+def test_a_planted_checkpoint_runs_no_code_in_resume_or_landscape(unfinished, tmp_path):
+    run, base = unfinished
     created = tmp_path / "pwned"
-    summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
     (run / "checkpoint.pt").write_bytes(pickle.dumps({"model": Planted(created)}, protocol=2))  # as torch.save writes
     out = optbench(*base)
     assert out.returncode == 2 and "checkpoint.pt" in one_line_error(out)
@@ -119,9 +129,8 @@ def test_a_planted_checkpoint_runs_no_code_in_resume_or_landscape(mnist_root, tm
     assert not created.exists()
 
 
-def test_landscape_never_calls_a_target_named_by_the_folder(mnist_root, tmp_path):
-    run = tmp_path / "run"
-    assert optbench("train", f"data.root={mnist_root}", *TINY, f"hydra.run.dir={run}").returncode == 0
+def test_landscape_never_calls_a_target_named_by_the_folder(unfinished, tmp_path):
+    run, _ = unfinished
     copied = tmp_path / "copied"
     config = (run / "config.yaml").read_text()
     # a crafted config: its loss would copy a file if it were instantiated
@@ -134,12 +143,8 @@ def test_landscape_never_calls_a_target_named_by_the_folder(mnist_root, tmp_path
     assert not copied.exists()
 
 
-def test_a_metrics_file_shorter_than_its_checkpoint_is_never_grown(mnist_root, tmp_path):
-    run = tmp_path / "run"
-    base = ("train", f"data.root={mnist_root}", *TINY, f"hydra.run.dir={run}")
-    assert optbench(*base).returncode == 0
-    summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+def test_a_metrics_file_shorter_than_its_checkpoint_is_never_grown(unfinished):
+    run, base = unfinished
     with open(run / "metrics.csv", "r+b") as f:
         f.truncate(100)
     out = optbench(*base)
@@ -147,12 +152,8 @@ def test_a_metrics_file_shorter_than_its_checkpoint_is_never_grown(mnist_root, t
     assert (run / "metrics.csv").stat().st_size == 100 and b"\x00" not in (run / "metrics.csv").read_bytes()
 
 
-def test_a_damaged_config_is_one_line_and_keeps_the_checkpoint(mnist_root, tmp_path):
-    run = tmp_path / "run"
-    base = ("train", f"data.root={mnist_root}", *TINY, f"hydra.run.dir={run}")
-    assert optbench(*base).returncode == 0
-    summary = json.loads((run / "summary.json").read_text())
-    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+def test_a_damaged_config_is_one_line_and_keeps_the_checkpoint(unfinished):
+    run, base = unfinished
     (run / "config.yaml").write_text("optimizer: {lr: [")
     out = optbench(*base)
     assert out.returncode == 2 and "config.yaml" in one_line_error(out)
