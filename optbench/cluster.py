@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import submitit
 
 from optbench import executors
-from optbench.errors import UserError
+from optbench.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,11 @@ def make_executor(cluster: str, folder, conf):
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     except RuntimeError as e:  # executor=slurm where there is no srun
-        raise UserError(f"hydra.launcher.executor={_executor_name(cluster)}: {_first_line(e)}") from None
+        raise UserError(f"hydra.launcher.executor={_executor_name(cluster)}: {first_line(e)}") from None
     try:
         executor.update_parameters(**parameters(conf))
     except (ValueError, AssertionError, TypeError, NameError) as e:  # submitit's ways of naming a bad parameter
-        raise UserError(f"hydra.launcher: {_first_line(e)}") from None
+        raise UserError(f"hydra.launcher: {first_line(e)}") from None
     return executor
 
 
@@ -117,7 +117,7 @@ def submit(executor, calls: list[tuple], threads: int | None) -> list:
     try:
         jobs = executor.map_array(PassJob(threads), *map(list, zip(*calls)))
     except (submitit.core.utils.FailedSubmissionError, OSError) as e:  # sbatch refused the array, or is missing
-        raise UserError(f"could not submit the passes: {_first_line(e)}") from None
+        raise UserError(f"could not submit the passes: {first_line(e)}") from None
     ids = sorted({job.job_id.split("_")[0] for job in jobs})  # one id for a SLURM array, one per local process
     log.info("submitted %d job(s) to %s: %s; submitit's logs in %s", len(jobs), executor.cluster, ", ".join(ids),
              executor.folder)
@@ -134,8 +134,3 @@ def submit(executor, calls: list[tuple], threads: int | None) -> list:
 
 def _executor_name(cluster: str) -> str:
     return "slurm" if cluster == "slurm" else "submitit_local"
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

@@ -382,16 +382,26 @@ def held_elsewhere(run_dir: Path) -> dict | None:
     return None if mine else record
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (another user's counts too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _alive(record: dict, heartbeat: float) -> bool:
     if record.get("host") != socket.gethostname():  # another machine: only its heartbeat tells
         return time.time() - heartbeat < STALE
     try:
         pid = int(record["pid"])
-        os.kill(pid, 0)
-    except (KeyError, ValueError, ProcessLookupError):
+    except (KeyError, ValueError, TypeError):
         return False
-    except PermissionError:
-        pass
+    if not pid_alive(pid):
+        return False
     started = _process_start(pid)
     return started is None or record.get("process_start") in (None, started)  # a reused pid is another process
 

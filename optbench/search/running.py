@@ -12,11 +12,12 @@ from omegaconf import OmegaConf, open_dict
 
 from optbench import jobs
 from optbench.compose import compose_config
+from optbench.errors import first_line
 from optbench.results import rundir
 from optbench.search.figures import save_plots
 from optbench.search.scoring import METRIC, score, write_table
 from optbench.search.settings import budget, settle_spec
-from optbench.search.shared import Shared, claim, fail_orphans, first_line, open_study, run_shared, worker_name
+from optbench.search.shared import Shared, claim, fail_orphans, open_study, run_shared, worker_name
 from optbench.search.spaces import grid, override_text, parse_space, seeded_sampler, suggest, trial_overrides
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from optbench.errors import UserError
+from optbench.errors import UserError, first_line
+from optbench.results import rundir
 from optbench.search.settings import GROWABLE, SPEC_KEYS, comparable
 from optbench.search.spaces import seeded_sampler
 
@@ -216,10 +217,6 @@ def submit_workers(function, args: tuple, workers: int, folder: Path, cluster: s
     return failed
 
 
-def first_line(error: BaseException) -> str:
-    """An error's first non-blank line, for one-line messages."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def open_study(shared: Shared, spec: dict):
@@ -324,7 +321,8 @@ def fail_orphans(study, unclaimed: bool = False) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         name, _, pid = t.user_attrs.get("worker", "").rpartition(":")
-        if (name == host and pid.isdigit() and not _alive(int(pid))) or (unclaimed and "worker" not in t.user_attrs):
+        dead = name == host and pid.isdigit() and not rundir.pid_alive(int(pid))
+        if dead or (unclaimed and "worker" not in t.user_attrs):
             try:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:  # a shared study: another worker was first
@@ -333,12 +331,4 @@ def fail_orphans(study, unclaimed: bool = False) -> None:
                         pid or "(stopped before claiming it)")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
