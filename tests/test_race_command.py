@@ -92,6 +92,35 @@ def test_a_killed_race_resumes_to_the_ledger_of_an_uninterrupted_one(race, mnist
     pd.testing.assert_frame_equal(resumed, uninterrupted)
 
 
+def test_workers_sharing_a_journal_storage_run_the_same_race(race, mnist_root, tmp_path):
+    _, whole = race
+    race_dir = tmp_path / "shared"
+    journal = tmp_path / "studies.log"
+    out = optbench("race", *_args(tmp_path, mnist_root, race_dir), "--storage", str(journal), "--workers", "2",
+                   "--cluster", "local")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "submitted 2 workers to local" in out.stdout and not list(race_dir.glob("tuning/*/*/study.db"))
+    # the studies live in the journal, named after the race and the study's folder; two workers ran them
+    for optimizer in ("adamw", "sgd"):
+        trials = pd.read_csv(race_dir / "tuning" / optimizer / "study0" / "trials.csv")
+        assert trials["state"].tolist().count("COMPLETE") == 4
+    workers = {w for f in race_dir.glob("tuning/*/study0/trials.csv") for w in pd.read_csv(f)["worker"].dropna()}
+    assert len(workers) == 2, workers
+    assert f"--storage {journal}" in (race_dir / "race.md").read_text()
+    shared, alone = (pd.read_csv(d / "ledger.csv")[LEDGER] for d in (race_dir, whole))
+    pd.testing.assert_frame_equal(shared, alone)
+    chosen = [pd.read_csv(d / "chosen_table.csv")[["optimizer", "optimizer.lr"]] for d in (race_dir, whole)]
+    pd.testing.assert_frame_equal(*chosen)
+
+
+def test_a_race_resumed_with_storage_it_was_not_started_with_is_refused(race, mnist_root, tmp_path):
+    tmp, race_dir = race
+    out = optbench("race", "--dir", str(race_dir), "--storage", str(tmp_path / "s.log"), f"data.root={mnist_root}")
+    assert out.returncode == 2 and "keeps its studies in study.db" in out.stderr
+    out = optbench("race", "--optimizers", "adamw,sgd", "--workers", "2", "--dir", str(tmp_path / "w"))
+    assert out.returncode == 2 and "--workers needs --storage" in out.stderr and not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (("--optimizers", "adamw"), "a race needs two or more different optimizers"),
     (("--optimizers", "adamw,nosuch"), "nosuch"),

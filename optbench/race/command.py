@@ -15,7 +15,9 @@ from optbench.compose import check_group_choices
 from optbench.errors import UserError
 from optbench.race import budget, page, robustness, running, sensitivity, sequential, spaces, tables
 from optbench.results import rundir
+from optbench.search.command import add_worker_flags, check_workers, submitit_params
 from optbench.search.settings import check_spec, comparable
+from optbench.search.shared import is_journal, password_in_environment, split_password
 
 SAVED = "race.yaml"
 # the default scale: 4 optimizers in about 15 minutes on an idle 2-core CPU (docs/race.md): 8 Sobol trials (a power
@@ -33,7 +35,24 @@ def main(args: list[str]) -> int:
     opts = _parser().parse_intermixed_args(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     race_dir = Path(opts.dir or f"races/{datetime.now():%Y-%m-%d_%H-%M-%S}")
-    settings = settle(race_dir, _given(opts))
+    given = _given(opts)
+    storage, secret = split_password(opts.storage) if opts.storage else (None, None)
+    given["storage"] = str(Path(storage).resolve()) if storage and is_journal(storage) else storage
+    check_workers(opts.workers, storage or (_read(race_dir) or {}).get("storage"))
+    params = submitit_params(opts.submitit)
+    settings = settle(race_dir, given)
+    with password_in_environment(secret):
+        if opts.workers:
+            failed = running.submit(race_dir, settings, opts.threads, opts.workers, opts.cluster, params)
+            if failed:
+                for line in failed:
+                    print(f"optbench: error: {line}", file=sys.stderr)
+                return 1
+        return _after_tuning(race_dir, settings, opts, started)
+
+
+def _after_tuning(race_dir: Path, settings: dict, opts, started: float) -> int:
+    """The studies (run here, or read once the workers finished them), the seed rounds, robustness, the page."""
     studies = running.tune(race_dir, settings, opts.threads)
     if settings["extend_edges"]:
         studies = running.extend(race_dir, settings, studies, opts.threads)
@@ -75,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                         "'[64];[256,256]': the chosen configurations rerun there (first round's seeds), ranks compared")
     parser.add_argument("--dir", help="race directory; an existing one is resumed (default races/<time>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    add_worker_flags(parser, "race", "each study is named after --dir and the optimizer, and the seed rounds run in "
+                     "the submitting process")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides fixed for every run")
     return parser
 
@@ -137,7 +158,12 @@ def settle(race_dir: Path, given: dict) -> dict:
             if clash:
                 raise UserError(f"{race_dir} holds a race with other {', '.join(clash)}; resume it without "
                                 "changing them (or give only --dir), or pick a new --dir")
+        if (given["storage"] is None) != (saved.get("storage") is None) and given["storage"] is not None:
+            raise UserError(f"{race_dir} keeps its studies in study.db files (SQLite), not in --storage: "
+                            "resume it without --storage, or pick a new --dir")
         full = {**saved, "overrides": _resumed_overrides(saved["overrides"], given["overrides"]),
+                # workers may name one server differently; without --storage a race keeps where its studies are
+                "storage": given["storage"] or saved.get("storage"),
                 # the good region's margin only reads the runs: a resumed race may draw it anew
                 "epsilon": given["epsilon"] or saved["epsilon"]}
     for name in full["optimizers"]:  # every space and override composed before anything is written
@@ -170,7 +196,7 @@ def _fill(given: dict) -> dict:
             "seeds": given["seeds"] or {"first": d["first_seeds"], "step": d["seed_step"], "cap": d["max_seeds"]},
             "alpha": given["alpha"] or d["alpha"], "epsilon": given["epsilon"] or d["epsilon"],
             "sampler_seed": d["sampler_seed"] if given["sampler_seed"] is None else given["sampler_seed"],
-            "extend_edges": bool(given["extend_edges"]), "shapes": given["shapes"] or []}
+            "extend_edges": bool(given["extend_edges"]), "shapes": given["shapes"] or [], "storage": given["storage"]}
 
 
 def _read(race_dir: Path) -> dict | None:
@@ -230,7 +256,8 @@ def _argv(race_dir: Path, settings: dict) -> list[str]:
             "--steps", str(s["steps"]), "--seeds", f"{seeds['first']},{seeds['step']},{seeds['cap']}",
             "--alpha", f"{s['alpha']:g}", "--epsilon", f"{s['epsilon']:g}", "--sampler-seed", str(s["sampler_seed"]),
             *(["--extend-edges"] if s["extend_edges"] else []),
-            *(["--shapes", ";".join(s["shapes"])] if s["shapes"] else []), "--dir", str(race_dir), *s["overrides"]]
+            *(["--shapes", ";".join(s["shapes"])] if s["shapes"] else []),
+            *(["--storage", s["storage"]] if s.get("storage") else []), "--dir", str(race_dir), *s["overrides"]]
 
 
 def _chosen_table(chosen: dict):

@@ -3,7 +3,8 @@ chosen configurations rerun with paired seeds in rounds, and the tables read bac
 
 A race directory holds:
   race.yaml                  the settings; a rerun with the same --dir resumes them (a changed one is refused)
-  tuning/<opt>/study<k>/     a search directory (search.yaml, study.db, runs/, trials.csv): its resume is the race's
+  tuning/<opt>/study<k>/     a search directory (search.yaml, study.db, runs/, trials.csv): its resume is the race's;
+                             with --storage its study is kept there instead, named <race dir>/<opt>/study<k>
   tuning/<opt>/extra/        --extend-edges: the same extra budget for every optimizer (widened range if flagged)
   seeds/<opt>/seed=<s>/      the chosen configuration's runs on fresh seeds 1000, 1001, ... (the same for all)
   predictions/<opt>.npz      the first seed run's class for each test image, with the labels
@@ -17,13 +18,13 @@ import numpy as np
 
 from optbench.race import sequential, spaces
 from optbench.results import rundir
-from optbench.search.running import enqueue_grid, run_one, run_search
+from optbench.search.running import enqueue_grid, run_one, run_search, sqlite_study
 from optbench.search.settings import settle_spec
+from optbench.search.shared import Shared, open_study, submit_workers
 from optbench.search.spaces import trial_overrides
 
 log = logging.getLogger(__name__)
 FIRST_SEED = 1000  # fresh seeds: the tuning seed (0) chose the configurations
-STUDY_NAME = "optbench"  # the search package's name for the study in DIR/study.db
 CHANCE = 0.1  # a diverged seed run scores as guessing among 10 classes (it is not left out: that would flatter it)
 VERDICT = "final.test_acc"  # the end of the schedule (Wen et al.: compare there), the weights predictions use
 
@@ -35,18 +36,27 @@ def search_spec(settings: dict, optimizer: str, space: dict, trials: int, sample
             "overrides": [f"optimizer={optimizer}", *settings["overrides"]]}
 
 
-def run_study(search_dir: Path, spec: dict, sobol_seed: int, threads: int | None):
-    """Queue the study's Sobol points not yet finished or queued, then run (or resume) the search."""
+def run_study(search_dir: Path, spec: dict, sobol_seed: int, threads: int | None, shared: Shared | None = None,
+              queue: bool = True):
+    """Queue the study's Sobol points not yet finished or queued (unless a submitting process did: queue=False),
+    then run (or resume) the search; its study in DIR/study.db, or with `shared` on a storage workers share."""
     import optuna
 
-    spec = settle_spec(search_dir, spec)  # checks every setting, makes the folder
+    spec = settle_spec(search_dir, {**spec, "storage": shared and shared.url})  # checks every setting, makes the folder
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(search_dir / 'study.db').resolve()}",
-                                load_if_exists=True, direction="maximize")
-    enqueue_grid(study, spaces.sobol_points(spec["space"], spec["trials"], sobol_seed))
+    if queue:
+        study = open_study(shared, spec) if shared else sqlite_study(search_dir)
+        enqueue_grid(study, spaces.sobol_points(spec["space"], spec["trials"], sobol_seed))
     # run_search logs its sampler as 'random': it is never asked, every trial is one of these queued points
     log.info("race: %s: %d Sobol points (scramble seed %d)", search_dir, spec["trials"], sobol_seed)
-    return run_search(search_dir, spec, threads)
+    return run_search(search_dir, spec, threads, shared)
+
+
+def shared_study(race_dir: Path, settings: dict, search_dir: Path) -> Shared | None:
+    """With --storage, a study's place there: named after the race directory and the study's folder in it."""
+    if not settings.get("storage"):
+        return None
+    return Shared(settings["storage"], f"{race_dir.resolve().name}/{search_dir.relative_to(race_dir).as_posix()}")
 
 
 def finished_trials(study) -> list:
@@ -55,19 +65,43 @@ def finished_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def tune(race_dir: Path, settings: dict, threads: int | None) -> dict:
-    """Every optimizer's studies: {optimizer: [(study name, space, study)]}. The i-th study of every
-    optimizer draws the same Sobol cube (seed sampler_seed + i)."""
-    out: dict[str, list] = {}
-    for name in settings["optimizers"]:
-        space = settings["spaces"][name]
-        out[name] = []
-        for k in range(settings["studies"]):
-            seed = settings["sampler_seed"] + k
-            spec = search_spec(settings, name, space, settings["trials"], seed)
-            directory = race_dir / "tuning" / name / f"study{k}"
-            out[name].append((f"study{k}", space, run_study(directory, spec, seed, threads)))
+def plan(race_dir: Path, settings: dict) -> list[tuple[str, int, Path, dict, int]]:
+    """(optimizer, k, folder, search settings, Sobol seed) of every study: the i-th study of every optimizer
+    draws the same Sobol cube (seed sampler_seed + i)."""
+    return [(name, k, race_dir / "tuning" / name / f"study{k}",
+             search_spec(settings, name, settings["spaces"][name], settings["trials"], settings["sampler_seed"] + k),
+             settings["sampler_seed"] + k)
+            for name in settings["optimizers"] for k in range(settings["studies"])]
+
+
+def tune(race_dir: Path, settings: dict, threads: int | None, queue: bool = True) -> dict:
+    """Every optimizer's studies, run or resumed: {optimizer: [(study name, space, study)]}."""
+    out: dict[str, list] = {name: [] for name in settings["optimizers"]}
+    for name, k, directory, spec, seed in plan(race_dir, settings):
+        study = run_study(directory, spec, seed, threads, shared_study(race_dir, settings, directory), queue)
+        out[name].append((f"study{k}", spec["space"], study))
     return out
+
+
+def work(race_dir: Path, settings: dict, threads: int | None) -> None:
+    """One worker that --workers submits: every study of the race in turn, each shared with the other workers
+    (their Sobol points queued by the submitting process)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tune(race_dir, settings, threads, queue=False)
+
+
+def submit(race_dir: Path, settings: dict, threads: int | None, workers: int, cluster: str | None,
+           params: dict) -> list[str]:
+    """The tuning as `workers` submitit jobs (a SLURM array, or local processes) on the shared studies; one line
+    per failed job. The seed rounds then run in the submitting process."""
+    race_dir = race_dir.resolve()  # jobs may start in another folder
+    for _, _, directory, spec, seed in plan(race_dir, settings):  # each point queued once, before workers start
+        shared = shared_study(race_dir, settings, directory)
+        assert shared is not None  # --workers needs --storage (command.check_workers)
+        spec = settle_spec(directory, {**spec, "storage": shared.url})
+        enqueue_grid(open_study(shared, spec), spaces.sobol_points(spec["space"], spec["trials"], seed))
+    threads = threads or params.get("cpus_per_task")
+    return submit_workers(work, (race_dir, settings, threads), workers, race_dir / ".submitit", cluster, params)
 
 
 def best_trial(studies: list):
@@ -89,7 +123,9 @@ def extend(race_dir: Path, settings: dict, studies: dict, threads: int | None) -
         flagged = spaces.edges(trial.params, space, settings["trials"]) if trial is not None else {}
         wide = spaces.widened(settings["spaces"][name], flagged)
         spec = search_spec(settings, name, wide, settings["trials"], seed)
-        studies[name].append(("extra", wide, run_study(race_dir / "tuning" / name / "extra", spec, seed, threads)))
+        directory = race_dir / "tuning" / name / "extra"
+        studies[name].append(("extra", wide, run_study(directory, spec, seed, threads,
+                                                       shared_study(race_dir, settings, directory))))
     return studies
 
 

@@ -46,15 +46,11 @@ def main(args: list[str]) -> int:
     if shared is not None:
         spec["storage"] = shared.url  # without its password (split_password)
     spec = settled(search_dir, spec)
-    if opts.workers is not None and opts.workers < 1:
-        raise UserError(f"--workers={opts.workers} must be >= 1")
-    if opts.workers and shared is None:
-        raise UserError("--workers needs --storage, where the workers share the study (a journal file PATH.log on "
-                        "a shared file system needs no server); SQLite over a network file system is not safe")
+    check_workers(opts.workers, shared)
     if spec["schedules"] and (shared is not None or opts.workers):
         raise UserError("the crowded valley protocol runs on one machine (its one-shot runs are not shared "
                         "work): drop --storage and --workers")
-    params = _params(opts.submitit)
+    params = submitit_params(opts.submitit)
     save_spec(search_dir, spec)
     if spec["schedules"]:
         run_valley(search_dir, spec, opts.threads)
@@ -93,24 +89,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="crowded_valley: trial budgets compared with one-shot, e.g. 25,50,75")
     parser.add_argument("--dir", help="search directory; an existing one is resumed (default searches/<time>)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--storage", metavar="URL",
-                        help="keep the study where workers on other machines share it: "
-                        "postgresql://user@host/db (optbench[postgres]), mysql+pymysql://... "
-                        "(optbench[mysql]) or /shared/PATH.log (a journal file); every worker gives the same --dir, "
-                        f"which names the study. The password: in ${PASSWORD_ENV} or, for PostgreSQL, ~/.pgpass or "
-                        "$PGPASSWORD; one written in the URL is taken out of it before anything is written or "
-                        "submitted, and reaches the workers through their environment")
+    add_worker_flags(parser, "search", "every worker gives the same --dir, which names the study")
     parser.add_argument("--heartbeat", type=int, default=HEARTBEAT, metavar="S",
                         help="database storages: seconds between a running trial's heartbeats; a trial silent for "
                         f"twice that is rerun by another worker (default {HEARTBEAT})")
-    parser.add_argument("--workers", type=int, help="submit this many workers with submitit: a SLURM job array "
-                        "(local processes where there is no SLURM)")
-    parser.add_argument("--cluster", choices=("slurm", "local"), help="submitit's executor for --workers "
-                        "(default: slurm where srun is found, else local)")
-    parser.add_argument("--submitit", action="append", default=[], metavar="KEY=VALUE",
-                        help="a submitit parameter for each worker, e.g. timeout_min=240 slurm_partition=gpu "
-                        "gpus_per_node=1 cpus_per_task=4 mem_gb=16 (repeat the flag; "
-                        f"default timeout_min={WORKER_TIMEOUT_MIN})")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides fixed for every trial")
     return parser
 
@@ -154,7 +136,34 @@ def _shared(opts, search_dir: Path) -> tuple[Shared | None, str | None]:
     return Shared(url, search_dir.resolve().name, opts.heartbeat), secret
 
 
-def _params(pairs: list[str]) -> dict:
+def add_worker_flags(parser: argparse.ArgumentParser, what: str, naming: str) -> None:
+    """--storage, --workers, --cluster, --submitit: where a study is kept and who runs its trials (search, race)."""
+    parser.add_argument("--storage", metavar="URL",
+                        help=f"keep the {what}'s studies where workers on other machines share them: "
+                        "postgresql://user@host/db (optbench[postgres]), mysql+pymysql://... "
+                        f"(optbench[mysql]) or /shared/PATH.log (a journal file); {naming}. The password: in "
+                        f"${PASSWORD_ENV} or, for PostgreSQL, ~/.pgpass or $PGPASSWORD; one written in the URL is "
+                        "taken out of it before anything is written or submitted, and reaches the workers through "
+                        "their environment")
+    parser.add_argument("--workers", type=int, help="submit this many workers with submitit: a SLURM job array "
+                        "(local processes where there is no SLURM); needs --storage")
+    parser.add_argument("--cluster", choices=("slurm", "local"), help="submitit's executor for --workers "
+                        "(default: slurm where srun is found, else local)")
+    parser.add_argument("--submitit", action="append", default=[], metavar="KEY=VALUE",
+                        help="a submitit parameter for each worker, e.g. timeout_min=240 slurm_partition=gpu "
+                        "gpus_per_node=1 cpus_per_task=4 mem_gb=16 (repeat the flag; "
+                        f"default timeout_min={WORKER_TIMEOUT_MIN})")
+
+
+def check_workers(workers: int | None, shared) -> None:
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers={workers} must be >= 1")
+    if workers and shared is None:
+        raise UserError("--workers needs --storage, where the workers share the study (a journal file PATH.log on "
+                        "a shared file system needs no server); SQLite over a network file system is not safe")
+
+
+def submitit_params(pairs: list[str]) -> dict:
     """--submitit KEY=VALUE flags as submitit's parameters; values read as YAML (240 is a number)."""
     params = {}
     for pair in pairs:

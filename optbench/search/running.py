@@ -41,7 +41,7 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared:
     lock = search_dir / "study.lock"
     if shared is None:
         with _locked(lock):  # processes sharing the study: creating the SQLite schema, queueing the grid
-            study = _sqlite_study(search_dir)
+            study = sqlite_study(search_dir)
             done, todo = budget_left(study, space, spec)
     else:
         study = open_study(shared, spec)
@@ -71,7 +71,7 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared:
     return study
 
 
-def _sqlite_study(search_dir: Path):
+def sqlite_study(search_dir: Path):
     """The study of a search on one machine: DIR/study.db; a DamagedFile when it is not an Optuna study."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
