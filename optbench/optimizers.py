@@ -62,6 +62,8 @@ class Traits:
     row_wise: bool = False
     # step(closure) evaluates the loss again (L-BFGS's line search): it trains alone, and unclipped
     closure: bool = False
+    # its iterate averaging replaces a decaying schedule: run at schedule=constant (a race does; the authors do)
+    schedule_free: bool = False
 
 
 TRAIT_NAMES = tuple(f.name for f in fields(Traits))

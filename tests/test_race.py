@@ -213,3 +213,13 @@ def test_a_resumed_race_keeps_its_experiment_and_runs_where_this_command_says():
     assert _resumed_overrides(saved, None) == saved
     assert _resumed_overrides(saved, ["data.root=/new"]) == ["model.hidden=[32]", "trainer.max_steps=20",
                                                               "data.root=/new"]
+
+
+def test_a_schedule_free_optimizer_races_at_a_constant_rate_and_the_others_decay():
+    from optbench.race.command import SCALE
+    from optbench.race.running import run_overrides
+
+    settings = {"overrides": [*SCALE, "trainer.max_steps=20"]}
+    assert run_overrides(settings, "adamw")[-2:] == ["schedule=cosine", "trainer.max_steps=20"]
+    free = run_overrides(settings, "schedulefree_adamw")
+    assert free[-1] == "schedule=constant" and "schedule=cosine" not in free

@@ -11,11 +11,14 @@ A race directory holds:
   ledger.csv, verdicts.csv, looks.csv, testset.csv, sensitivity.csv, checkpoints.csv, targets.csv, race.md/.html
 """
 
+import functools
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from optbench import optimizers
+from optbench.compose import compose_config
 from optbench.race import sequential, spaces
 from optbench.results import rundir
 from optbench.search.running import enqueue_grid, run_one, run_search, sqlite_study
@@ -33,7 +36,21 @@ def search_spec(settings: dict, optimizer: str, space: dict, trials: int, sample
     """The search package's settings for one optimizer's study. Sampler 'random' is never asked: every trial
     is a queued Sobol point (spaces.sobol_points), so the search runs them in order and resumes them."""
     return {"space": space, "sampler": "random", "trials": trials, "seeds": [0], "sampler_seed": sampler_seed,
-            "overrides": [f"optimizer={optimizer}", *settings["overrides"]]}
+            "overrides": run_overrides(settings, optimizer)}
+
+
+def run_overrides(settings: dict, optimizer: str) -> list[str]:
+    """optimizer=NAME and the race's fixed overrides; a schedule-free optimizer at schedule=constant, as its
+    authors run it (its averaging replaces the decay the others get)."""
+    fixed = settings["overrides"]
+    if schedule_free(optimizer):
+        fixed = [*(o for o in fixed if o.split("=", 1)[0].lstrip("+") != "schedule"), "schedule=constant"]
+    return [f"optimizer={optimizer}", *fixed]
+
+
+@functools.cache
+def schedule_free(optimizer: str) -> bool:
+    return optimizers.traits(compose_config([f"optimizer={optimizer}"]).optimizer).schedule_free
 
 
 def run_study(search_dir: Path, spec: dict, sobol_seed: int, threads: int | None, shared: Shared | None = None,
@@ -134,8 +151,7 @@ def seed_run(race_dir: Path, settings: dict, name: str, params: dict, seed: int)
     run_dir = race_dir / "seeds" / name / f"seed={seed}"
     summary = rundir.read_summary(run_dir)
     if summary is None or summary["status"] not in rundir.FINISHED:
-        summary = run_one([f"optimizer={name}", *settings["overrides"], *trial_overrides(params), f"seed={seed}"],
-                          run_dir)
+        summary = run_one([*run_overrides(settings, name), *trial_overrides(params), f"seed={seed}"], run_dir)
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt
     return summary
@@ -174,7 +190,6 @@ def shape_scores(race_dir: Path, settings: dict, chosen: dict, base: dict) -> di
     n = settings["seeds"]["first"]
     out = {"race's model": base}
     for shape in settings.get("shapes") or []:
-        extra = [*settings["overrides"], f"model.hidden={shape}"]
         scores = {}
         for name, params in chosen.items():
             values = []
@@ -182,8 +197,8 @@ def shape_scores(race_dir: Path, settings: dict, chosen: dict, base: dict) -> di
                 run_dir = race_dir / "shapes" / rundir.folder_name(shape) / name / f"seed={FIRST_SEED + s}"
                 summary = rundir.read_summary(run_dir)
                 if summary is None or summary["status"] not in rundir.FINISHED:
-                    summary = run_one([f"optimizer={name}", *extra, *trial_overrides(params),
-                                       f"seed={FIRST_SEED + s}"], run_dir)
+                    summary = run_one([*run_overrides(settings, name), f"model.hidden={shape}",
+                                       *trial_overrides(params), f"seed={FIRST_SEED + s}"], run_dir)
                 if summary["status"] == "interrupted":
                     raise KeyboardInterrupt
                 values.append(verdict_value(summary))
