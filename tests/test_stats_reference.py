@@ -219,8 +219,6 @@ def test_ranks_follow_the_means_and_share_1_only_with_equivalence():
     assert not found.loc["noisy", "equivalent"] and found.loc["noisy", "low"] < -0.005
 
 
-@pytest.mark.xfail(strict=True, reason="profiles.performance_ratios divides by a best cost of 0 (target reached at "
-                                       "the step-0 evaluation): 0/0 is NaN and every solver counts as unsolved")
 def test_target_reached_at_the_first_evaluation_counts_as_solved():
     from optbench.results import profiles
 
@@ -228,3 +226,6 @@ def test_target_reached_at_the_first_evaluation_counts_as_solved():
         warnings.simplefilter("ignore")
         score = profiles.profile_score(pd.DataFrame({"a": [0.0, 10.0], "b": [0.0, 20.0]}))
     assert score["a"] == 1.0  # fastest on both problems
+    assert score["b"] == pytest.approx((1 + (4 - 2) / 3) / 2)  # tied at step 0, twice a's steps on the other
+    ratios = profiles.performance_ratios(pd.DataFrame({"a": [0.0], "b": [5.0]}))
+    assert ratios.loc[0, "a"] == 1.0 and ratios.loc[0, "b"] == float("inf")  # slower than at once: beyond any r_max

@@ -32,7 +32,9 @@ def performance_profile(costs, r_max: float = 4.0, taus=None):
 def performance_ratios(costs, r_max: float = 4.0):
     costs = costs.astype(float).where(lambda c: c.notna(), np.inf)
     best = costs.min(axis=1)
-    ratios = costs.div(best, axis=0)
+    # a solver as fast as the best has ratio 1, also where the best is 0 (the target held at the step-0 evaluation:
+    # 0/0), and any slower one is then beyond every r_max
+    ratios = costs.div(best, axis=0).mask(costs.eq(best, axis=0), 1.0)
     ratios.loc[~np.isfinite(best)] = np.inf  # nobody reached the target: unsolved for all
     return ratios.where(ratios <= r_max, np.inf)
 
