@@ -335,7 +335,7 @@ def _by(value: str | None) -> list[str] | None:
 
 
 def _report_parser() -> argparse.ArgumentParser:
-    from optbench.results.stats import LEVEL
+    from optbench.results.stats import LEVEL, MARGIN
 
     parser = argparse.ArgumentParser(
         prog="optbench report",
@@ -354,6 +354,9 @@ def _report_parser() -> argparse.ArgumentParser:
                         help=f"confidence level of the intervals; 1 - level is the tests' alpha (default: {LEVEL:g})")
     parser.add_argument("--baseline", metavar="GROUP",
                         help="compare every group with this one (e.g. adam), not the best")
+    parser.add_argument("--margin", type=float, default=MARGIN,
+                        help="equivalence margin: a group below the best whose interval of the difference lies "
+                        f"within +-MARGIN shares its rank (default: {MARGIN:g}; 0: none)")
     parser.add_argument("--all-pairs", action="store_true",
                         help="also compare every pair of groups (Holm's correction over all pairs); "
                              "see comparisons.csv")
@@ -369,6 +372,8 @@ def report_command(args: list[str]) -> int:
 
     if not 0.5 <= opts.level < 1:
         raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")
+    if not 0 <= opts.margin < 1:
+        raise UserError(f"--margin {opts.margin} must be an accuracy difference in [0, 1), e.g. 0.005")
 
     runs = results.load_runs(*opts.dirs)
     metrics = results.load_metrics(runs)
@@ -376,7 +381,8 @@ def report_command(args: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     metrics.to_csv(out / "metrics.csv.gz", index=False)
-    table = results.rank(runs, metrics, _by(opts.by), opts.target, opts.level, opts.baseline)
+    table = results.rank(runs, metrics, _by(opts.by), opts.target, opts.level, opts.baseline,
+                         opts.margin or None)
     text = results.format_ranking(table)
     table.to_csv(out / "ranking.csv", index=False)
     (out / "ranking.md").write_text(results.markdown(text))

@@ -94,6 +94,19 @@ def test_report_writes_tables_pandas_reads_in_one_line(shared_sweep):
     assert md[0].startswith("| optimizer.name |") and len(md) == 4
 
 
+def test_report_margin_sets_which_groups_share_the_best_rank(shared_sweep, tmp_path):
+    ranks = {}
+    for margin in ("0", "0.9"):  # none; wider than any accuracy difference of two tiny runs
+        out = optbench("report", str(shared_sweep), "--target", "0.5", "--margin", margin,
+                       "--out", str(tmp_path / margin))
+        assert out.returncode == 0, out.stderr
+        ranking = pd.read_csv(tmp_path / margin / "ranking.csv")
+        ranks[margin] = sorted(ranking["rank"])
+    assert ranks["0.9"] == [1, 1] and ranks["0"] == [1, 2]
+    out = optbench("report", str(shared_sweep), "--margin", "2")
+    assert out.returncode == 2 and "--margin 2.0 must be" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
 def test_rerun_skips_completed_and_false_forces(mnist_root, shared_sweep, tmp_path):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(shared_sweep, sweep_dir)  # this test retrains a run: its own copy, the others read the original
