@@ -223,3 +223,12 @@ def test_a_schedule_free_optimizer_races_at_a_constant_rate_and_the_others_decay
     assert run_overrides(settings, "adamw")[-2:] == ["schedule=cosine", "trainer.max_steps=20"]
     free = run_overrides(settings, "schedulefree_adamw")
     assert free[-1] == "schedule=constant" and "schedule=cosine" not in free
+
+
+def test_five_optimizers_in_the_same_order_on_every_model_read_as_the_same_order():
+    scores = {"muon": 0.9768, "schedulefree_adamw": 0.9708, "radam": 0.9686, "adamw": 0.9665, "lion": 0.9561}
+    shifted = {name: value - 0.0123 for name, value in scores.items()}
+    table = robustness.across({"race's model": scores, "hidden=[64]": shifted, "hidden=[128,128]": scores})
+    assert (table["tau_vs_first"] == 1.0).all()
+    assert robustness.words(table, "tau_vs_first", "the model") == (
+        "The ranking holds across the model (same leader, muon, and the same order).")
