@@ -21,8 +21,8 @@ from optbench.search.shared import is_journal, password_in_environment, split_pa
 
 SAVED = "race.yaml"
 # the default scale: 4 optimizers in about 15 minutes on a 2-core CPU (docs/race.md): 32 Sobol trials (a power of
-# two: balanced Sobol points) and up to 9 seeds of 1000 steps (2.6 epochs) each, 4 x (32 + 3..9) = 140..164 runs
-DEFAULTS = {"trials": 32, "studies": 1, "steps": 1000, "first_seeds": 3, "seed_step": 2, "max_seeds": 9,
+# two: balanced Sobol points) and up to 9 seeds of 2000 steps (5 epochs) each, 4 x (32 + 3..9) = 140..164 runs
+DEFAULTS = {"trials": 32, "studies": 1, "steps": 2000, "first_seeds": 3, "seed_step": 2, "max_seeds": 9,
             "alpha": sequential.ALPHA, "epsilon": sensitivity.EPSILON, "sampler_seed": 0}
 # fixed for every run of the default scale; the command line's overrides win
 # a decaying schedule: rankings flip while the rate decays (Wen et al. 2025), so the checkpoints read earlier show it
