@@ -124,7 +124,9 @@ def _curves_panel(right, claim: dict, runs: list[dict], colours, split: str, met
             shown = np.where(np.isfinite(shown), shown, np.nan)  # a diverged run's inf would stretch the band's axis
             right.plot(xs, shown, color=colour, alpha=0.45, lw=0.8, marker="o" if len(xs) == 1 else None, ms=3)
             read = [j for j in read_at(ys, claim) if 0 <= j < len(xs) and np.isfinite(shown[j])]
-            right.scatter(xs[read], shown[read], s=42, facecolors="none", edgecolors=colour, lw=1.4, zorder=3)
+            # a ring on every rise of a 100-point curve would hide the curve: small rings where they are many
+            size, width = (42, 1.4) if len(read) <= 12 else (10, 0.7)
+            right.scatter(xs[read], shown[read], s=size, facecolors="none", edgecolors=colour, lw=width, zorder=3)
             curves[r["seed"]] = pd.Series(shown, index=np.round(xs, 9))
         if not curves:
             continue
