@@ -116,9 +116,9 @@ def sections(r: dict) -> list[tuple[str, str, "pd.DataFrame | None"]]:
         ("Command", "Reproduces (and resumes) this race:", None),
         ("Verdicts", "\n".join(f"- {line}" for line in r["verdict_lines"]) + "\n\nThe seed-to-seed interval "
          "(would another seed give the same difference?) and the test set's limit (can these 10,000 images tell "
-         "these two models apart?) answer different questions: never read one as the other. Seeds were added in "
-         f"rounds at {', '.join(map(str, r['counts']))} seeds, each look at its O'Brien-Fleming share of alpha = "
-         f"{s['alpha']} (Holm over all pairs within a look).", r["verdicts"]),
+         "these two models apart?) answer different questions: never read one as the other. Looks were declared "
+         f"at {', '.join(map(str, r['counts']))} seeds, each at its O'Brien-Fleming share of alpha = {s['alpha']} "
+         f"(Holm over all pairs within a look); {_stopped(r)}", r["verdicts"]),
         ("Looks", "The verdict after each round of seeds.", r["looks"]),
         ("Budget ledger", "Every optimizer got the same tuning budget; FLOPs are 6 x parameters x batch x steps. "
          + ("Equal in trials and steps." if not r["unequal"] else "NOT EQUAL: " + "; ".join(r["unequal"])),
@@ -195,3 +195,11 @@ def save(race_dir: Path, r: dict) -> None:
     fig.savefig(race_dir / "lr.png")
     (race_dir / "race.md").write_text(markdown(r))
     (race_dir / "race.html").write_text(write_html(r, fig))
+
+
+def _stopped(r: dict) -> str:
+    """Where the seed rounds stopped, and why."""
+    last = r["looks"]["seeds"].iloc[-1]
+    if bool(r["verdicts"]["resolved"].all()):
+        return f"the race stopped at {last} seeds, every comparison with the leader resolved."
+    return f"the race stopped at the cap, {last} seeds, with comparisons unresolved."
