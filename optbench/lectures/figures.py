@@ -167,7 +167,10 @@ def _curve_labels(right, split: str, metric: str, x: str, error: bool):
 
         right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_title("thin: each seed; thick and band: median, lowest to highest seed", fontsize=10)
-    right.legend(fontsize=9)
+    if len(right.get_legend_handles_labels()[1]) >= 5:  # four groups' curves leave no corner free: below the axis
+        right.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    else:
+        right.legend(fontsize=9)
     right.grid(alpha=0.3, which="both" if error else "major")
 
 
