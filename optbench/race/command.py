@@ -159,7 +159,7 @@ def settle(race_dir: Path, given: dict) -> dict:
             if clash:
                 raise UserError(f"{race_dir} holds a race with other {', '.join(clash)}; resume it without "
                                 "changing them (or give only --dir), or pick a new --dir")
-        if (given["storage"] is None) != (saved.get("storage") is None) and given["storage"] is not None:
+        if given["storage"] is not None and saved.get("storage") is None:
             raise UserError(f"{race_dir} keeps its studies in study.db files (SQLite), not in --storage: "
                             "resume it without --storage, or pick a new --dir")
         full = {**saved, "overrides": _resumed_overrides(saved["overrides"], given["overrides"]),
