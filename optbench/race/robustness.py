@@ -31,7 +31,7 @@ def kendall(scores_a: dict, scores_b: dict, higher_is_better: tuple[bool, bool] 
     a, b = (np.nan_to_num(np.asarray(x, float), nan=-np.inf) for x in (a, b))
     if len(names) < 2 or len(set(a)) < 2 or len(set(b)) < 2:
         return float("nan")
-    return round(float(kendalltau(a, b).statistic), 12)  # identical orders give 0.9999999999999998
+    return round(float(kendalltau(a, b).statistic), 12)  # identical orders give 0.9999999999999999
 
 
 def _mean_at(curves, step: int) -> dict:
