@@ -5,7 +5,7 @@ package's class constructed here with the values written out, on a toy
 problem; the weights must be equal bit for bit. In a vectorized pass: the
 options torch steps row-wise share one optimizer over their rows, the others
 get one instance per model over its row views; either way each run must be
-the run alone. (Muon's and Schedule-Free's own checks: test_optimizers_new.py.)
+the run alone. (Muon's and Schedule-Free's own checks: test_own_and_modern_optimizers.py.)
 """
 
 import inspect
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from hydra.utils import get_class
-from test_optimizers_new import assert_pass_matches_separate, cfg_for, metrics
+from test_own_and_modern_optimizers import assert_pass_matches_separate, cfg_for, metrics
 
 from optbench.models import build_mlp
 from optbench.optimizers import OWN_KEYS
