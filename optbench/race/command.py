@@ -17,7 +17,7 @@ from optbench.race import budget, page, robustness, running, sensitivity, sequen
 from optbench.results import rundir
 from optbench.search.command import add_worker_flags, check_workers, submitit_params
 from optbench.search.settings import check_spec, comparable
-from optbench.search.shared import is_journal, password_in_environment, split_password
+from optbench.search.shared import password_in_environment, storage_url
 
 SAVED = "race.yaml"
 # the default scale: 4 optimizers in about 15 minutes on a 2-core CPU (docs/race.md): 32 Sobol trials (a power of
@@ -37,9 +37,8 @@ def main(args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     race_dir = Path(opts.dir or f"races/{datetime.now():%Y-%m-%d_%H-%M-%S}")
     given = _given(opts)
-    storage, secret = split_password(opts.storage) if opts.storage else (None, None)
-    given["storage"] = str(Path(storage).resolve()) if storage and is_journal(storage) else storage
-    check_workers(opts.workers, storage or (_read(race_dir) or {}).get("storage"))
+    given["storage"], secret = storage_url(opts.storage) if opts.storage else (None, None)
+    check_workers(opts.workers, given["storage"] or (_read(race_dir) or {}).get("storage"))
     params = submitit_params(opts.submitit)
     settings = settle(race_dir, given)
     with password_in_environment(secret):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from optbench import optimizers
 from optbench.compose import compose_config
 from optbench.race import sequential, spaces
 from optbench.results import rundir
@@ -50,6 +49,8 @@ def run_overrides(settings: dict, optimizer: str) -> list[str]:
 
 @functools.cache
 def schedule_free(optimizer: str) -> bool:
+    from optbench import optimizers  # imports torch: late, so that `optbench race --help` does not
+
     return optimizers.traits(compose_config([f"optimizer={optimizer}"]).optimizer).schedule_free
 
 

@@ -19,11 +19,10 @@ from optbench.search.shared import (
     PASSWORD_ENV,
     WORKER_TIMEOUT_MIN,
     Shared,
-    is_journal,
     masked,
     open_study,
     password_in_environment,
-    split_password,
+    storage_url,
     submit_workers,
 )
 from optbench.search.spaces import SAMPLERS, parse_space
@@ -124,7 +123,7 @@ def _shared(opts, search_dir: Path) -> tuple[Shared | None, str | None]:
             raise UserError(f"{search_dir} keeps its study in {masked(saved_storage)}: pass --storage URL "
                             "(every worker does)")
         return None, None
-    url, secret = split_password(opts.storage)  # first: every message after this may show the URL
+    url, secret = storage_url(opts.storage)  # first: every message after this may show the URL
     if opts.dir is None:
         raise UserError("--storage needs --dir: every worker gives the same search directory (on a shared file "
                         "system, for the run directories), and the study in the storage is named after it")
@@ -132,7 +131,6 @@ def _shared(opts, search_dir: Path) -> tuple[Shared | None, str | None]:
         raise UserError(f"{search_dir} keeps its study in study.db (SQLite), not in --storage: pick a new --dir")
     if opts.heartbeat < 1:
         raise UserError(f"--heartbeat={opts.heartbeat} must be a whole number of seconds >= 1")
-    url = str(Path(url).resolve()) if is_journal(url) else url  # workers in other folders
     return Shared(url, search_dir.resolve().name, opts.heartbeat), secret
 
 

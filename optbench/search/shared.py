@@ -97,6 +97,13 @@ def split_password(url: str) -> tuple[str, str | None]:
     return clean.render_as_string(hide_password=False), secret
 
 
+def storage_url(text: str) -> tuple[str, str | None]:
+    """--storage as (the URL to record and hand to the workers, its password): the password taken out
+    (split_password), a journal file's path made absolute (workers start in other folders)."""
+    url, secret = split_password(text)
+    return (str(Path(url).resolve()) if is_journal(url) else url), secret
+
+
 def _parse(url: str):
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
