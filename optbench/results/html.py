@@ -64,11 +64,10 @@ RUN_COLUMNS = ("run", "status", "seed", "best_val_acc", "test_acc_at_best_val", 
 def sweep_commands(runs) -> list[str]:
     """The `optbench train` command lines that produced `runs`, read from Hydra's records.
 
-    A sweep's multirun.yaml holds the overrides as typed (`optimizer=sgd,adam`);
-    a single run's .hydra/overrides.yaml holds its own. Runs found in neither
-    contribute nothing: the page then says the command is unknown.
+    A sweep's multirun.yaml holds the overrides as typed (`optimizer=sgd,adam`); a single run's .hydra/overrides.yaml
+    holds its own. Runs found in neither contribute nothing: the page then says the command is unknown.
     """
-    commands = []
+    commands: dict[str, None] = {}  # in order of appearance, once each
     for run_dir in map(Path, runs["run_dir"]):
         multirun = next((p / "multirun.yaml" for p in run_dir.parents if (p / "multirun.yaml").exists()), None)
         if multirun is not None:
@@ -79,10 +78,8 @@ def sweep_commands(runs) -> list[str]:
             line = ["optbench", "train", *OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
         else:
             continue
-        command = shlex.join(str(part) for part in line)
-        if command not in commands:
-            commands.append(command)
-    return commands
+        commands[shlex.join(str(part) for part in line)] = None
+    return list(commands)
 
 
 def png_data_uri(fig) -> str:
@@ -127,19 +124,13 @@ def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbe
           notes: Sequence[str] = (), tuning=None) -> str:
     """The page: ranking (results.rank's table), how sure it is (`notes`: results.verdict_lines), the
     tuning cost table (results.tuning_cost), figures, config per group, the producing command."""
-    by = ranking.attrs["by"]
-    target = ranking.attrs["target"]
+    by, tuned = ranking.attrs["by"], ranking.attrs["tuned"]
     statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
-    grouped = f"grouped by {', '.join(by)}" if by else "one group"
-    tuned = ranking.attrs["tuned"]
-    tuned_text = f"; {', '.join(tuned)} chosen per group on validation" if tuned else ""
-    per_group, shared = config_tables(runs, by)
-    parts = [
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p>{len(runs)} runs ({html.escape(statuses)}); {html.escape(grouped + tuned_text)}; "
-        f"target validation accuracy {100 * target:g}%.</p>",
-        "<h2>Command</h2>",
-    ]
+    grouped = (f"grouped by {', '.join(by)}" if by else "one group") + (
+        f"; {', '.join(tuned)} chosen per group on validation" if tuned else "")
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{len(runs)} runs ({html.escape(statuses)}); "
+             f"{html.escape(grouped)}; target validation accuracy {100 * ranking.attrs['target']:g}%.</p>",
+             "<h2>Command</h2>"]
     if commands:
         parts += [f"<pre>{html.escape(c)}</pre>" for c in commands]
     else:
@@ -154,10 +145,11 @@ def build(runs, ranking, figures: dict, commands: list[str], title: str = "optbe
                   "from each group's finished runs (Dodge et al. 2019).</p>", _table(as_text(tuning.round(4)))]
     for name, fig in figures.items():
         heading, caption = FIGURES.get(name, (name.replace("_", " ").capitalize(), ""))
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts.append(f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(heading + ". " + caption)}">'
-                     f"<figcaption>{html.escape(caption)} <small>({html.escape(name)}.png in optbench plot)</small>"
-                     "</figcaption></figure>")
+        parts += [f"<h2>{html.escape(heading)}</h2>",
+                  f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(heading + ". " + caption)}">'
+                  f"<figcaption>{html.escape(caption)} <small>({html.escape(name)}.png in optbench plot)</small>"
+                  "</figcaption></figure>"]
+    per_group, shared = config_tables(runs, by)
     parts += ["<h2>Configuration of each group</h2>", _table(per_group),
               "<h2>Configuration shared by every run</h2>", _table(shared),
               "<h2>Runs</h2>", _table(as_text(run_table(runs)))]

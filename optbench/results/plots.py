@@ -1,18 +1,21 @@
 """Figures of a set of runs: pure functions from the results tables to a matplotlib Figure.
 
-Every function takes the runs table and (where curves are drawn) the long
-metrics table from `optbench.results`, plus the grouping keys; runs of one
-group (the seeds of a configuration) are drawn as their mean with a min-max
-band, one colour per group. Figures are built without pyplot, so no GUI
-backend is involved and nothing global changes; the CLI saves them.
+Every function takes the runs table and (where curves are drawn) the long metrics table from `optbench.results`, plus
+the grouping keys; runs of one group (the seeds of a configuration) are drawn as their mean with a min-max band, one
+colour per group. Figures are built without pyplot, so no GUI backend is involved and nothing global changes; the CLI
+saves them.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from optbench import results
 from optbench.results import group_label, key_words, stats
@@ -49,8 +52,6 @@ MIN_CONTRAST = 3.0  # WCAG's ratio for graphics against their background: what s
 
 def luminance(colour) -> float:
     """WCAG 2 relative luminance of a matplotlib colour."""
-    from matplotlib.colors import to_rgb
-
     linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgb(colour)]
     return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
 
@@ -64,35 +65,26 @@ def contrast(colour, background="white") -> float:
 def visible(colour, ratio: float = MIN_CONTRAST) -> tuple:
     """`colour` darkened (same hue) until it has `ratio` contrast against white: tab10's orange, olive and cyan,
     viridis' yellow, are too pale on a projected white slide."""
-    from matplotlib.colors import to_rgb
-
     rgb = np.array(to_rgb(colour))
-    for scale in np.linspace(1.0, 0.0, 101):
-        if contrast(rgb * scale) >= ratio:
-            return tuple(rgb * scale)
-    return (0.0, 0.0, 0.0)
+    return next((tuple(rgb * scale) for scale in np.linspace(1.0, 0.0, 101) if contrast(rgb * scale) >= ratio),
+                (0.0, 0.0, 0.0))
 
 
 def palette(n: int) -> list:
     """n colours for lines on white: tab10 (tab20 beyond 10), each darkened where it is too pale."""
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [visible(cmap(i % cmap.N)) for i in range(n)]
 
 
-def _colours(labels: pd.Series) -> dict:
-    """One colour per group, in the runs' order, stable across every figure of a report."""
+def _colours(labels: Iterable) -> dict:
+    """One colour per group, in the order they first come, stable across every figure of a report."""
     groups = list(dict.fromkeys(labels))
     return dict(zip(groups, palette(len(groups))))
 
 
 def with_x(metrics: pd.DataFrame, runs: pd.DataFrame, x: str) -> pd.DataFrame:
-    """metrics plus an `x` column: the step, the epoch (fractional, from steps_per_epoch) or the training time.
-
-    Training time is recorded at each evaluation; steps in between get it by
-    linear interpolation.
-    """
+    """metrics plus an `x` column: the step, the epoch (fractional, from steps_per_epoch) or the training time
+    (recorded at each evaluation; the steps in between get it by linear interpolation)."""
     m = metrics.copy()
     if x == "step":
         m["x"] = m["step"]
@@ -119,15 +111,10 @@ SMOOTH = 100  # per-step curves are averaged over 1/SMOOTH of each run's recorde
 
 
 def _smooth(rows: pd.DataFrame) -> pd.DataFrame:
-    """A centred moving average per run over 1% of its rows (per-step mini-batch values are noisy).
-
-    Per run, because runs of different batch sizes record very different numbers of steps.
-    """
-
-    def average(v):
-        return v.rolling(max(1, len(v) // SMOOTH), min_periods=1, center=True).mean()
-
-    return rows.assign(value=rows.groupby("run")["value"].transform(average))
+    """A centred moving average over 1% of each run's rows (per-step mini-batch values are noisy); per run, because
+    runs of different batch sizes record very different numbers of steps."""
+    return rows.assign(value=rows.groupby("run")["value"].transform(
+        lambda v: v.rolling(max(1, len(v) // SMOOTH), min_periods=1, center=True).mean()))
 
 
 def _draw_groups(ax, rows: pd.DataFrame, labels: pd.Series, colours: dict) -> None:
@@ -143,11 +130,10 @@ def _draw_groups(ax, rows: pd.DataFrame, labels: pd.Series, colours: dict) -> No
             ax.fill_between(agg["x"], agg["lo"], agg["hi"], color=colour, alpha=0.2, lw=0)
 
 
-def _legend(fig: Figure, colours: dict, by: list[str]) -> None:
-    from matplotlib.lines import Line2D
-
+def _legend(fig: Figure, colours: dict, by: list[str], labels: list[str] | None = None, title: str = "") -> None:
     handles = [Line2D([], [], color=c, lw=2) for c in colours.values()]
-    fig.legend(handles, list(colours), title=_legend_title(by), loc="outside right upper", fontsize="small")
+    fig.legend(handles, labels or list(colours), title=title or _legend_title(by), loc="outside right upper",
+               fontsize="small")
 
 
 def _records(frame: pd.DataFrame) -> Iterator[Any]:
@@ -164,8 +150,6 @@ def _new_figure(width: float, height: float, title: str) -> Figure:
 
 def log_y(ax, values: pd.Series, which: str = "y") -> None:
     """Log y (or x) axis labelled with plain numbers (0.3, 2), enough of them to read values off."""
-    from matplotlib.ticker import FuncFormatter
-
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     positive = values[values > 0]
@@ -243,17 +227,17 @@ def gradient_norms(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
     log_y(ax, global_norm["value"])
     ax.grid(alpha=0.3)
     if layers:
-        small = np.atleast_1d(bottom.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
+        small = bottom.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
         values = []
         for ax, name in zip(small, layers):
-            rows_ = _smooth(_series(m, "step", name))
-            values.append(rows_["value"])
-            _draw_groups(ax, rows_, labels, colours)
+            curves = _smooth(_series(m, "step", name))
+            values.append(curves["value"])
+            _draw_groups(ax, curves, labels, colours)
             ax.set_title(f"layer {name.split('/', 1)[1]}", fontsize="medium")
             ax.grid(alpha=0.3)
         for ax in small[len(layers):]:
             ax.set_visible(False)
-        log_y(small[0], pd.concat(values) if values else pd.Series(dtype=float))
+        log_y(small[0], pd.concat(values))
         bottom.supylabel("||g_layer|| (log)", fontsize="medium")
         bottom.supxlabel(X_LABELS[x], fontsize="medium")
     _legend(fig, colours, by)
@@ -283,8 +267,7 @@ def learning_rates(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: 
     return fig
 
 
-def lr_sensitivity(runs: pd.DataFrame, by: list[str], lr_key: str = "optimizer.lr",
-                   metric: str = "best_val_acc") -> Figure:
+def lr_sensitivity(runs: pd.DataFrame, by: list[str], lr_key: str = "optimizer.lr") -> Figure:
     """Best validation accuracy against the learning rate (log x), one line per group of `by`.
 
     Points are the mean over seeds, bars their min-max; diverged runs count
@@ -297,7 +280,7 @@ def lr_sensitivity(runs: pd.DataFrame, by: list[str], lr_key: str = "optimizer.l
     fig = _new_figure(9, 5, "Learning-rate sensitivity: mean over seeds, bars = min-max")
     ax = fig.subplots()
     for group, colour in colours.items():
-        agg = data[data.group == group].groupby("lr")[metric].agg(["mean", "min", "max"])
+        agg = data[data.group == group].groupby("lr")["best_val_acc"].agg(["mean", "min", "max"])
         ax.errorbar(agg.index, agg["mean"], yerr=[agg["mean"] - agg["min"], agg["max"] - agg["mean"]],
                     color=colour, marker="o", ms=4, capsize=3, label=group)
     ax.set(xscale="log", xlabel=f"learning rate ({lr_key}, log scale)", ylabel="best validation accuracy")
@@ -319,8 +302,7 @@ def final_metrics(runs: pd.DataFrame, by: list[str],
     rng = np.random.default_rng(0)  # fixed jitter: the same figure every time
     for ax, (column, title) in zip(axes, metrics):
         values = [data.loc[data.group == g, column].astype(float).dropna().to_numpy() for g in groups]
-        ax.boxplot(values, tick_labels=groups, widths=0.5, showfliers=False,
-                   medianprops={"color": "black"})
+        ax.boxplot(values, tick_labels=groups, widths=0.5, showfliers=False, medianprops={"color": "black"})
         for i, (v, g) in enumerate(zip(values, groups), start=1):
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=14, color=colours[g], zorder=3)
         ax.set_title(title, fontsize="medium")
@@ -332,29 +314,22 @@ def final_metrics(runs: pd.DataFrame, by: list[str],
 
 # --- Diagnostics: the lectures' per-layer activation and gradient pictures ---
 
-DIAG_PANELS = (
-    ("act_mean", "activation mean"),
-    ("act_std", "activation std"),
-    ("grad_std", "std of dL/d(pre-activation), log"),
-    ("saturated", "saturated fraction (sigmoid/tanh)"),
-    ("dead", "dead ReLU fraction"),
-)
+DIAG_PANELS = (("act_mean", "activation mean"), ("act_std", "activation std"),
+               ("grad_std", "std of dL/d(pre-activation), log"), ("saturated", "saturated fraction (sigmoid/tanh)"),
+               ("dead", "dead ReLU fraction"))
 
 
 def _layer_colours(n: int) -> list:
     """Input layer dark blue to output layer orange (plasma, stopped before its pale yellow end), each visible on
     white: the last layer's line must show on a projected slide too."""
-    from matplotlib import colormaps
-
     return [visible(colormaps["plasma"](0.8 * i / max(n - 1, 1))) for i in range(n)]
 
 
 def activation_stats(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x: str = "step") -> Figure:
     """Per-layer statistics on the probe batch over training: a column per group, a row per statistic.
 
-    One line per hidden layer, coloured from the input (dark blue) to the
-    output (orange): the lecture's "mean and standard deviation of activation
-    values" figure, side by side for the groups compared (mean over seeds).
+    One line per hidden layer, coloured from the input (dark blue) to the output (orange): the lecture's "mean and
+    standard deviation of activation values" figure, side by side for the groups compared (mean over seeds).
     """
     labels = group_labels(runs, by)
     m = with_x(metrics[metrics.split == "diag"], runs, x)
@@ -364,7 +339,7 @@ def activation_stats(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x
     groups = list(dict.fromkeys(labels))
     fig = _new_figure(3.6 * len(groups) + 1.5, 2.3 * len(panels) + 0.6,
                       "Hidden layers on a fixed batch of validation images (mean over seeds)")
-    axes = np.atleast_2d(fig.subplots(len(panels), len(groups), sharex=True, sharey="row", squeeze=False))
+    axes = fig.subplots(len(panels), len(groups), sharex=True, sharey="row", squeeze=False)
     layers = sorted(m.layer.dropna().unique(), key=lambda name: int(name[2:]))
     colours = dict(zip(layers, _layer_colours(len(layers))))
     for col, group in enumerate(groups):
@@ -381,11 +356,7 @@ def activation_stats(runs: pd.DataFrame, metrics: pd.DataFrame, by: list[str], x
                 ax.set_ylabel(title, fontsize="small")
             ax.grid(alpha=0.3)
         axes[-1, col].set_xlabel(X_LABELS[x])
-    from matplotlib.lines import Line2D
-
-    fig.legend([Line2D([], [], color=colours[layer], lw=2) for layer in layers],
-               [f"{layer} (hidden {i + 1})" for i, layer in enumerate(layers)],
-               title="layer", loc="outside right upper", fontsize="small")
+    _legend(fig, colours, [], [f"{layer} (hidden {i + 1})" for i, layer in enumerate(layers)], "layer")
     return fig
 
 
@@ -399,14 +370,10 @@ def _short(value: float, _=None) -> str:
 def histograms(runs: pd.DataFrame, tables: pd.DataFrame, by: list[str], kind: str = "act") -> Figure:
     """Histograms of each hidden layer (rows) at the recorded points of training (columns), one outline per group.
 
-    `tables` is histograms.csv of one run per group (with a `run` column);
-    counts are normalised to fractions so groups compare. Activations share
-    one x range (as recorded); gradients have a range per layer and a log
-    fraction axis, so both a spike at 0 (saturated units pass no gradient)
-    and the tails show.
+    `tables` is histograms.csv of one run per group (with a `run` column); counts are normalised to fractions so groups
+    compare. Activations share one x range (as recorded); gradients have a range per layer and a log fraction axis, so
+    both a spike at 0 (saturated units pass no gradient) and the tails show.
     """
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
     labels, colours = group_labels(runs, by), _colours(group_labels(runs, by))
     h = tables[tables.kind == kind].assign(group=lambda t: t.run.map(labels))
     layers = sorted(h.layer.unique(), key=lambda name: int(name[2:]))
@@ -415,8 +382,7 @@ def histograms(runs: pd.DataFrame, tables: pd.DataFrame, by: list[str], kind: st
     what = "gradients dL/d(pre-activation) per hidden layer\n(each panel on its own x scale)" if grad else \
         "activation values per hidden layer"
     fig = _new_figure(3.3 * len(steps) + 2.0, 1.3 * len(layers) + 1.2, f"Histograms of {what}")
-    axes = np.atleast_2d(fig.subplots(len(layers), len(steps), sharex=False if grad else "col", sharey=True,
-                                      squeeze=False))
+    axes = fig.subplots(len(layers), len(steps), sharex=False if grad else "col", sharey=True, squeeze=False)
     for col, step in enumerate(steps):
         axes[0, col].set_title(f"step {step}", fontsize="medium")
         for row, layer in enumerate(layers):
@@ -448,12 +414,10 @@ def performance_profiles(profiles: dict, by: list[str], r_max: float = 4.0,
                          title: str = "Performance profiles") -> Figure:
     """Dolan-More profiles, one panel per cost ({"steps to target": profile, ...}): rho(tau) against tau.
 
-    Each profile is profiles.performance_profile's table (index tau, one column per
-    group); a group's line is a step function rising where it solves another
-    problem within tau times the fastest group's cost.
+    Each profile is profiles.performance_profile's table (index tau, one column per group); a group's line is a step
+    function rising where it solves another problem within tau times the fastest group's cost.
     """
-    labels = pd.Series(list(dict.fromkeys(c for p in profiles.values() for c in p.columns)))
-    colours = _colours(labels)
+    colours = _colours(c for p in profiles.values() for c in p.columns)
     fig = _new_figure(5 * len(profiles) + 2, 4.5, title)
     axes = np.atleast_1d(fig.subplots(1, len(profiles), sharey=True))
     for ax, (name, profile) in zip(axes, profiles.items()):
@@ -472,12 +436,10 @@ def performance_profiles(profiles: dict, by: list[str], r_max: float = 4.0,
 
 
 def valley(table: pd.DataFrame, title: str) -> Figure:
-    """Crowded Valley: test accuracy (at the trial validation picked) against the tuning budget, a line per schedule.
-
-    `table` is search.valley_rows' rows: schedule, budget (one-shot first), val_acc, test_acc.
-    """
+    """Crowded Valley: test accuracy (at the trial validation picked) against the tuning budget, a line per schedule;
+    `table` is search.valley_rows' rows: schedule, budget (one-shot first), val_acc, test_acc."""
     budgets = list(dict.fromkeys(table["budget"]))
-    colours = _colours(pd.Series(list(dict.fromkeys(table["schedule"]))))
+    colours = _colours(table["schedule"])
     fig = _new_figure(7.5, 4.5, title)
     ax = fig.subplots()
     for schedule, colour in colours.items():
@@ -499,13 +461,10 @@ RESOLVED, TIED = "tab:blue", "0.45"
 def forest(comparisons: pd.DataFrame, kind: str = "best", metric: str = "best validation accuracy") -> Figure:
     """Each group's difference from the reference with its interval (results.comparisons' rows, a - b).
 
-    Filled: resolved at the level (Holm-adjusted); open: not resolved. Each
-    interval is at the level Holm tested its comparison at, so it crosses 0
-    exactly when the marker is open. The right margin says which test, at
-    which level, and what it found.
+    Filled: resolved at the level (Holm-adjusted); open: not resolved. Each interval is at the level Holm tested its
+    comparison at, so it crosses 0 exactly when the marker is open. The right margin says which test, at which level,
+    and what it found.
     """
-    from matplotlib.lines import Line2D
-
     rows = comparisons[comparisons["test"] != "none"].reset_index(drop=True)
     level = comparisons.attrs.get("level", stats.LEVEL)
     reference = rows["b"].iloc[0] if rows["b"].nunique() == 1 else None
@@ -582,12 +541,11 @@ def tuning_cost(trials: dict, by: list[str], trial: str = "runs over the swept v
                 metric: str = "best validation accuracy") -> Figure:
     """Dodge et al.'s expected best of n trials against n, a line per group.
 
-    `trials` is results.tuning_trials' label -> the metric of every finished
-    run; a line ends at the group's own number of trials. With more than
-    ZOOM_FROM trials a second panel zooms in on n >= ZOOM_FROM, where the
-    curves bunch near the top and the groups' order at large budgets shows.
+    `trials` is results.tuning_trials' label -> the metric of every finished run; a line ends at the group's own number
+    of trials. With more than ZOOM_FROM trials a second panel zooms in on n >= ZOOM_FROM, where the curves bunch near
+    the top and the groups' order at large budgets shows.
     """
-    colours = _colours(pd.Series(list(trials)))
+    colours = _colours(trials)
     most = max((len(v) for v in trials.values()), default=1)
     firsts = (1, ZOOM_FROM) if most > ZOOM_FROM else (1,)
     fig = _new_figure(4 + 4.5 * len(firsts), 5, "Tuning cost: expected best of n trials (Dodge et al. 2019)")
@@ -604,8 +562,6 @@ def tuning_cost(trials: dict, by: list[str], trial: str = "runs over the swept v
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.xaxis.set_minor_formatter("")
         else:
-            from matplotlib.ticker import MaxNLocator
-
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if len(firsts) > 1:
             ax.set_title("every n" if first == 1 else f"zoom: n >= {first}", fontsize="medium")

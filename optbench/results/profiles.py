@@ -1,8 +1,7 @@
 """AlgoPerf-style comparisons for `optbench report --profile`: time to a target and performance profiles.
 
-Dolan-More performance profiles over problems (here: seeds) and solvers
-(here: optimizers), with AlgoPerf's r_max and benchmark score (the area under
-the profile).
+Dolan-More performance profiles over problems (here: seeds) and solvers (here: optimizers), with AlgoPerf's r_max and
+benchmark score (the area under the profile).
 """
 
 from pathlib import Path
@@ -50,24 +49,22 @@ def profile_score(costs, r_max: float = 4.0):
 def algoperf(runs, metrics, by: list[str] | None = None, target: float = 0.97, r_max: float = 4.0):
     """AlgoPerf-style comparison of the groups of `by` (the optimizers): each seed is one problem.
 
-    Swept keys other than `by` (a learning rate) are first tuned per group on
-    validation (results.select_best). A problem's cost for a group is its run's
-    steps (or training seconds) to reach validation accuracy `target`; a run
-    that never reaches it, diverged or did not finish costs inf. Returns
-    (score table, {"steps": costs, "time": costs}) where the costs have one row
-    per seed and one column per group, ready for performance_profile.
+    Swept keys other than `by` (a learning rate) are first tuned per group on validation (results.select_best). A
+    problem's cost for a group is its run's steps (or training seconds) to reach validation accuracy `target`; a run
+    that never reaches it, diverged or did not finish costs inf. Returns (score table, {"steps": costs, "time": costs})
+    where the costs have one row per seed and one column per group, ready for performance_profile.
     """
     by = results.resolve_by(runs, by)
     chosen = results.select_best(runs, by).merge(results.to_target(metrics, target), left_on="run", right_index=True,
                                                  how="left")
-    group = results.as_text(chosen[by]).agg(", ".join, axis=1) if by else pd.Series("all runs", index=chosen.index)
+    group = results.group_label(chosen, by)
     finished = chosen["status"].isin(results.FINISHED)
     costs = {}
     for name, column in (("steps", "steps_to_target"), ("time", "time_to_target")):
         cost = chosen[column].astype(float).where(finished).fillna(np.inf)
         table = pd.DataFrame({"seed": chosen["seed"], "group": group, "cost": cost})
-        costs[name] = table.pivot_table(index="seed", columns="group", values="cost", aggfunc="min", sort=False)
-        costs[name] = costs[name].reindex(columns=list(dict.fromkeys(group))).fillna(np.inf)  # a missing seed: unsolved
+        costs[name] = (table.pivot_table(index="seed", columns="group", values="cost", aggfunc="min", sort=False)
+                       .reindex(columns=list(dict.fromkeys(group))).fillna(np.inf))  # a missing seed: unsolved
     steps, time = costs["steps"], costs["time"]
     scores = pd.DataFrame({
         "problems": len(steps),
@@ -85,8 +82,7 @@ def algoperf(runs, metrics, by: list[str] | None = None, target: float = 0.97, r
 RELAXATIONS = (0.0, 0.005, 0.01)  # the target, and targets 0.5 and 1 point of accuracy looser
 
 
-def target_sensitivity(runs, metrics, by: list[str] | None, target: float, r_max: float = 4.0,
-                       relaxations=RELAXATIONS):
+def target_sensitivity(runs, metrics, by: list[str] | None, target: float, r_max: float = 4.0):
     """The ranking by steps and by time at the target and at slightly looser ones: one row per group,
     per target its step- and time-based scores and the ranks they give (1 = best score).
 
@@ -94,15 +90,14 @@ def target_sensitivity(runs, metrics, by: list[str] | None, target: float, r_max
     accuracy is a statement about the target, not about the optimizers.
     """
     table: pd.DataFrame | None = None
-    for relaxation in relaxations:
+    for relaxation in RELAXATIONS:
         t = round(target - relaxation, 6)
         scores, _ = algoperf(runs, metrics, by, t, r_max)
-        key = scores.columns[0]
-        part = scores.set_index(key)[["score_steps", "score_time"]]
+        part = scores.set_index(scores.columns[0])[["score_steps", "score_time"]]
         part[["rank_steps", "rank_time"]] = part.rank(ascending=False, method="min").to_numpy()
         part.columns = [f"{c}@{t:g}" for c in part.columns]
         table = part if table is None else table.join(part)
-    assert table is not None, "relaxations is empty"
+    assert table is not None, "RELAXATIONS is empty"
     return table.reset_index()
 
 
@@ -114,8 +109,7 @@ def write_profile(runs, metrics, by: list[str] | None, target: float, out: Path,
     scores.to_csv(out / "profile.csv", index=False)
     print(f"\nperformance profiles: each seed is a problem; cost = steps / training seconds to val acc >= {target}; "
           f"score = area under the profile over tau in [1, {r_max:g}], divided by {r_max - 1:g} (1 = always fastest)")
-    with pd.option_context("display.width", 160):
-        print(scores.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(scores.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     labels = {"steps": "steps to target", "time": "training time to target"}
     title = f"Performance profiles: val acc >= {target}, {len(costs['steps'])} seeds (problems)"
     fig = plots.performance_profiles({labels[k]: performance_profile(c, r_max) for k, c in costs.items()},
@@ -127,7 +121,6 @@ def write_profile(runs, metrics, by: list[str] | None, target: float, out: Path,
     sensitivity.to_csv(out / "profile_targets.csv", index=False)
     ranks = sensitivity[[sensitivity.columns[0]] + [c for c in sensitivity.columns if c.startswith("rank")]]
     print("\nrank by step- and time-based score at the target and looser targets (1 = best; ties share a rank):")
-    with pd.option_context("display.width", 160):
-        print(ranks.to_string(index=False, float_format=lambda x: f"{x:.0f}"))
+    print(ranks.to_string(index=False, float_format=lambda x: f"{x:.0f}"))
     print(f"wrote {out / 'profile.csv'}, {out / 'profile_targets.csv'}, {path}")
     return path

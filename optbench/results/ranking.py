@@ -79,15 +79,17 @@ def pair_lines(families: dict) -> list[str]:
                      "Holm tested it at:")
         lines += [f"  {row.a} - {row.b}: {row.difference:+.4f} [{row.low:+.4f}, {row.high:+.4f}] "
                   f"({100 * row.interval_level:.3g}%), {row.test} p = {row.p:.2g} (Holm {row.p_holm:.2g}): "
-                  f"{_pair_word(row, pairs.attrs.get('margin'))}" for row in pairs.itertuples()]
+                  f"{_word(row, pairs.attrs.get('margin'), 'not resolved', f'{row.a} ')}" for row in pairs.itertuples()]
     return lines
 
 
-def _pair_word(row, margin) -> str:
+def _word(row, margin, otherwise: str, who: str = "") -> str:
+    """A comparison's verdict: 'resolved: [who ]better' or '... worse' (', within +-margin' when it is also
+    equivalent), 'equivalent within +-margin', or `otherwise`."""
     if row.resolved:
-        return f"resolved: {row.a} {'better' if row.difference > 0 else 'worse'}" + (
+        return f"resolved: {who}{'better' if row.difference > 0 else 'worse'}" + (
             f", within +-{margin:g}" if row.equivalent else "")
-    return f"equivalent within +-{margin:g}" if row.equivalent else "not resolved"
+    return f"equivalent within +-{margin:g}" if row.equivalent else otherwise
 
 
 COMPARISON_COLUMNS = ("a", "b", "n_a", "n_b", "paired", "seeds", "difference", "se", "df", "low", "high", "interval",
@@ -99,12 +101,10 @@ def rank(runs, metrics, by: list[str] | None = None, target: float = 0.97, level
          baseline: str | None = None, margin: float | None = stats.MARGIN):
     """One row per group, best mean validation accuracy first (means and stds over the seeds' finished runs).
 
-    Beside the mean: its t-interval, median and interquartile mean, and the
-    comparison with a reference group (`baseline`, else the best): the
-    difference over seeds with its interval at Holm's level, Holm-adjusted
-    p-value and verdict. `rank` follows the means; only the groups right
-    below the best that are equivalent to it within +-`margin` share its 1,
-    so a rank never puts a group above one with a higher mean.
+    Beside the mean: its t-interval, median and interquartile mean, and the comparison with a reference group
+    (`baseline`, else the best): the difference over seeds with its interval at Holm's level, Holm-adjusted p-value and
+    verdict. `rank` follows the means; only the groups right below the best that are equivalent to it within +-`margin`
+    share its 1, so a rank never puts a group above one with a higher mean.
     """
     by = resolve_by(runs, by)
     tuned = [k for k in varied_keys(runs) if k not in by]
@@ -178,13 +178,8 @@ def _verdict(group: str, reference: str | None, kind: str, found, margin: float 
     row = found.loc[group]
     if row["test"] == "none":
         return "too few runs"
-    if row["resolved"]:
-        return f"resolved: {'better' if row['difference'] > 0 else 'worse'}" + (
-            f", within +-{margin:g}" if row["equivalent"] else "")
-    if row["equivalent"]:
-        return f"equivalent within +-{margin:g}"
     over = f"{row['seeds']:.0f} seeds" if row["test"] == "paired t" else f"{row['n_a']:.0f} vs {row['n_b']:.0f} runs"
-    return f"not resolved at {over}"
+    return _word(row, margin, f"not resolved at {over}")
 
 
 MANY_RUNS = 5  # from this many runs in a group the ranking shows median and interquartile mean beside the mean
@@ -198,10 +193,8 @@ def format_ranking(table):
     level = table.attrs.get("level", stats.LEVEL)
 
     def pm(mean, std, fmt="{:.4f}", std_fmt="{:.4f}"):
-        return [
-            "" if pd.isna(m) else fmt.format(m) + ("" if pd.isna(s) else " ± " + std_fmt.format(s))
-            for m, s in zip(table[mean], table[std])
-        ]
+        return ["" if pd.isna(m) else fmt.format(m) + ("" if pd.isna(s) else " ± " + std_fmt.format(s))
+                for m, s in zip(table[mean], table[std])]
 
     def interval(low, high, fmt="{:.4f}"):
         return ["" if pd.isna(lo) else f"[{fmt.format(lo)}, {fmt.format(hi)}]" for lo, hi in zip(low, high)]

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import cast
 
@@ -152,18 +152,17 @@ class MetricsWriter:
 
     def write_rows(self, rows) -> None:
         self._csv.writerows(rows)
-        if self._events is not None:
-            for step, same_step in itertools.groupby(rows, key=lambda row: row[0]):
-                self._event(step, [(f"{split}/{metric}", value) for _, _, split, metric, value in same_step])
-
-    def _event(self, step: int, tagged: list) -> None:
-        # one event of all the step's values: a tenth of add_scalar's cost per value (protobuf, event queue)
+        if self._events is None:
+            return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in tagged]
-        # only called with TensorBoard on (the writer exists) and before close() (its file writer is open)
-        assert self._events is not None and self._events.file_writer is not None
-        self._events.file_writer.add_summary(Summary(value=values), global_step=int(step))
+        events = self._events.file_writer
+        assert events is not None  # open until close()
+        # one event of all the step's values: a tenth of add_scalar's cost per value (protobuf, event queue)
+        for step, same_step in itertools.groupby(rows, key=lambda row: row[0]):
+            values = [Summary.Value(tag=f"{split}/{metric}", simple_value=float(value))
+                      for _, _, split, metric, value in same_step]
+            events.add_summary(Summary(value=values), global_step=int(step))
 
     def flush(self) -> None:
         self._file.flush()
@@ -205,11 +204,9 @@ def log_line(run_dir: Path, message: str, level: int = logging.ERROR) -> None:
 def provenance() -> dict:
     import torch
 
-    versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
-                                       "optbench": optbench.__version__}
-    for name in ("hydra", "omegaconf", "numpy"):
-        module = sys.modules.get(name)
-        versions[name] = getattr(module, "__version__", None)
+    loaded = {name: getattr(sys.modules.get(name), "__version__", None) for name in ("hydra", "omegaconf", "numpy")}
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "optbench": optbench.__version__,
+                **loaded}
     return {"versions": versions, "host": platform.node(), "git_commit": _git_commit()}
 
 
@@ -217,8 +214,7 @@ def _git_commit() -> str | None:
     """The commit of the optbench source that ran, when it runs from a git checkout."""
     source = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return None
         dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True,
@@ -249,15 +245,12 @@ def new_folder(path: str) -> str:
     """`path`, made now; or `path-2`, `path-3`, ... when it exists already (made by another process in the same
     second). The same answer for the same path until `new_folders()`: Hydra resolves its run folder more than once."""
     if path not in _made:
-        candidate, n = Path(path), 1
-        while True:
-            try:
+        for n in itertools.count(1):
+            candidate = Path(path if n == 1 else f"{path}-{n}")
+            with suppress(FileExistsError):
                 candidate.mkdir(parents=True)
+                _made[path] = str(candidate)
                 break
-            except FileExistsError:
-                n += 1
-                candidate = Path(f"{path}-{n}")
-        _made[path] = str(candidate)
     return _made[path]
 
 
@@ -272,16 +265,15 @@ def new_folders() -> None:
 def read_summary(run_dir: Path) -> dict | None:
     """summary.json as a dict; None when there is none; DamagedFile when it is not a JSON object."""
     path = Path(run_dir) / SUMMARY
+    way_out = "move the run directory away, or delete it to train the run again"
     try:
         summary = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise DamagedFile(path, f"cannot be read ({_reason(e)})", "move the run directory away, or delete it "
-                          "to train the run again") from None
+        raise DamagedFile(path, f"cannot be read ({_reason(e)})", way_out) from None
     if not isinstance(summary, dict) or summary.get("status") not in (*STATUSES, None):
-        raise DamagedFile(path, "is not an optbench summary", "move the run directory away, or delete it "
-                          "to train the run again")
+        raise DamagedFile(path, "is not an optbench summary", way_out)
     return summary
 
 
@@ -291,16 +283,15 @@ def read_config(run_dir: Path):
     from omegaconf import OmegaConf
 
     path = Path(run_dir) / CONFIG
+    way_out = "move the run directory away, or delete config.yaml to let the run start again"
     try:
         data = yaml.safe_load(path.read_bytes())
     except FileNotFoundError:
         return None
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise DamagedFile(path, f"cannot be read ({_reason(e)})", "move the run directory away, or delete "
-                          "config.yaml to let the run start again") from None
+        raise DamagedFile(path, f"cannot be read ({_reason(e)})", way_out) from None
     if not isinstance(data, dict):
-        raise DamagedFile(path, "is not a config (not a mapping of keys)", "move the run directory away, or "
-                          "delete config.yaml to let the run start again")
+        raise DamagedFile(path, "is not a config (not a mapping of keys)", way_out)
     return OmegaConf.create(data)
 
 
@@ -357,9 +348,7 @@ def _reason(e: BaseException) -> str:
 def status(run_dir: Path, summary: dict | None) -> str:
     """The summary's status, except that a `running` run that no live process holds is `incomplete`."""
     found = (summary or {}).get("status", "incomplete")
-    if found == "running" and holder(run_dir) is None:
-        return "incomplete"
-    return found
+    return "incomplete" if found == "running" and holder(run_dir) is None else found
 
 
 def holder(run_dir: Path) -> dict | None:
@@ -435,10 +424,8 @@ def hold(run_dir: Path, job: str | None = None):
     finally:
         stop.set()
         beat.join()
-        try:
+        with suppress(OSError):  # a full disk: the holder's pid is gone soon, which frees the directory as well
             write_json(run_dir / PROCESS, {**record, "released": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        except OSError:  # a full disk: the holder's pid is gone soon, which frees the directory as well
-            pass
 
 
 def _acquire(run_dir: Path, record: dict) -> None:
@@ -469,11 +456,9 @@ def _breaking(run_dir: Path):
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
             break
         except FileExistsError:
-            try:
+            with suppress(OSError):
                 if time.time() - path.stat().st_mtime > 60:
                     path.unlink(missing_ok=True)
-            except OSError:
-                pass
             time.sleep(0.05)
     else:
         raise Held(f"{run_dir}: another process keeps taking it over ({path}); try again")
@@ -485,10 +470,8 @@ def _breaking(run_dir: Path):
 
 def _heartbeat(path: Path, stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT):
-        try:
+        with suppress(OSError):
             os.utime(path)
-        except OSError:
-            pass
 
 
 # --- what a run is: its config against another, its line in a log ---------------------------------------------

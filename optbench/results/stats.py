@@ -1,21 +1,16 @@
 """How sure a comparison of groups over seeds is: t-intervals and t-tests, a sign-flip check, what a verdict needs.
 
-Runs with the same seed share their initialisation and data order across
-groups, so two groups that share at least two seeds are compared by their
-per-seed differences: the paired t-test and its t-interval. Groups that share
-fewer are compared unpaired: Welch's t-test and its interval (Welch-Satterthwaite
-degrees of freedom). Interval and test are one calculation (estimate, standard
-error, degrees of freedom), so the interval at level 1 - alpha excludes 0
-exactly when p < alpha: the page cannot print an interval clear of zero beside
-"not resolved".
+Runs with the same seed share their initialisation and data order across groups, so two groups that share at least two
+seeds are compared by their per-seed differences: the paired t-test and its t-interval. Groups that share fewer are
+compared unpaired: Welch's t-test and its interval (Welch-Satterthwaite degrees of freedom). Interval and test are one
+calculation (estimate, standard error, degrees of freedom), so the interval at level 1 - alpha excludes 0 exactly when
+p < alpha: the page cannot print an interval clear of zero beside "not resolved".
 
-Why not the bootstrap: a bootstrap interval over n seeds cannot reach past
-their range, so it covers a symmetric distribution's mean at most 1 - 2/2^n of
-the time (50%, 75%, 87.5% at 2, 3, 4 seeds), whatever its label. A t-interval
-holds its label at every n >= 2 when the per-seed values are roughly normal
-(bench/stats_reference.py measures both). The exact sign-flip test is reported
-beside the paired t-test as a check that assumes no normality; it cannot go
-below 2/2^n, so it cannot decide at the seed counts people use.
+Why not the bootstrap: a bootstrap interval over n seeds cannot reach past their range, so it covers a symmetric
+distribution's mean at most 1 - 2/2^n of the time (50%, 75%, 87.5% at 2, 3, 4 seeds), whatever its label. A t-interval
+holds its label at every n >= 2 when the per-seed values are roughly normal (bench/stats_reference.py measures both).
+The exact sign-flip test is reported beside the paired t-test as a check that assumes no normality; it cannot go below
+2/2^n, so it cannot decide at the seed counts people use.
 """
 
 from typing import Any
@@ -45,9 +40,14 @@ def welch_t(a, b, axis=-1):
     n_a, n_b = a.shape[axis], b.shape[axis]
     v_a, v_b = a.var(axis, ddof=1) / n_a, b.var(axis, ddof=1) / n_b
     with np.errstate(invalid="ignore", divide="ignore"):
-        df = (v_a + v_b) ** 2 / (v_a**2 / (n_a - 1) + v_b**2 / (n_b - 1))
+        df = _welch_df(v_a, v_b, n_a, n_b)
     # no spread in either group: df is 0/0 and irrelevant (the standard error is 0); keep it finite
     return a.mean(axis) - b.mean(axis), np.sqrt(v_a + v_b), np.where(np.isfinite(df), df, n_a + n_b - 2.0)
+
+
+def _welch_df(v_a, v_b, n_a, n_b):
+    """Welch-Satterthwaite degrees of freedom from each group's squared standard error and size."""
+    return (v_a + v_b) ** 2 / (v_a**2 / (n_a - 1) + v_b**2 / (n_b - 1))
 
 
 def t_p(estimate, se, df):
@@ -96,10 +96,7 @@ def p_better(a, b, paired: bool) -> float:
     """P(A > B) (Bouthillier et al. 2021): over seeds when paired, over all pairs of runs when not;
     ties count half."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if paired:
-        wins = np.sign(a - b)
-    else:
-        wins = np.sign(a[:, None] - b[None, :]).ravel()
+    wins = np.sign(a - b) if paired else np.sign(a[:, None] - b[None, :]).ravel()
     return float(np.mean((wins + 1) / 2))
 
 
@@ -137,11 +134,10 @@ def seeds_needed(difference: float, spread: float, alpha: float, paired: bool, p
     """Seeds (per group) at which the deciding test resolves `difference` at `alpha` with probability `power`,
     were `difference` and the spreads the truth.
 
-    Paired: the paired t-test on differences of standard deviation `spread`; its power comes from the
-    noncentral t, exact for normal differences. Unpaired: Welch's test, groups of `spread` and `spread_b`
-    with equal seeds each (_welch_power: simulated at few seeds, where its estimated df matters). At
-    least 2, the fewest a t-test can use; inf when there is no difference to resolve or more than
-    MAX_SEEDS are needed.
+    Paired: the paired t-test on differences of standard deviation `spread`; its power comes from the noncentral t,
+    exact for normal differences. Unpaired: Welch's test, groups of `spread` and `spread_b` with equal seeds each
+    (_welch_power: simulated at few seeds, where its estimated df matters). At least 2, the fewest a t-test can use; inf
+    when there is no difference to resolve or more than MAX_SEEDS are needed.
     """
     if not np.isfinite(difference) or difference == 0:
         return np.inf
@@ -150,7 +146,7 @@ def seeds_needed(difference: float, spread: float, alpha: float, paired: bool, p
         return 2.0  # no spread: two seeds show the difference exactly
 
     def powerful(n: int) -> bool:
-        return (_paired_power(n, abs(difference) / spread, alpha) if paired else
+        return (_t_power(n - 1, abs(difference) / spread * np.sqrt(n), alpha) if paired else
                 _welch_power(n, abs(difference), spread, spread_b, alpha)) >= power
 
     # power grows with n: double until it suffices, then bisect
@@ -163,10 +159,6 @@ def seeds_needed(difference: float, spread: float, alpha: float, paired: bool, p
         middle = (low + high) // 2
         low, high = (low, middle) if powerful(middle) else (middle, high)
     return float(high)
-
-
-def _paired_power(n: int, effect: float, alpha: float) -> float:
-    return _t_power(n - 1, effect * np.sqrt(n), alpha)
 
 
 def _t_power(df: float, noncentral: float, alpha: float) -> float:
@@ -189,14 +181,12 @@ def _welch_power(n: int, difference: float, spread_a: float, spread_b: float, al
     statistics (the mean difference and each group's variance)."""
     v_a, v_b = spread_a**2 / n, spread_b**2 / n
     if n >= SIMULATE_UP_TO:
-        df = (v_a + v_b) ** 2 / (v_a**2 / (n - 1) + v_b**2 / (n - 1))
-        return _t_power(df, difference / np.sqrt(v_a + v_b), alpha)
+        return _t_power(_welch_df(v_a, v_b, n, n), difference / np.sqrt(v_a + v_b), alpha)
     rng = np.random.default_rng([SEED, n])
     mean = difference + np.sqrt(v_a + v_b) * rng.standard_normal(POWER_SETS)
     s_a = v_a * rng.chisquare(n - 1, POWER_SETS) / (n - 1)
     s_b = v_b * rng.chisquare(n - 1, POWER_SETS) / (n - 1)
-    dfs = (s_a + s_b) ** 2 / (s_a**2 / (n - 1) + s_b**2 / (n - 1))
-    return float(np.mean(t_p(mean, np.sqrt(s_a + s_b), dfs) <= alpha))
+    return float(np.mean(t_p(mean, np.sqrt(s_a + s_b), _welch_df(s_a, s_b, n, n)) <= alpha))
 
 
 def compare(a, b, level: float = LEVEL, comparisons: int = 1) -> dict:
@@ -250,14 +240,8 @@ def expected_best(values, n) -> np.ndarray:
     n = 1 gives the mean, growing n tends to the maximum. `n` may be an array.
     """
     v = np.sort(_finite(values))
-    return _weights(len(v), n) @ v
-
-
-def _weights(total: int, n) -> np.ndarray:
-    """P(the best of n draws is the i-th smallest of `total`), one row per n."""
-    i = np.arange(1, total + 1)
-    n = np.asarray(n, float)[..., None]
-    return (i / total) ** n - ((i - 1) / total) ** n
+    i, total, n = np.arange(1, len(v) + 1), len(v), np.asarray(n, float)[..., None]
+    return ((i / total) ** n - ((i - 1) / total) ** n) @ v  # row per n: P(the best of n draws is the i-th smallest)
 
 
 def _finite(values) -> np.ndarray:

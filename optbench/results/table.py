@@ -62,10 +62,9 @@ def skip(table, error: DamagedFile) -> None:
 def load_runs(*dirs):
     """One row per run below `dirs`: flattened config, `<group>.name` choices, summary fields, status.
 
-    Runs that failed, diverged, were interrupted or never finished keep their
-    row and their status. A run whose summary.json or config.yaml is damaged is
-    left out with a warning (`runs.attrs["skipped"]`). `runs.attrs["config_columns"]`
-    names the config part.
+    Runs that failed, diverged, were interrupted or never finished keep their row and their status. A run whose
+    summary.json or config.yaml is damaged is left out with a warning (`runs.attrs["skipped"]`).
+    `runs.attrs["config_columns"]` names the config part.
     """
     import pandas as pd
 
@@ -104,10 +103,9 @@ def load_runs(*dirs):
 def load_metrics(runs):
     """The long metrics table of every run in `runs`, with a `run` column.
 
-    split "step" holds the per-step numbers (mini-batch loss, lr, gradient
-    norms); train/val/test the evaluations; run and diag the rest. A half row
-    (what a kill leaves) is dropped; a run whose metrics.csv is damaged beyond
-    that is left out with a warning (added to `runs.attrs["skipped"]`).
+    split "step" holds the per-step numbers (mini-batch loss, lr, gradient norms); train/val/test the evaluations; run
+    and diag the rest. A half row (what a kill leaves) is dropped; a run whose metrics.csv is damaged beyond that is
+    left out with a warning (added to `runs.attrs["skipped"]`).
     """
     import pandas as pd
 
@@ -142,18 +140,13 @@ def load_histograms(runs):
 
 
 def as_text(values):
-    """Values as the text that labels and groups them: 32 not 32.0, null for a missing value.
-
-    (pandas keeps NaN missing through astype(str), and a column holding a
-    null turns its integers into floats.)
-    """
+    """Values as the text that labels and groups them: 32 not 32.0, null for a missing value (pandas keeps NaN
+    missing through astype(str), and a column holding a null turns its integers into floats)."""
 
     def text(v):
         if _missing(v):
             return "null"
-        if isinstance(v, float) and v.is_integer():
-            return str(int(v))
-        return str(v)
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
     return values.map(text)
 
@@ -161,9 +154,8 @@ def as_text(values):
 def varied_keys(runs) -> list[str]:
     """The config columns that differ across runs (seed and machine keys excluded), minus redundant ones.
 
-    A key whose value follows from the keys already kept (optimizer._target_
-    and optimizer.lr when only the optimizer varied) adds nothing; choices
-    (`optimizer.name`) are considered first so they are the ones kept.
+    A key whose value follows from the keys already kept (optimizer._target_ and optimizer.lr when only the optimizer
+    varied) adds nothing; choices (`optimizer.name`) are considered first so they are the ones kept.
     """
     columns = runs.attrs.get("config_columns") or [c for c in runs.columns if c not in ("run", "run_dir", "status")]
     columns = sorted(columns, key=lambda c: not c.endswith(".name"))
@@ -189,18 +181,14 @@ def resolve_by(runs, by: list[str] | None) -> list[str]:
             out.append(name)
         return out
     varied = varied_keys(runs)
-    factors = [k for k in varied if k not in TUNED]
-    return factors or varied
+    return [k for k in varied if k not in TUNED] or varied
 
 
 def select_best(runs, by: list[str]):
     """Per group of `by`, only the runs of its configuration with the best mean validation accuracy.
 
-    Means are over finished runs (completed or diverged): a killed run's
-    partial curve is no result.
-
-    The other varied keys (a swept learning rate) are tuned on validation
-    only; a group's test figures then come from that choice alone.
+    Means are over finished runs (completed or diverged): a killed run's partial curve is no result. The other varied
+    keys (a swept learning rate) are tuned on validation only; a group's test figures then come from that choice alone.
     """
     import pandas as pd
 
@@ -223,8 +211,7 @@ def to_target(metrics, target: float):
 
     val = metrics[(metrics.split == "val") & (metrics.metric == "acc") & (metrics.value >= target)]
     first = val.groupby("run").step.min().rename("steps_to_target")
-    times = metrics[(metrics.split == "run") & (metrics.metric == "train_time")]
-    times = times.set_index(["run", "step"]).value
+    times = metrics[(metrics.split == "run") & (metrics.metric == "train_time")].set_index(["run", "step"]).value
     out = first.to_frame()
     out["time_to_target"] = [times.get((r, s)) for r, s in first.items()]
     return out.reindex(pd.Index(metrics.run.unique(), name="run"))
@@ -260,8 +247,7 @@ def group_label(frame, by: list[str]):
 
 
 def flag_columns(runs) -> list[str]:
-    """summary.json's health flags as runs columns (flags.saturated, ...): each the first step it was raised, or
-    null."""
+    """summary.json's health flags as runs columns (flags.saturated, ...): each the first step raising it, or null."""
     return [c for c in runs.columns if c.startswith("flags.")]
 
 
@@ -283,10 +269,8 @@ def group_flags(runs):
 
 
 def group_values(runs, by: list[str], metric: str = "best_val_acc") -> dict:
-    """label -> Series(seed -> metric) of each group's finished runs, in the configuration the ranking chose.
-
-    Groups come in the order of the runs (the order of the plots' colours).
-    """
+    """label -> Series(seed -> metric) of each group's finished runs, in the configuration the ranking chose; groups
+    in the order of the runs (the order of the plots' colours)."""
     import pandas as pd
 
     chosen = select_best(runs, by)
@@ -295,7 +279,6 @@ def group_values(runs, by: list[str], metric: str = "best_val_acc") -> dict:
     label = group_label(chosen, by)
     return {g: pd.Series(value[label == g].to_numpy(), index=seed[label == g].to_numpy()).dropna()
             for g in dict.fromkeys(label)}
-
 
 
 def tuning_trials(runs, by: list[str], metric: str = "best_val_acc") -> dict:
@@ -334,9 +317,8 @@ def markdown(table) -> str:
 def export_tensorboard(runs, metrics, out: Path, by: list[str] | None = None) -> list[Path]:
     """Each run's metrics as TensorBoard event files in out/<key=value,...>/seed=<n>/.
 
-    The folder names carry what varied, so TensorBoard (and tbparse, W&B,
-    Aim, which import these files) group the seeds of a configuration.
-    Tags: `<split>/<metric>` per evaluation, `<split>_step/<metric>` per step.
+    The folder names carry what varied, so TensorBoard (and tbparse, W&B, Aim, which import these files) group the seeds
+    of a configuration. Tags: `<split>/<metric>`, the per-step values' split being `step` (`step/loss`).
     """
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -354,8 +336,7 @@ def export_tensorboard(runs, metrics, out: Path, by: list[str] | None = None) ->
         rows = metrics[metrics.run == run["run"]]
         with SummaryWriter(log_dir=str(log_dir)) as writer:
             for split, metric, step, value in zip(rows.split, rows.metric, rows.step, rows.value):
-                tag = f"{split}/{metric}"
-                writer.add_scalar(tag, value, int(step))
+                writer.add_scalar(f"{split}/{metric}", value, int(step))
         written.append(log_dir)
     return written
 
