@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -227,3 +229,14 @@ def test_export_tensorboard_reads_back(shared_sweep, tmp_path):
     assert [e.step for e in scalars] == list(val.step) and [e.value for e in scalars] == pytest.approx(list(val.value))
     assert len(events.Scalars("step/loss")) == 20 and len(events.Scalars("train/loss")) == 3
     assert "step/grad_norm/fc0" in events.Tags()["scalars"]
+
+
+def test_runs_whose_names_sort_alike_come_in_the_same_order_in_every_process(tmp_path):
+    """0.001, 0.01 and 0.1 all read as the number 1 to the natural sort: their order must not follow the hash seed."""
+    for lr in ("0.1", "0.001", "0.01", "1e-4"):
+        (tmp_path / f"lr_{lr}_0").mkdir()
+        (tmp_path / f"lr_{lr}_0" / "summary.json").write_text("{}")
+    code = f"from optbench import results; print([p.name for p in results.find_runs([{str(tmp_path)!r}])])"
+    orders = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(orders) == 1, orders

@@ -38,8 +38,9 @@ def find_runs(dirs) -> list[Path]:
 
 
 def _natural(path: Path):
-    """Sort 2_... before 10_... (display order only; analysis never reads folder names)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+    """Sort 2_... before 10_... (display order only; analysis never reads folder names). Ties (0.01 and 0.001
+    both read 1) fall back to the text, or the order would follow Python's hash seed from one process to the next."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))], str(path)
 
 
 def _flat(d: dict) -> dict:
