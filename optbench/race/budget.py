@@ -29,16 +29,11 @@ def train_flops(params: int, batch_size: int, steps: int) -> float:
 def ledger(runs):
     """One row per optimizer and phase from a table of runs (columns optimizer, phase, trial, seed, steps,
     params, batch_size, wall_time): trials, runs, steps, seeds, FLOPs, wall time."""
-    import pandas as pd
-
-    runs = runs.assign(flops=[train_flops(p, b, s) for p, b, s in zip(runs["params"], runs["batch_size"],
-                                                                       runs["steps"])])
-    rows = []
-    for (optimizer, phase), g in runs.groupby(["optimizer", "phase"], sort=False):
-        rows.append({"optimizer": optimizer, "phase": phase, "trials": g["trial"].nunique(), "runs": len(g),
-                     "steps": int(g["steps"].sum()), "seeds": g["seed"].nunique(), "flops": float(g["flops"].sum()),
-                     "wall_time_s": float(g["wall_time"].sum())})
-    return pd.DataFrame(rows)
+    runs = runs.assign(flops=train_flops(runs["params"], runs["batch_size"], runs["steps"]))
+    # wall time by Series.sum: groupby's own "sum" is compensated (Kahan) and can move the last digit
+    return runs.groupby(["optimizer", "phase"], sort=False).agg(
+        trials=("trial", "nunique"), runs=("trial", "size"), steps=("steps", "sum"), seeds=("seed", "nunique"),
+        flops=("flops", "sum"), wall_time_s=("wall_time", lambda wall: wall.sum())).reset_index()
 
 
 def unequal(table) -> list[str]:
@@ -46,10 +41,6 @@ def unequal(table) -> list[str]:
 
     Only tuning must be equal: the seed phase runs every optimizer on the same seeds by construction, and FLOPs
     follow from steps (same model for all)."""
-    tuning = table[table["phase"] == "tuning"]
-    out = []
-    for column in ("trials", "steps"):
-        values = dict(zip(tuning["optimizer"], tuning[column]))
-        if len(set(values.values())) > 1:
-            out.append(f"tuning {column} differ: " + ", ".join(f"{k} {v}" for k, v in values.items()))
-    return out
+    tuning = table[table["phase"] == "tuning"].set_index("optimizer")
+    return [f"tuning {column} differ: " + ", ".join(f"{k} {v}" for k, v in tuning[column].items())
+            for column in ("trials", "steps") if tuning[column].nunique() > 1]

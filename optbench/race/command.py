@@ -4,6 +4,7 @@ set's limit, sensitivity, robustness, the page."""
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from datetime import datetime
@@ -61,9 +62,9 @@ def _after_tuning(race_dir: Path, settings: dict, opts, started: float) -> int:
         print("optbench: error: fewer than two optimizers completed a trial: nothing to race "
               "(tuning/<opt>/*/trials.csv gives each reason)", file=sys.stderr)
         return 1
-    result = running.seed_rounds(race_dir, settings, {n: c["params"] for n, c in chosen.items()})
-    base = {n: tables.mean_value(race_dir, n, settings["seeds"]["first"]) for n in result["names"]}
-    shapes = running.shape_scores(race_dir, settings, {n: chosen[n]["params"] for n in result["names"]}, base)
+    params = {n: c["params"] for n, c in chosen.items()}
+    result = running.seed_rounds(race_dir, settings, params)
+    shapes = running.shape_scores(race_dir, settings, params)
     finish(race_dir, settings, studies, chosen, result, shapes, opts.data_root, time.perf_counter() - started)
     print(f"race directory: {race_dir} (race.md, race.html)")
     return 0
@@ -85,10 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default {d['first_seeds']},{d['seed_step']},{d['max_seeds']})")
     parser.add_argument("--alpha", type=float, help=f"error rate over all looks and pairs (default {d['alpha']})")
     parser.add_argument("--epsilon", type=float, help=f"accuracy margin of the good region (default {d['epsilon']})")
-    parser.add_argument("--sampler-seed", type=int, dest="sampler_seed", help="scramble of study 0's Sobol points")
+    parser.add_argument("--sampler-seed", type=int, help="scramble of study 0's Sobol points")
     parser.add_argument("--space", action="append", default=[], metavar="OPT:FILE.yaml",
                         help="replace an optimizer's declared space (conf/race/spaces.yaml) by a file's")
-    parser.add_argument("--extend-edges", action="store_true", dest="extend_edges",
+    parser.add_argument("--extend-edges", action="store_true",
                         help="spend the same extra budget on every optimizer, widening the range of a flagged one")
     parser.add_argument("--shapes", help="robustness across models: other hidden layer shapes, ';'-separated, e.g. "
                         "'[64];[256,256]': the chosen configurations rerun there (first round's seeds), ranks compared")
@@ -152,9 +153,8 @@ def settle(race_dir: Path, given: dict) -> dict:
             raise UserError("--optimizers is needed (e.g. --optimizers adamw,lion,soap,muon), or a --dir to resume")
     else:
         if full is not None:
-            clash = [k for k in COMPARED if comparable(k, full[k]) != comparable(k, saved.get(k))]
-            if given["overrides"] is None:
-                clash = [k for k in clash if k != "overrides"]
+            clash = [k for k in COMPARED if comparable(k, full[k]) != comparable(k, saved.get(k))
+                     and (k != "overrides" or given["overrides"] is not None)]
             if clash:
                 raise UserError(f"{race_dir} holds a race with other {', '.join(clash)}; resume it without "
                                 "changing them (or give only --dir), or pick a new --dir")
@@ -167,8 +167,7 @@ def settle(race_dir: Path, given: dict) -> dict:
                 # the good region's margin only reads the runs: a resumed race may draw it anew
                 "epsilon": given["epsilon"] or saved["epsilon"]}
     for name in full["optimizers"]:  # every space and override composed before anything is written
-        check_spec({"space": full["spaces"][name], "overrides": running.run_overrides(full, name),
-                    "seeds": [0]})
+        check_spec({"space": full["spaces"][name], "overrides": running.run_overrides(full, name), "seeds": [0]})
     race_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_bytes(race_dir / SAVED, yaml.safe_dump(full, sort_keys=False).encode())
     return full
@@ -218,27 +217,19 @@ def finish(race_dir: Path, settings: dict, studies: dict, chosen: dict, result: 
     """Every table (CSV beside the page) and the page."""
     names = result["names"]
     counts = {n: result["looks"][-1]["seeds"] for n in names}
-    verdicts = tables.verdicts(result)
     leader = names[result["looks"][-1]["leader"]]
-    limits = tables.testset_limits(race_dir, names, leader, data_root, settings["alpha"])
     trials = tables.trials(studies)
-    ledger = tables.ledger(race_dir, studies, counts)
     curves = tables.curves(race_dir, names, counts)
-    checkpoints, targets = robustness.at_checkpoints(curves), robustness.relaxed_targets(curves)
-    chosen_table = _chosen_table(chosen)
-    r = {"dir": race_dir, "settings": settings, "chosen": chosen, "counts": result["counts"], "verdicts": verdicts,
-         "looks": tables.looks(result), "limits": limits, "ledger": ledger, "unequal": budget.unequal(ledger),
-         "trials": trials, "chosen_table": chosen_table,
+    r = {"dir": race_dir, "settings": settings, "chosen": chosen, "counts": result["counts"],
+         "verdicts": tables.verdicts(result), "looks": tables.looks(result),
+         "limits": tables.testset_limits(race_dir, names, leader, data_root, settings["alpha"]),
+         "ledger": budget.ledger(tables.ledger_runs(race_dir, studies, counts)), "trials": trials,
+         "chosen_table": _chosen_table(chosen),
          "sensitivity": sensitivity.table({n: t for n, t in trials.items() if len(t)}, epsilon=settings["epsilon"]),
-         "checkpoints": checkpoints, "targets": targets,
-         "words_checkpoints": robustness.words(checkpoints, "tau_vs_end", "the checkpoint it is read at"),
-         "words_targets": robustness.words(targets, "tau_vs_base", "the target"),
+         "checkpoints": robustness.at_checkpoints(curves), "targets": robustness.relaxed_targets(curves),
          "shapes": robustness.across(shapes) if len(shapes) > 1 else None,
-         "verdict_lines": page.verdict_lines(verdicts, limits, settings["alpha"]),
-         "command": page.command_line(_argv(race_dir, settings)),
-         "wall_time": wall}
-    r["words_shapes"] = robustness.words(r["shapes"], "tau_vs_first", "the model") if r["shapes"] is not None else (
-        "Not measured: give --shapes '[64];[256,256]' to rerun the chosen configurations on other models.")
+         "command": "optbench race " + shlex.join(_argv(race_dir, settings)), "wall_time": wall}
+    r["verdict_lines"] = page.verdict_lines(r["verdicts"], r["limits"])
     for name in ("verdicts", "looks", "limits", "ledger", "chosen_table", "sensitivity", "checkpoints", "targets",
                  "shapes"):
         if r[name] is not None:
@@ -263,10 +254,10 @@ def _argv(race_dir: Path, settings: dict) -> list[str]:
 def _chosen_table(chosen: dict):
     import pandas as pd
 
+    def flags(edges: dict) -> str:
+        return ", ".join(f"{k} {side}" for k, side in edges.items())
+
     return pd.DataFrame([{"optimizer": n, "study": c["study"], "trial": c["number"], "val_acc": c["score"],
-                          "median_of_studies": c["median_of_studies"],
-                          "edges": ", ".join(f"{k} {s}" for k, s in c["edges"].items()),
-                          "edges_before_extension": ", ".join(f"{k} {s}"
-                                                              for k, s in c["edges_before_extension"].items()),
-                          **{k: v for k, v in c["params"].items()}, "tuning_run": c["run"],
-                          "seed_runs": f"seeds/{n}/seed=*"} for n, c in chosen.items()])
+                          "median_of_studies": c["median_of_studies"], "edges": flags(c["edges"]),
+                          "edges_before_extension": flags(c["edges_before_extension"]), **c["params"],
+                          "tuning_run": c["run"], "seed_runs": f"seeds/{n}/seed=*"} for n, c in chosen.items()])

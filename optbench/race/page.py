@@ -2,20 +2,18 @@
 verdicts, the ledger, the flags, the test set's limit, sensitivity, robustness and the reproducing command."""
 
 import html
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from optbench.race import budget, robustness
 from optbench.results.html import CSS, png_data_uri
 
 if TYPE_CHECKING:  # pandas is imported where a page is made, not when the command starts
     import pandas as pd
 
 LR_KEY = "optimizer.lr"
-
-
 ZOOM = 0.03  # the lower panel shows the top 3 points of accuracy, where the good regions are told apart
 
 
@@ -23,6 +21,7 @@ def lr_figure(trials: dict, chosen: dict, epsilon: float):
     """Validation accuracy of every trial against its learning rate, all optimizers on one axis (above: every
     trial, diverged ones as crosses at the bottom; below: the top ZOOM of accuracy), the chosen trial ringed and
     the band within epsilon of it shaded."""
+    import pandas as pd
     from matplotlib.figure import Figure
 
     from optbench.results.plots import DPI, palette
@@ -31,9 +30,8 @@ def lr_figure(trials: dict, chosen: dict, epsilon: float):
     fig.suptitle("Validation accuracy against learning rate "
                  f"(one dot per trial; ring: chosen; band: within {epsilon:g} of it)")
     full, zoom = fig.subplots(2, 1, sharex=True, height_ratios=(1, 1.3))
-    finite = [f["score"].dropna() for f in trials.values() if len(f)]
-    floor = min((s.min() for s in finite if len(s)), default=0.0)
-    top = max((s.max() for s in finite if len(s)), default=1.0)
+    scores = pd.concat([frame["score"] for frame in trials.values()]).dropna()
+    floor, top = (scores.min(), scores.max()) if len(scores) else (0.0, 1.0)
     markers = "osD^vP*X"  # a shape per optimizer too: dots of neighbouring rates overlap
     for i, (colour, (name, frame)) in enumerate(zip(palette(len(trials)), trials.items())):
         if not len(frame):
@@ -60,11 +58,10 @@ def lr_figure(trials: dict, chosen: dict, epsilon: float):
 
 
 def _md_table(frame) -> str:
-    if frame is None or not len(frame):
+    if not len(frame):
         return "(none)\n"
-    cells = frame.map(_cell)
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells.astype(str).to_numpy()]
+    lines += ["| " + " | ".join(row) + " |" for row in frame.map(_cell).to_numpy()]
     return "\n".join(lines) + "\n"
 
 
@@ -77,12 +74,13 @@ def _cell(v) -> str:
     return str(v)
 
 
-def verdict_lines(verdicts, limits, alpha: float) -> list[str]:
+def verdict_lines(verdicts, limits) -> list[str]:
     """The sentences a reader needs: each comparison with the leader, resolved or not, beside the test set's limit."""
     lines = []
-    limit = dict(zip(limits["other"], limits["resolvable"])) if limits is not None and len(limits) else {}
+    limit = dict(zip(limits["other"], limits["resolvable"]))
     for _, v in verdicts.iterrows():
-        interval = f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] points"
+        interval = (f"{100 * (1 - v['interval_alpha']):.1f}% interval "
+                    f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] points")
         test_limit = limit.get(v["other"], np.nan)
         tail = f"; this test set resolves differences of {100 * test_limit:.2f} points or more between these two models"
         if v["resolved"] and abs(v["difference"]) < test_limit:
@@ -90,13 +88,10 @@ def verdict_lines(verdicts, limits, alpha: float) -> list[str]:
                      "be told apart on these 10,000 images")
         if v["resolved"]:
             lines.append(f"{v['leader']} beats {v['other']} by {100 * v['difference']:.2f} points of test accuracy "
-                         f"(resolved at {v['seeds']} seeds; {100 * (1 - v['interval_alpha']):.1f}% interval "
-                         f"{interval})" + tail)
+                         f"(resolved at {v['seeds']} seeds; {interval})" + tail)
         else:
-            lines.append(f"{v['leader']} vs {v['other']}: not resolved after {v['seeds']} seeds (the cap): "
-                         f"difference {100 * v['difference']:+.2f} points, "
-                         f"{100 * (1 - v['interval_alpha']):.1f}% interval "
-                         f"{interval}; a difference up to "
+            lines.append(f"{v['leader']} vs {v['other']}: not resolved after {v['seeds']} seeds (the cap): difference "
+                         f"{100 * v['difference']:+.2f} points, {interval}; a difference up to "
                          f"{100 * v['could_hide']:.2f} points could still hide there" + tail)
     return lines
 
@@ -104,49 +99,58 @@ def verdict_lines(verdicts, limits, alpha: float) -> list[str]:
 def sections(r: dict) -> list[tuple[str, str, "pd.DataFrame | None"]]:
     """(heading, text, table) in page order, from the race's results `r` (command.finish builds it)."""
     s = r["settings"]
-    flags = [f"{n}: {k} = {c['params'][k]:.4g} at the {side} edge of its range" for n, c in r["chosen"].items()
-             for k, side in c["edges"].items()]
-    extended = [f"{n} ({', '.join(f'{k} {side}' for k, side in c['edges_before_extension'].items())})"
-                for n, c in r["chosen"].items() if c["edges_before_extension"]] if s["extend_edges"] else []
-    extension = (" --extend-edges gave every optimizer the same extra trials (study 'extra'); a log range whose first "
-                 "choice was at an edge was widened by a decade on that side (other ranges keep their bounds, which "
-                 "mean something: a momentum below 1, a warm-up within the run). At an edge in the first studies: "
-                 + (", ".join(extended) or "none was") + ".")
+    flags = "; ".join(f"{n}: {k} = {c['params'][k]:.4g} at the {side} edge of its range"
+                      for n, c in r["chosen"].items() for k, side in c["edges"].items())
+    if not flags:
+        chosen = "No chosen value lies at the edge of its range."
+    elif s["extend_edges"]:
+        chosen = f"Still at an edge after the extension: {flags}."
+    else:
+        chosen = f"Under-tuned: {flags} (rerun with --extend-edges)."
+    if s["extend_edges"]:
+        extended = [f"{n} ({', '.join(f'{k} {side}' for k, side in c['edges_before_extension'].items())})"
+                    for n, c in r["chosen"].items() if c["edges_before_extension"]]
+        chosen += (" --extend-edges gave every optimizer the same extra trials (study 'extra'); a log range whose "
+                   "first choice was at an edge was widened by a decade on that side (other ranges keep their bounds, "
+                   "which mean something: a momentum below 1, a warm-up within the run). At an edge in the first "
+                   "studies: " + (", ".join(extended) or "none was") + ".")
+    unequal = budget.unequal(r["ledger"])
+    last = r["looks"]["seeds"].iloc[-1]
+    stopped = (f"the race stopped at {last} seeds, every comparison with the leader resolved."
+               if r["verdicts"]["resolved"].all() else
+               f"the race stopped at the cap, {last} seeds, with comparisons unresolved.")
+    shapes = (robustness.words(r["shapes"], "tau_vs_first", "the model") if r["shapes"] is not None else
+              "Not measured: give --shapes '[64];[256,256]' to rerun the chosen configurations on other models.")
     return [
         ("Command", "Reproduces (and resumes) this race:", None),
         ("Verdicts", "\n".join(f"- {line}" for line in r["verdict_lines"]) + "\n\nThe seed-to-seed interval "
          "(would another seed give the same difference?) and the test set's limit (can these 10,000 images tell "
          "these two models apart?) answer different questions: never read one as the other. Looks were declared "
          f"at {', '.join(map(str, r['counts']))} seeds, each at its O'Brien-Fleming share of alpha = {s['alpha']} "
-         f"(Holm over all pairs within a look); {_stopped(r)}", r["verdicts"]),
+         f"(Holm over all pairs within a look); {stopped}", r["verdicts"]),
         ("Looks", "The verdict after each round of seeds.", r["looks"]),
         ("Budget ledger", "Every optimizer got the same tuning budget; FLOPs are 6 x parameters x batch x steps. "
-         + ("Equal in trials and steps." if not r["unequal"] else "NOT EQUAL: " + "; ".join(r["unequal"])),
-         r["ledger"]),
+         + ("NOT EQUAL: " + "; ".join(unequal) if unequal else "Equal in trials and steps."), r["ledger"]),
         ("Chosen configurations", "Best trial on validation (tuning seed 0); AlgoPerf's score is the median over "
-         "studies of each study's best. " + (("Still at an edge after the extension: " if s["extend_edges"] else
-                                             "Under-tuned: ") + "; ".join(flags)
-                                            + ("." if s["extend_edges"] else " (rerun with --extend-edges).")
-                                             if flags else "No chosen value lies at the edge of its range.")
-         + (extension if s["extend_edges"] else ""),
-         r["chosen_table"]),
+         "studies of each study's best. " + chosen, r["chosen_table"]),
         ("The test set's limit", "Exact McNemar test over the 10,000 test images, the leader's first seed run "
          "against each other's (`resolvable`: the smallest accuracy difference this pair's disagreements allow "
          f"to resolve at alpha {s['alpha']}).", r["limits"]),
         ("Sensitivity", f"Good region: trials within epsilon = {s['epsilon']} of the optimizer's best (validation). "
          "width_decades: learning rates it spans; share_within_eps: of the trials (quasi-random over the space); "
          "trials_to_eps: expected trials to land there (expected best of n).", r["sensitivity"]),
-        ("Robustness: earlier checkpoints", r["words_checkpoints"], r["checkpoints"]),
-        ("Robustness: relaxed targets", r["words_targets"], r["targets"]),
-        ("Robustness: model shapes", r["words_shapes"] + " Final test accuracy, mean over the first round's seeds; "
+        ("Robustness: earlier checkpoints",
+         robustness.words(r["checkpoints"], "tau_vs_end", "the checkpoint it is read at"), r["checkpoints"]),
+        ("Robustness: relaxed targets", robustness.words(r["targets"], "tau_vs_base", "the target"), r["targets"]),
+        ("Robustness: model shapes", shapes + " Final test accuracy, mean over the first round's seeds; "
          "the configurations chosen on the race's model, not re-tuned.", r["shapes"]),
     ]
 
 
 def markdown(r: dict) -> str:
     parts = [f"# Optimizer race: {', '.join(r['settings']['optimizers'])}\n",
-             f"Race directory `{r['dir']}`; every run directory named below is relative to it. "
-             f"This invocation took {r['wall_time']:.0f} s; the race's runs took {_run_time(r):.0f} s in all "
+             f"Race directory `{r['dir']}`; every run directory named below is relative to it. This invocation took "
+             f"{r['wall_time']:.0f} s; the race's runs took {r['ledger']['wall_time_s'].sum():.0f} s in all "
              "(the ledger's wall time, over every invocation).\n"]
     for heading, text, table in sections(r):
         parts.append(f"## {heading}\n\n{text}\n")
@@ -162,7 +166,7 @@ def markdown(r: dict) -> str:
 def write_html(r: dict, fig) -> str:
     parts = [f"<h1>Optimizer race: {html.escape(', '.join(r['settings']['optimizers']))}</h1>",
              f"<p>Race directory <code>{html.escape(str(r['dir']))}</code>; this invocation took "
-             f"{r['wall_time']:.0f} s; the race's runs took {_run_time(r):.0f} s in all.</p>"]
+             f"{r['wall_time']:.0f} s; the race's runs took {r['ledger']['wall_time_s'].sum():.0f} s in all.</p>"]
     for heading, text, table in sections(r):
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         lines = text.split("\n")
@@ -177,17 +181,8 @@ def write_html(r: dict, fig) -> str:
             parts.append(f'<figure><img src="{png_data_uri(fig)}" alt="accuracy against learning rate"></figure>')
         if table is not None and len(table):
             parts.append(table.map(_cell).to_html(index=False, border=0, escape=True))
-    title = html.escape("optbench race")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+    return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>optbench race</title>\n'
             f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
-
-
-def _run_time(r: dict) -> float:
-    return float(r["ledger"]["wall_time_s"].sum())
-
-
-def command_line(argv: list[str]) -> str:
-    return "optbench race " + " ".join(shlex.quote(a) for a in argv)
 
 
 def save(race_dir: Path, r: dict) -> None:
@@ -195,11 +190,3 @@ def save(race_dir: Path, r: dict) -> None:
     fig.savefig(race_dir / "lr.png")
     (race_dir / "race.md").write_text(markdown(r))
     (race_dir / "race.html").write_text(write_html(r, fig))
-
-
-def _stopped(r: dict) -> str:
-    """Where the seed rounds stopped, and why."""
-    last = r["looks"]["seeds"].iloc[-1]
-    if bool(r["verdicts"]["resolved"].all()):
-        return f"the race stopped at {last} seeds, every comparison with the leader resolved."
-    return f"the race stopped at the cap, {last} seeds, with comparisons unresolved."

@@ -16,9 +16,14 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the run's steps, where the ranking is r
 def order(scores: dict, higher_is_better: bool = True) -> list[str]:
     """Names from best to worst (NaN last; ties keep the given order)."""
     names = list(scores)
-    key = [(-scores[n] if higher_is_better else scores[n]) for n in names]
-    key = [np.inf if not np.isfinite(k) else k for k in key]
-    return [names[i] for i in np.argsort(key, kind="stable")]
+    key = np.array([-scores[n] if higher_is_better else scores[n] for n in names], float)
+    return [names[i] for i in np.argsort(np.where(np.isfinite(key), key, np.inf), kind="stable")]
+
+
+def _ranked(scores: dict, higher_is_better: bool = True) -> dict:
+    """The order's columns of a table: the names best first, and the leader."""
+    names = order(scores, higher_is_better)
+    return {"order": " > ".join(names), "leader": names[0]}
 
 
 def kendall(scores_a: dict, scores_b: dict, higher_is_better: tuple[bool, bool] = (True, True)) -> float:
@@ -34,10 +39,10 @@ def kendall(scores_a: dict, scores_b: dict, higher_is_better: tuple[bool, bool] 
     return round(float(kendalltau(a, b).statistic), 12)  # identical orders give 0.9999999999999999
 
 
-def _mean_at(curves, step: int) -> dict:
-    """Mean over seeds of each optimizer's value at the last evaluation at or before `step`."""
+def _mean_at(curves, step: int, names: list[str]) -> dict:
+    """Mean over seeds of each optimizer's value at the last evaluation at or before `step` (NaN without one)."""
     rows = curves[curves["step"] <= step].sort_values("step").groupby(["optimizer", "seed"]).tail(1)
-    return rows.groupby("optimizer", sort=False)["value"].mean().to_dict()
+    return rows.groupby("optimizer")["value"].mean().reindex(names).to_dict()
 
 
 def at_checkpoints(curves, fractions=FRACTIONS):
@@ -46,26 +51,20 @@ def at_checkpoints(curves, fractions=FRACTIONS):
 
     last = int(curves["step"].max())
     names = list(dict.fromkeys(curves["optimizer"]))
-    final = _mean_at(curves, last)
-    final = {n: final.get(n, np.nan) for n in names}
+    final = _mean_at(curves, last, names)
     rows = []
     for f in fractions:
         step = int(round(f * last))
-        scores = _mean_at(curves, step)
-        scores = {n: scores.get(n, np.nan) for n in names}
-        rows.append({"fraction": f, "step": step, "order": " > ".join(order(scores)),
-                     "leader": order(scores)[0], "tau_vs_end": kendall(scores, final)})
+        scores = _mean_at(curves, step, names)
+        rows.append({"fraction": f, "step": step, **_ranked(scores), "tau_vs_end": kendall(scores, final)})
     return pd.DataFrame(rows)
 
 
 def steps_to(curves, target: float) -> dict:
     """Mean over seeds of the first step each run reaches `target` (inf when one of its runs never does)."""
-    out = {}
-    for name, g in curves.groupby("optimizer", sort=False):
-        firsts = [seed_rows.loc[seed_rows["value"] >= target, "step"].min()
-                  for _, seed_rows in g.groupby("seed")]
-        out[name] = float(np.mean([s if np.isfinite(s) else np.inf for s in firsts]))
-    return out
+    reached = curves["step"].where(curves["value"] >= target)
+    firsts = reached.groupby([curves["optimizer"], curves["seed"]], sort=False).min().fillna(np.inf)
+    return firsts.groupby(level=0, sort=False).mean().to_dict()
 
 
 def relaxed_targets(curves, relaxations=RELAXATIONS):
@@ -78,8 +77,7 @@ def relaxed_targets(curves, relaxations=RELAXATIONS):
     rows = []
     for r in relaxations:
         steps = steps_to(curves, base - r)
-        rows.append({"relaxation": r, "target": base - r, "order": " > ".join(order(steps, higher_is_better=False)),
-                     "leader": order(steps, higher_is_better=False)[0],
+        rows.append({"relaxation": r, "target": base - r, **_ranked(steps, higher_is_better=False),
                      "tau_vs_base": kendall(steps, first, (False, False)),
                      **{f"steps.{n}": v for n, v in steps.items()}})
     return pd.DataFrame(rows)
@@ -90,11 +88,10 @@ def across(rankings: dict):
     score}} (e.g. model widths)."""
     import pandas as pd
 
-    settings = list(rankings)
-    first = rankings[settings[0]]
-    return pd.DataFrame([{"setting": s, "order": " > ".join(order(rankings[s])), "leader": order(rankings[s])[0],
-                          "tau_vs_first": kendall(first, {n: rankings[s].get(n, np.nan) for n in first})}
-                         for s in settings])
+    first = next(iter(rankings.values()))
+    return pd.DataFrame([{"setting": setting, **_ranked(scores),
+                          "tau_vs_first": kendall(first, {n: scores.get(n, np.nan) for n in first})}
+                         for setting, scores in rankings.items()])
 
 
 def words(table, tau_column: str, what: str) -> str:

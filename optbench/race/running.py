@@ -1,5 +1,5 @@
 """Running a race: one search per optimizer and study (the search package's, Sobol points queued into it), the
-chosen configurations rerun with paired seeds in rounds, and the tables read back from the run directories.
+chosen configurations rerun with paired seeds in rounds, and on other model shapes (--shapes).
 
 A race directory holds:
   race.yaml                  the settings; a rerun with the same --dir resumes them (a changed one is refused)
@@ -28,14 +28,13 @@ from optbench.search.spaces import trial_overrides
 log = logging.getLogger(__name__)
 FIRST_SEED = 1000  # fresh seeds: the tuning seed (0) chose the configurations
 CHANCE = 0.1  # a diverged seed run scores as guessing among 10 classes (it is not left out: that would flatter it)
-VERDICT = "final.test_acc"  # the end of the schedule (Wen et al.: compare there), the weights predictions use
 
 
-def search_spec(settings: dict, optimizer: str, space: dict, trials: int, sampler_seed: int) -> dict:
+def search_spec(settings: dict, optimizer: str, space: dict, sampler_seed: int) -> dict:
     """The search package's settings for one optimizer's study. Sampler 'random' is never asked: every trial
     is a queued Sobol point (spaces.sobol_points), so the search runs them in order and resumes them."""
-    return {"space": space, "sampler": "random", "trials": trials, "seeds": [0], "sampler_seed": sampler_seed,
-            "overrides": run_overrides(settings, optimizer)}
+    return {"space": space, "sampler": "random", "trials": settings["trials"], "seeds": [0],
+            "sampler_seed": sampler_seed, "overrides": run_overrides(settings, optimizer)}
 
 
 def run_overrides(settings: dict, optimizer: str) -> list[str]:
@@ -54,20 +53,26 @@ def schedule_free(optimizer: str) -> bool:
     return optimizers.traits(compose_config([f"optimizer={optimizer}"]).optimizer).schedule_free
 
 
-def run_study(search_dir: Path, spec: dict, sobol_seed: int, threads: int | None, shared: Shared | None = None,
-              queue: bool = True):
+def run_study(search_dir: Path, spec: dict, threads: int | None, shared: Shared | None = None, queue: bool = True):
     """Queue the study's Sobol points not yet finished or queued (unless a submitting process did: queue=False),
     then run (or resume) the search; its study in DIR/study.db, or with `shared` on a storage workers share."""
     import optuna
 
-    spec = settle_spec(search_dir, {**spec, "storage": shared and shared.url})  # checks every setting, makes the folder
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    spec = _queued(search_dir, spec, shared, queue)
+    # run_search logs its sampler as 'random': it is never asked, every trial is one of these queued points
+    log.info("race: %s: %d Sobol points (scramble seed %d)", search_dir, spec["trials"], spec["sampler_seed"])
+    return run_search(search_dir, spec, threads, shared)
+
+
+def _queued(search_dir: Path, spec: dict, shared: Shared | None, queue: bool = True) -> dict:
+    """The study's settings settled (every setting checked, the folder made) and, with `queue`, its Sobol points
+    (scrambled by its sampler_seed) not yet finished or queued put in its queue."""
+    spec = settle_spec(search_dir, {**spec, "storage": shared and shared.url})
     if queue:
         study = open_study(shared, spec) if shared else sqlite_study(search_dir)
-        enqueue_grid(study, spaces.sobol_points(spec["space"], spec["trials"], sobol_seed))
-    # run_search logs its sampler as 'random': it is never asked, every trial is one of these queued points
-    log.info("race: %s: %d Sobol points (scramble seed %d)", search_dir, spec["trials"], sobol_seed)
-    return run_search(search_dir, spec, threads, shared)
+        enqueue_grid(study, spaces.sobol_points(spec["space"], spec["trials"], spec["sampler_seed"]))
+    return spec
 
 
 def shared_study(race_dir: Path, settings: dict, search_dir: Path) -> Shared | None:
@@ -83,20 +88,19 @@ def finished_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def plan(race_dir: Path, settings: dict) -> list[tuple[str, int, Path, dict, int]]:
-    """(optimizer, k, folder, search settings, Sobol seed) of every study: the i-th study of every optimizer
-    draws the same Sobol cube (seed sampler_seed + i)."""
+def plan(race_dir: Path, settings: dict) -> list[tuple[str, int, Path, dict]]:
+    """(optimizer, k, folder, search settings) of every study: the i-th study of every optimizer draws the same
+    Sobol cube (seed sampler_seed + i)."""
     return [(name, k, race_dir / "tuning" / name / f"study{k}",
-             search_spec(settings, name, settings["spaces"][name], settings["trials"], settings["sampler_seed"] + k),
-             settings["sampler_seed"] + k)
+             search_spec(settings, name, settings["spaces"][name], settings["sampler_seed"] + k))
             for name in settings["optimizers"] for k in range(settings["studies"])]
 
 
 def tune(race_dir: Path, settings: dict, threads: int | None, queue: bool = True) -> dict:
     """Every optimizer's studies, run or resumed: {optimizer: [(study name, space, study)]}."""
     out: dict[str, list] = {name: [] for name in settings["optimizers"]}
-    for name, k, directory, spec, seed in plan(race_dir, settings):
-        study = run_study(directory, spec, seed, threads, shared_study(race_dir, settings, directory), queue)
+    for name, k, directory, spec in plan(race_dir, settings):
+        study = run_study(directory, spec, threads, shared_study(race_dir, settings, directory), queue)
         out[name].append((f"study{k}", spec["space"], study))
     return out
 
@@ -113,23 +117,23 @@ def submit(race_dir: Path, settings: dict, threads: int | None, workers: int, cl
     """The tuning as `workers` submitit jobs (a SLURM array, or local processes) on the shared studies; one line
     per failed job. The seed rounds then run in the submitting process."""
     race_dir = race_dir.resolve()  # jobs may start in another folder
-    for _, _, directory, spec, seed in plan(race_dir, settings):  # each point queued once, before workers start
+    for _, _, directory, spec in plan(race_dir, settings):  # each point queued once, before workers start
         shared = shared_study(race_dir, settings, directory)
         assert shared is not None  # --workers needs --storage (command.check_workers)
-        spec = settle_spec(directory, {**spec, "storage": shared.url})
-        enqueue_grid(open_study(shared, spec), spaces.sobol_points(spec["space"], spec["trials"], seed))
+        _queued(directory, spec, shared)
     threads = threads or params.get("cpus_per_task")
     return submit_workers(work, (race_dir, settings, threads), workers, race_dir / ".submitit", cluster, params)
 
 
 def best_trial(studies: list):
     """(study name, space, trial) of the best COMPLETE trial over an optimizer's studies; None if none completed."""
-    best = None
-    for label, space, study in studies:
-        for t in study.get_trials(deepcopy=False):
-            if t.value is not None and (best is None or t.value > best[2].value):
-                best = (label, space, t)
-    return best
+    return max(((label, space, t) for label, space, study in studies for t in study.get_trials(deepcopy=False)
+                if t.value is not None), key=lambda best: best[2].value, default=None)
+
+
+def best_edges(best, trials: int) -> dict:
+    """The edge flags of a best_trial (study name, space, trial) at the grid step of `trials` points; {} for None."""
+    return spaces.edges(best[2].params, best[1], trials) if best else {}
 
 
 def extend(race_dir: Path, settings: dict, studies: dict, threads: int | None) -> dict:
@@ -137,29 +141,33 @@ def extend(race_dir: Path, settings: dict, studies: dict, threads: int | None) -
     widened range, the others over their own (a new Sobol scramble, so no point repeats)."""
     seed = settings["sampler_seed"] + settings["studies"]
     for name in settings["optimizers"]:
-        _, space, trial = best_trial(studies[name]) or (None, settings["spaces"][name], None)
-        flagged = spaces.edges(trial.params, space, settings["trials"]) if trial is not None else {}
-        wide = spaces.widened(settings["spaces"][name], flagged)
-        spec = search_spec(settings, name, wide, settings["trials"], seed)
+        wide = spaces.widened(settings["spaces"][name], best_edges(best_trial(studies[name]), settings["trials"]))
         directory = race_dir / "tuning" / name / "extra"
-        studies[name].append(("extra", wide, run_study(directory, spec, seed, threads,
-                                                       shared_study(race_dir, settings, directory))))
+        study = run_study(directory, search_spec(settings, name, wide, seed), threads,
+                          shared_study(race_dir, settings, directory))
+        studies[name].append(("extra", wide, study))
     return studies
 
 
-def seed_run(race_dir: Path, settings: dict, name: str, params: dict, seed: int) -> dict:
-    """The chosen configuration on one seed; a finished run is read, an unfinished one resumed (trainer.resume)."""
-    run_dir = race_dir / "seeds" / name / f"seed={seed}"
+def _run(run_dir: Path, overrides: list[str]) -> dict:
+    """A run's summary: a finished run is read, an unfinished one resumed (trainer.resume)."""
     summary = rundir.read_summary(run_dir)
     if summary is None or summary["status"] not in rundir.FINISHED:
-        summary = run_one([*run_overrides(settings, name), *trial_overrides(params), f"seed={seed}"], run_dir)
+        summary = run_one(overrides, run_dir)
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt
     return summary
 
 
+def seed_run(race_dir: Path, settings: dict, name: str, params: dict, seed: int) -> dict:
+    """The chosen configuration on one seed."""
+    return _run(race_dir / "seeds" / name / f"seed={seed}",
+                [*run_overrides(settings, name), *trial_overrides(params), f"seed={seed}"])
+
+
 def verdict_value(summary: dict | None) -> float:
-    """The test accuracy a seed run ends with; a run that did not complete scores chance."""
+    """The test accuracy a seed run ends with (the end of the schedule: Wen et al. compare there, and the weights
+    the test set's predictions use); a run that did not complete scores chance."""
     if summary is None:
         return CHANCE
     value = (summary.get("final") or {}).get("test_acc", np.nan) if summary["status"] == "completed" else np.nan
@@ -177,33 +185,24 @@ def seed_rounds(race_dir: Path, settings: dict, chosen: dict) -> dict:
         return np.array([[verdict_value(seed_run(race_dir, settings, name, chosen[name], FIRST_SEED + s))
                           for s in range(n)] for name in names])
 
-    result = sequential.run(draw, counts, settings["alpha"])
-    result["names"] = names
-    result["counts"] = counts
-    return result
+    return {**sequential.run(draw, counts, settings["alpha"]), "names": names, "counts": counts}
 
 
-def shape_scores(race_dir: Path, settings: dict, chosen: dict, base: dict) -> dict:
+def shape_scores(race_dir: Path, settings: dict, chosen: dict) -> dict:
     """--shapes: each optimizer's chosen configuration (tuned on the race's model) trained on other hidden layer
     shapes with the first round's seeds: {shape: {optimizer: mean verdict value}}, the race's own model first
-    (`base`, over the same seeds). Whether a ranking carries over to another model is the question, so nothing
+    (its seed runs, the same seeds). Whether a ranking carries over to another model is the question, so nothing
     is re-tuned there."""
     n = settings["seeds"]["first"]
-    out = {"race's model": base}
-    for shape in settings.get("shapes") or []:
+    out = {"race's model": {name: float(np.mean([verdict_value(rundir.read_summary(path))
+                                                 for path in seed_dirs(race_dir, name, n)])) for name in chosen}}
+    for shape in settings["shapes"]:
         scores = {}
         for name, params in chosen.items():
-            values = []
-            for s in range(n):
-                run_dir = race_dir / "shapes" / rundir.folder_name(shape) / name / f"seed={FIRST_SEED + s}"
-                summary = rundir.read_summary(run_dir)
-                if summary is None or summary["status"] not in rundir.FINISHED:
-                    summary = run_one([*run_overrides(settings, name), f"model.hidden={shape}",
-                                       *trial_overrides(params), f"seed={FIRST_SEED + s}"], run_dir)
-                if summary["status"] == "interrupted":
-                    raise KeyboardInterrupt
-                values.append(verdict_value(summary))
-            scores[name] = float(np.mean(values))
+            runs = [_run(race_dir / "shapes" / rundir.folder_name(shape) / name / f"seed={FIRST_SEED + s}",
+                         [*run_overrides(settings, name), f"model.hidden={shape}", *trial_overrides(params),
+                          f"seed={FIRST_SEED + s}"]) for s in range(n)]
+            scores[name] = float(np.mean([verdict_value(summary) for summary in runs]))
         out[f"hidden={shape}"] = scores
     return out
 

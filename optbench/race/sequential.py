@@ -22,6 +22,8 @@ the same data, and under no difference its comparisons are the largest ones; cor
 would let the range of k means through more often than alpha (tests/test_race.py measures both).
 """
 
+from itertools import combinations
+
 import numpy as np
 
 from optbench.results import stats
@@ -57,9 +59,8 @@ def decide(values: np.ndarray, level: float) -> dict:
     optimizer: difference, p, Holm's p over all pairs, resolved at `level`, and the interval at the level
     Holm tested that pair at (it excludes 0 exactly when resolved)."""
     values = np.asarray(values, float)
-    k = len(values)
     leader = int(np.argmax(values.mean(1)))
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    pairs = list(combinations(range(len(values)), 2))
     d = np.stack([values[i] - values[j] for i, j in pairs])
     estimate, se, df = stats.paired_t(d)
     p = stats.t_p(estimate, se, df)

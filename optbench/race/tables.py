@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optbench.race import budget, running, sequential, spaces, testset
+from optbench.race import running, sequential, testset
 from optbench.results import rundir
 
 
@@ -37,10 +37,6 @@ def ledger_runs(race_dir: Path, studies: dict, seed_counts: dict):
     return pd.DataFrame(rows)
 
 
-def ledger(race_dir: Path, studies: dict, seed_counts: dict):
-    return budget.ledger(ledger_runs(race_dir, studies, seed_counts))
-
-
 def trials(studies: dict, lr_key: str = "optimizer.lr"):
     """{optimizer: DataFrame of its finished trials: study, number, params, score (NaN when diverged)}."""
     import pandas as pd
@@ -60,22 +56,13 @@ def chosen(studies: dict, trials: int) -> dict:
     for name, entries in studies.items():
         best = running.best_trial(entries)
         if best is not None:
-            label, space, trial = best
+            label, _, trial = best
             first = running.best_trial([e for e in entries if e[0] != "extra"])
-            out[name] = {"edges_before_extension": _edges(first, trials),
-                         "study": label, "number": trial.number,
-                         "run": f"tuning/{name}/{label}/{trial.user_attrs['runs'][0]}", "params": dict(trial.params),
-                         "score": float(trial.value), "edges": _edges(best, trials),
-                         "median_of_studies": _median_best(entries)}
+            out[name] = {"study": label, "number": trial.number, "params": dict(trial.params),
+                         "score": float(trial.value), "run": f"tuning/{name}/{label}/{trial.user_attrs['runs'][0]}",
+                         "edges": running.best_edges(best, trials), "median_of_studies": _median_best(entries),
+                         "edges_before_extension": running.best_edges(first, trials)}
     return out
-
-
-def _edges(best, trials: int) -> dict:
-    """The edge flags of a best (study name, space, trial)."""
-    if best is None:
-        return {}
-    _, space, trial = best
-    return spaces.edges(trial.params, space, trials)
 
 
 def _median_best(entries) -> float:
@@ -104,11 +91,6 @@ def verdicts(result: dict):
                      "interval_alpha": row["alpha"], "resolved": row["resolved"],
                      "could_hide": np.nan if row["resolved"] else sequential.hidden_difference(row)})
     return pd.DataFrame(rows)
-
-
-def mean_value(race_dir: Path, name: str, n: int) -> float:
-    """Mean verdict value of an optimizer's first n seed runs."""
-    return float(np.mean([running.verdict_value(rundir.read_summary(d)) for d in running.seed_dirs(race_dir, name, n)]))
 
 
 def looks(result: dict):

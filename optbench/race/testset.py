@@ -23,12 +23,6 @@ from optbench.results import rundir
 ALPHA = 0.05
 
 
-def discordant(correct_a, correct_b) -> tuple[int, int]:
-    """(b, c): images only A gets right, images only B gets right."""
-    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    return int(np.sum(a & ~b)), int(np.sum(~a & b))
-
-
 def mcnemar_p(b: int, c: int) -> float:
     """Exact two-sided McNemar p-value from the discordant counts."""
     from scipy.stats import binom
@@ -50,8 +44,8 @@ def smallest_resolvable(discordant_images: int, n_images: int, alpha: float = AL
 
 def compare(correct_a, correct_b, alpha: float = ALPHA) -> dict:
     """A against B on the same images: the difference, McNemar's p, and this pair's smallest resolvable difference."""
-    b, c = discordant(correct_a, correct_b)
-    n = len(np.asarray(correct_a))
+    right_a, right_b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    b, c, n = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b)), len(right_a)
     return {"difference": (b - c) / n, "only_a": b, "only_b": c, "p_mcnemar": mcnemar_p(b, c),
             "resolvable": smallest_resolvable(b + c, n, alpha), "images": n}
 
