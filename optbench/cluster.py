@@ -1,15 +1,13 @@
 """Passes as submitit jobs: a SLURM job array, or submitit's local processes; requeued when preempted.
 
-Imported only for hydra.launcher.executor=slurm|submitit_local (it needs
+Imported only for hydra.launcher.executor=slurm|submitit_local and the workers of `search`/`race --workers` (it needs
 submitit: the `slurm` extra).
 
-SLURM warns a job before its time limit with the signal submitit asks for
-(SIGUSR2, 90 s ahead) and preempts with SIGTERM. Either one, while a pass
-trains, stops it after its current step with a checkpoint of every run
-(the trainer's own stop, as on Ctrl-C); then the job asks submitit to
-requeue it: `PassJob.checkpoint` resubmits the same call, and the requeued
-job's `fit_pass` resumes each run from its checkpoint, row for row. A
-pass that raised is never requeued, whatever its runs' summaries say.
+SLURM warns a job before its time limit with the signal submitit asks for (SIGUSR2, 90 s ahead) and preempts with
+SIGTERM. Either one, while a pass trains, stops it after its current step with a checkpoint of every run (the trainer's
+own stop, as on Ctrl-C); then the job asks submitit to requeue it: `PassJob.checkpoint` resubmits the same call, and the
+requeued job's `fit_pass` resumes each run from its checkpoint, row for row. A pass that raised is never requeued,
+whatever its runs' summaries say.
 """
 
 import logging
@@ -28,9 +26,8 @@ log = logging.getLogger(__name__)
 class PassJob(submitit.helpers.Checkpointable):
     """One pass (or lone run) as a submitit job: `train_pass` with preemption turned into stop and requeue.
 
-    The inherited `checkpoint(*args)` returns DelayedSubmission(self, *args):
-    the requeued job makes the same call, and fit_pass continues from the
-    runs' checkpoints.
+    The inherited `checkpoint(*args)` returns DelayedSubmission(self, *args): the requeued job makes the same call, and
+    fit_pass continues from the runs' checkpoints.
     """
 
     def __init__(self, threads: int | None = None):
@@ -70,9 +67,8 @@ class PassJob(submitit.helpers.Checkpointable):
 def _signals_received():
     """The set of signals that reach any Python handler while the block runs, filled in as it ends.
 
-    While it trains, the trainer's own handler takes SIGTERM (and a handler
-    of ours would never run); Python's wakeup fd hears every signal whatever
-    handles it.
+    While it trains, the trainer's own handler takes SIGTERM (and a handler of ours would never run); Python's wakeup fd
+    hears every signal whatever handles it.
     """
     received = set()
     read_end, write_end = os.pipe()
@@ -99,38 +95,43 @@ def parameters(conf) -> dict:
     return {**{k: v for k, v in named.items() if v is not None}, **dict(conf.submitit or {})}
 
 
-def make_executor(cluster: str, folder, conf):
-    """submitit's executor for `cluster` (slurm, local) with the launcher's settings; a bad one is a UserError."""
+def make_executor(cluster: str | None, folder, params: dict, settings: tuple[str, str]):
+    """submitit's executor for `cluster` (slurm, local) with `params`; a cluster or parameter submitit refuses is a
+    UserError led by `settings`: the names of the setting that chose the cluster and of the one that gave params."""
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    except RuntimeError as e:  # executor=slurm where there is no srun
-        raise UserError(f"hydra.launcher.executor={_executor_name(cluster)}: {first_line(e)}") from None
+    except RuntimeError as e:  # slurm where there is no srun
+        raise UserError(f"{settings[0]}: {first_line(e)}") from None
     try:
-        executor.update_parameters(**parameters(conf))
+        executor.update_parameters(**params)
     except (ValueError, AssertionError, TypeError, NameError) as e:  # submitit's ways of naming a bad parameter
-        raise UserError(f"hydra.launcher: {first_line(e)}") from None
+        raise UserError(f"{settings[1]}: {first_line(e)}") from None
     return executor
+
+
+def map_array(executor, function, columns: list, what: str) -> tuple[list, str]:
+    """function(*row) for each row of `columns`, as one submitit job array: the jobs, and their ids for messages."""
+    try:
+        jobs = executor.map_array(function, *columns)
+    except (submitit.core.utils.FailedSubmissionError, OSError) as e:  # sbatch refused the array, or is missing
+        raise UserError(f"could not submit the {what}: {first_line(e)}") from None
+    return jobs, ", ".join(sorted({job.job_id.split("_")[0] for job in jobs}))  # one id a SLURM array, one a process
+
+
+def failure(job, error: Exception) -> str:
+    """Why a job failed, in one line: submitit re-raises the job's error with its traceback; the last line, the log."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{lines[-1] if lines else type(error).__name__} (log: {job.paths.stderr})"
 
 
 def submit(executor, calls: list[tuple], threads: int | None) -> list:
     """Each call (cfgs, dirs, choices) as one job of a submitit array; waits for them all; each result or its error."""
-    try:
-        jobs = executor.map_array(PassJob(threads), *map(list, zip(*calls)))
-    except (submitit.core.utils.FailedSubmissionError, OSError) as e:  # sbatch refused the array, or is missing
-        raise UserError(f"could not submit the passes: {first_line(e)}") from None
-    ids = sorted({job.job_id.split("_")[0] for job in jobs})  # one id for a SLURM array, one per local process
-    log.info("submitted %d job(s) to %s: %s; submitit's logs in %s", len(jobs), executor.cluster, ", ".join(ids),
-             executor.folder)
+    jobs, ids = map_array(executor, PassJob(threads), [list(column) for column in zip(*calls)], "passes")
+    log.info("submitted %d job(s) to %s: %s; submitit's logs in %s", len(jobs), executor.cluster, ids, executor.folder)
     outcomes = []
     for job in jobs:
         try:
             outcomes.append(job.result())
-        except Exception as e:  # submitit re-raises the job's error with its traceback: its last line here
-            lines = [line for line in str(e).splitlines() if line.strip()]
-            outcomes.append(UserError(f"job {job.job_id} failed: {lines[-1] if lines else type(e).__name__} "
-                                      f"(log: {job.paths.stderr})"))
+        except Exception as e:
+            outcomes.append(UserError(f"job {job.job_id} failed: {failure(job, e)}"))
     return outcomes
-
-
-def _executor_name(cluster: str) -> str:
-    return "slurm" if cluster == "slurm" else "submitit_local"

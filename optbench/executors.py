@@ -1,11 +1,9 @@
 """Who trains a sweep's passes: this process, N local worker processes, or submitit jobs (optbench.cluster).
 
-hydra/launcher=optbench plans the passes and sets up every run directory
-(Hydra's .hydra files, train.log, the skip rule) in its own process; only
-`train_pass`, the trainer's call, goes to the executor. So a run trained by
-a worker or on another machine has the same files, status and resume rules
-as one trained in process. A lone run (one that cannot join a pass) goes
-as a pass of one.
+hydra/launcher=optbench plans the passes and sets up every run directory (Hydra's .hydra files, train.log, the skip
+rule) in its own process; only `train_pass`, the trainer's call, goes to the executor. So a run trained by a worker
+or on another machine has the same files, status and resume rules as one trained in process. A lone run (one that
+cannot join a pass) goes as a pass of one.
 """
 
 import logging
@@ -27,9 +25,8 @@ _worker = None  # this process's name as a worker of `in_workers` ("worker 0", .
 def train_pass(cfgs: list, dirs: list, choices: list, job: str | None = None) -> list[dict]:
     """trainer.fit_pass in whichever process executes the pass: one summary per run.
 
-    A pass that raises (a setting its runs share is wrong, ...) leaves each
-    run's summary failed with the reason, its traceback in train.log, and the
-    sweep goes on, as in process.
+    A pass that raises (a setting its runs share is wrong, ...) leaves each run's summary failed with the reason, its
+    traceback in train.log, and the sweep goes on, as in process.
     """
     from optbench import trainer
 
@@ -85,9 +82,8 @@ def default_workers(gpus: list[str], cores: int) -> int:
 def in_workers(calls: list[tuple], n_workers: int) -> list:
     """train_pass(*call) for each call, spread over `n_workers` local processes; each result or its error.
 
-    Each worker takes the next pass when it finishes one. Ctrl-C reaches the
-    workers too (one process group): a training pass stops after its step
-    and checkpoints, as in process; passes not started are dropped.
+    Each worker takes the next pass when it finishes one. Ctrl-C reaches the workers too (one process group): a training
+    pass stops after its step and checkpoints, as in process; passes not started are dropped.
     """
     gpus, cores = visible_gpus(), len(os.sched_getaffinity(0))
     context = multiprocessing.get_context("spawn")  # CUDA does not survive fork
@@ -100,12 +96,8 @@ def in_workers(calls: list[tuple], n_workers: int) -> list:
                                initargs=(slots, n_workers, gpus, cores))
     futures = [pool.submit(train_pass, *call) for call in calls]
     try:
-        outcomes: list[list[dict] | Exception] = []
-        for future in futures:
-            try:
-                outcomes.append(future.result())
-            except Exception as e:  # the pass's own error, or a worker that died (BrokenProcessPool)
-                outcomes.append(e)
+        # the pass's summaries, or its own error, or BrokenProcessPool for a worker that died
+        outcomes = [future.exception() or future.result() for future in futures]
     except KeyboardInterrupt:
         pool.shutdown(wait=True, cancel_futures=True)  # the passes in training stop and checkpoint first
         raise

@@ -1,9 +1,8 @@
 """What runs inside a Hydra job: the task `optbench train` hands to Hydra, and the machine each job gets.
 
-The launchers (Hydra's basic one, hydra/launcher=optbench, joblib,
-submitit) call `train_task` with the composed config; it reads Hydra's
-runtime (output directory, group choices, job number) and passes plain
-values on to `trainer.fit`, which never reads Hydra itself.
+The launchers (Hydra's basic one, hydra/launcher=optbench, joblib, submitit) call `train_task` with the composed config;
+it reads Hydra's runtime (output directory, group choices, job number) and passes plain values on to `trainer.fit`,
+which never reads Hydra itself.
 """
 
 import logging
@@ -30,13 +29,14 @@ def choices(hydra_cfg) -> dict:
 
 def train_task(cfg) -> float | None:
     """Hydra's task for `optbench train`: train (or skip, or resume) the run in Hydra's output directory."""
-    from optbench.trainer import fit
+    from optbench.trainer import fit, unopened
 
     schema.register()  # a joblib or submitit worker process composes nothing, but resolves the config
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     share_machine(cfg, hydra_cfg)
     try:
-        previous = finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
+        previous = finished_run(cfg, run_dir)
         if previous is not None:
             return previous.get("best_val_acc")
         summary = fit(cfg, hydra_cfg.runtime.output_dir, choices(hydra_cfg))
@@ -44,21 +44,22 @@ def train_task(cfg) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # the sweep goes on; the run's summary says failed (a held or damaged run's is left alone), and the
             # sweep's end says so again
-            from optbench.trainer import unopened
-
-            unopened(Path(hydra_cfg.runtime.output_dir), e)  # its summary says failed (not a stale "interrupted")
-            failed_runs.append(f"{Path(hydra_cfg.runtime.output_dir).name}: {e}")
+            unopened(run_dir, e)  # its summary says failed (not a stale "interrupted")
+            failed_runs.append(f"{run_dir.name}: {e}")
             return None
         print(f"optbench: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as e:
         if isinstance(e, OSError) and e.errno in rundir.DISK_FULL:
-            disk_full(e, hydra_cfg.runtime.output_dir)
+            # what was written before stays readable; the summary says failed. Later jobs would fail the same way.
+            print(f"optbench: error: the disk is full (or over quota) writing {e.filename or 'the run directory'}: "
+                  f"{e.strerror}; the run in {run_dir} is marked failed", file=sys.stderr)
+            raise SystemExit(1) from None
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
         # a job that raises would end the whole sweep with a traceback once its batch is done: the others
         # go on, the traceback goes to this run's train.log, and the sweep exits non-zero at its end
-        record_traceback(hydra_cfg.runtime.output_dir)
+        record_traceback(run_dir)
         return None
     if summary["status"] == "interrupted":
         raise KeyboardInterrupt  # also ends a multirun instead of starting the next job
@@ -71,19 +72,9 @@ def record_traceback(run_dir) -> None:
         traceback.print_exc(file=f)
 
 
-def disk_full(e: OSError, run_dir: str):
-    # what was written before stays readable; the summary says failed. Later jobs would fail the same way.
-    print(f"optbench: error: the disk is full (or over quota) writing {e.filename or 'the run directory'}: "
-          f"{e.strerror}; the run in {run_dir} is marked failed", file=sys.stderr)
-    raise SystemExit(1)
-
-
 def finished_run(cfg, run_dir: Path) -> dict | None:
-    """The summary of a run already finished in run_dir with this config, when it is to be kept.
-
-    Re-running a sweep with the same hydra.sweep.dir then trains only what
-    is missing.
-    """
+    """The summary of a run already finished in run_dir with this config, when it is to be kept: re-running a sweep
+    with the same hydra.sweep.dir then trains only what is missing."""
     try:
         summary = rundir.read_summary(run_dir)
     except rundir.DamagedFile:
@@ -139,9 +130,8 @@ failed_runs: list[str] = []  # "<run>: <why>" per run of the last sweep that fai
 class SweepSummary(Callback):
     """Hydra calls this in the launching process around a sweep, whatever launcher runs the jobs (conf/config.yaml).
 
-    Each finished run's line and the summary at the end go to the console
-    and to sweep.log in the sweep's folder; runs that failed are remembered
-    for `optbench train`'s exit status.
+    Each finished run's line and the summary at the end go to the console and to sweep.log in the sweep's folder; runs
+    that failed are remembered for `optbench train`'s exit status.
     """
 
     def __init__(self):

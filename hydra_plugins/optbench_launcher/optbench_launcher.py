@@ -1,16 +1,12 @@
 """Hydra launcher `hydra/launcher=optbench`: Hydra's basic launcher, plus vectorized passes for optbench sweeps.
 
-Jobs that `optbench.vectorized.plan` groups (same config but for seed,
-optimizer, schedule, init; trainer.vectorize auto or on) train in one pass:
-each job still gets its own output directory, .hydra/ files and train.log
-through Hydra's own `run_job`, whose task only records where the run goes;
-then `optbench.executors.train_pass` (trainer.fit_pass) trains the group and
-writes every run directory. `hydra.launcher.executor` says where that call
-runs: in this process (in_process, the default), in N local worker
-processes (workers), or as submitit jobs (slurm, submitit_local); the run
-directories are set up here either way, so they are the same whatever
-trains them. In process, a sweep with nothing to group is handed to the
-basic launcher untouched.
+Jobs that `optbench.vectorized.plan` groups (same config but for seed, optimizer, schedule, init; trainer.vectorize
+auto or on) train in one pass: each job still gets its own output directory, .hydra/ files and train.log through
+Hydra's own `run_job`, whose task only records where the run goes; then `optbench.executors.train_pass`
+(trainer.fit_pass) trains the group and writes every run directory. `hydra.launcher.executor` says where that call
+runs: in this process (in_process, the default), in N local worker processes (workers), or as submitit jobs (slurm,
+submitit_local); the run directories are set up here either way, so they are the same whatever trains them. In
+process, a sweep with nothing to group is handed to the basic launcher untouched.
 
 Every optbench module is imported inside the method that uses it, an exception to the package's rule
 (optbench/__init__.py): Hydra imports every module under hydra_plugins/ when any Hydra app in this environment
@@ -60,29 +56,21 @@ ConfigStore.instance().store(group="hydra/launcher", name="optbench", node=Optbe
 
 
 class OptbenchLauncher(BasicLauncher):
+    # Optional in BasicLauncher only until Hydra calls setup(), which it does before launch()
+    config: DictConfig
+    hydra_context: HydraContext
+
     def __init__(self, **settings: Any) -> None:
         super().__init__()
         self.settings = OptbenchLauncherConf(**settings)
         self.submitit = None  # executor=slurm|submitit_local: submitit's executor, made before any run is set up
 
-    @property
-    def _config(self) -> DictConfig:
-        """The primary config: Optional in BasicLauncher only until Hydra calls setup(), which it does first."""
-        assert self.config is not None, "Hydra calls setup() before launch()"
-        return self.config
-
-    @property
-    def _context(self) -> HydraContext:
-        assert self.hydra_context is not None, "Hydra calls setup() before launch()"
-        return self.hydra_context
-
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from optbench import jobs, vectorized
+        from optbench import executors, jobs, vectorized
+        from optbench.errors import UserError
 
         if self.task_function is not jobs.train_task:
             return super().launch(job_overrides, initial_job_idx)
-        from optbench.errors import UserError
-
         try:
             executor = self._check_settings()
         except UserError as e:  # Hydra would print it with a traceback; nothing is set up yet
@@ -90,19 +78,18 @@ class OptbenchLauncher(BasicLauncher):
             raise SystemExit(2) from None
         configs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_config = self._context.config_loader.load_sweep_config(self._config, list(overrides))
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
+                sweep_config.hydra.job.id = sweep_config.hydra.job.num = idx
             configs.append(sweep_config)
-        task_configs = [_without_hydra(c) for c in configs]
-        passes = vectorized.plan(task_configs, self.settings.max_runs_per_pass or vectorized.MAX_MODELS)
+        passes = vectorized.plan([_without_hydra(c) for c in configs],
+                                 self.settings.max_runs_per_pass or vectorized.MAX_MODELS)
         if executor == "in_process" and all(len(p) == 1 for p in passes):
             return super().launch(job_overrides, initial_job_idx)  # exactly Hydra's basic launcher
 
         setup_globals()
-        configure_log(self._config.hydra.hydra_logging, self._config.hydra.verbose)
-        Path(str(self._config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         where = "locally" if executor == "in_process" else f"through executor {executor}"
         log.info(f"Launching {len(job_overrides)} jobs {where}, {sum(len(p) > 1 for p in passes)} vectorized pass(es)")
         runs: Dict[int, JobReturn] = {}  # config index -> its JobReturn; every pass fills its members'
@@ -113,15 +100,12 @@ class OptbenchLauncher(BasicLauncher):
                 log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")
             if executor == "in_process" and len(members) == 1:
                 runs[members[0]] = self._run(configs[members[0]], self.task_function)
-                configure_log(self._config.hydra.hydra_logging, self._config.hydra.verbose)
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
                 continue
             rets, prepared = self._prepare([configs[i] for i in members])
-            for i, ret in zip(members, rets):
-                runs[i] = ret
+            runs.update(zip(members, rets))
             if prepared and executor == "in_process":
-                from optbench.executors import train_pass
-
-                interrupted |= _finish(rets, prepared, train_pass(*_call(prepared)))
+                interrupted |= _finish(rets, prepared, executors.train_pass(*_call(prepared)))
             elif prepared:
                 handed.append((rets, prepared))
         if handed:
@@ -150,8 +134,10 @@ class OptbenchLauncher(BasicLauncher):
                     raise
                 raise UserError(f"hydra.launcher.executor={s.executor} needs submitit: "
                                 "pip install 'optbench[slurm]'") from None
-            self.submitit = cluster.make_executor("slurm" if s.executor == "slurm" else "local",
-                                                  Path(str(self._config.hydra.sweep.dir)) / ".submitit", s)
+            folder = Path(str(self.config.hydra.sweep.dir)) / ".submitit"
+            self.submitit = cluster.make_executor("slurm" if s.executor == "slurm" else "local", folder,
+                                                  cluster.parameters(s), (f"hydra.launcher.executor={s.executor}",
+                                                                          "hydra.launcher"))
         return s.executor
 
     def _execute(self, executor: str, calls: list) -> list:
@@ -166,7 +152,7 @@ class OptbenchLauncher(BasicLauncher):
         return cluster.submit(self.submitit, calls, self.settings.cpus_per_job)
 
     def _run(self, config, task_function) -> JobReturn:
-        return run_job(hydra_context=self._context, task_function=task_function, config=config,
+        return run_job(hydra_context=self.hydra_context, task_function=task_function, config=config,
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     def _prepare(self, configs) -> tuple[list, dict]:
@@ -193,7 +179,7 @@ class OptbenchLauncher(BasicLauncher):
         rets = []
         for c in configs:
             rets.append(self._run(c, prepare))
-        configure_log(self._config.hydra.hydra_logging, self._config.hydra.verbose)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return rets, prepared
 
 
@@ -205,16 +191,14 @@ def _call(prepared: dict) -> tuple:
 def _finish(rets: list, prepared: dict, outcome) -> bool:
     """Each trained job's JobReturn from its summary; whether any run was interrupted.
 
-    `outcome`: train_pass's summaries, or the error of the worker or job that
-    died; then each run's summary on disk tells what became of it (one still
-    `running`, or never started, is marked failed with that error here).
+    `outcome`: train_pass's summaries, or the error of the worker or job that died; then each run's summary on disk
+    tells what became of it (one still `running`, or never started, is marked failed with that error here).
     """
     from optbench.trainer import unopened
 
-    dirs = [Path(d) for _, d, _ in prepared.values()]
     if isinstance(outcome, Exception):
         log.error("pass failed: %s: %s", type(outcome).__name__, outcome)
-        outcome = [unopened(d, outcome) for d in dirs]
+        outcome = [unopened(Path(d), outcome) for _, d, _ in prepared.values()]
     for i, summary in zip(prepared, outcome):
         # as optbench's train task returns: a failed run is None, told at the sweep's end (jobs.SweepSummary);
         # a FAILED job would make Hydra's sweeper end the sweep with a traceback

@@ -1,36 +1,31 @@
 """`optbench search`: random, TPE, CMA-ES or grid search over any config keys, on Optuna.
 
-A command rather than a Hydra sweeper plugin: the released
-hydra-optuna-sweeper pins optuna < 3, and a sweeper cannot run several seeds
-per trial and score their mean. Each trial composes its config with Hydra's
-compose API (the same config `optbench train` would get) and trains with the
-same `trainer.fit`, one ordinary run directory per seed, so `optbench report`
-and `plot` read searches like any sweep.
+A command rather than a Hydra sweeper plugin: the released hydra-optuna-sweeper pins optuna < 3, and a sweeper
+cannot run several seeds per trial and score their mean. Each trial composes its config with Hydra's compose API
+(the same config `optbench train` would get) and trains with the same `trainer.fit`, one ordinary run directory per
+seed, so `optbench report` and `plot` read searches like any sweep.
 
 A search directory holds:
   search.yaml   the settings (space, sampler, seeds, fixed overrides, --storage's URL without its password); a
                 rerun with --dir resumes them. Every setting is checked (the first trial's config composed) before
                 it or any folder is written, so a typo leaves nothing and the corrected command uses the same --dir
-  study.db      Optuna's study (SQLite): finished trials survive an interruption; with --storage URL
-                the study is on a database or journal file that workers on several machines share
-                (shared.py), named after the directory, and --workers N submits N workers
-  runs/         one run directory per trial and seed: <trial>_<what varied>,seed=<s>, made by
-                rundir.folder_name ('/' becomes '_'; a name over 120 bytes is cut and ends in a hash of it)
+  study.db      Optuna's study (SQLite): finished trials survive an interruption; with --storage URL the study is
+                on a database or journal file that workers on several machines share (shared.py), named after the
+                directory, and --workers N submits N workers
+  runs/         one run directory per trial and seed: <trial>_<what varied>,seed=<s>, made by rundir.folder_name
+                ('/' becomes '_'; a name over 120 bytes is cut and ends in a hash of it)
   trials.csv    one row per trial: state, parameters, mean/std validation accuracy, reason
   *.png         Optuna's history, slice and importance plots
   best/         (final_seeds > 0) the best trial's settings rerun with more seeds
 
-With `schedules` (the crowded_valley preset) the directory holds one such
-search per schedule, <dir>/<schedule>/, each with the one-shot runs of the
-optimizer's defaults in <schedule>/one_shot/, and valley.csv/.md/.png comparing
+With `schedules` (the crowded_valley preset) the directory holds one such search per schedule, <dir>/<schedule>/,
+each with the one-shot runs of the optimizer's defaults in <schedule>/one_shot/, and valley.csv/.md/.png comparing
 one-shot against the tuning budgets.
 
-Trials are scored by the mean over seeds of each run's best validation
-accuracy; test accuracy is recorded beside it and never chosen on. A run that
-diverges ends its trial as PRUNED with the reason; an interrupted run ends the
-search (the trial is marked FAIL and does not count: resuming runs a new one).
-A search that ends with no completed trial exits 1. A damaged study.db, search.yaml or summary.json is one
-line naming the file and the way out.
+Trials are scored by the mean over seeds of each run's best validation accuracy; test accuracy is recorded beside
+it and never chosen on. A run that diverges ends its trial as PRUNED with the reason; an interrupted run ends the
+search (the trial is marked FAIL and does not count: resuming runs a new one). A search that ends with no completed
+trial exits 1. A damaged study.db, search.yaml or summary.json is one line naming the file and the way out.
 
 Passwords. Give --storage without one (postgresql://user@host:5432/db) and put it in the environment:
 OPTBENCH_STORAGE_PASSWORD (any database), or for PostgreSQL ~/.pgpass (mode 0600) or PGPASSWORD, which libpq

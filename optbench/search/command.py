@@ -67,11 +67,9 @@ def main(args: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="optbench search",
-        description="Search config keys with Optuna; every trial is an ordinary run directory. "
-        "Overrides (e.g. optimizer=sgd trainer.epochs=1) are fixed for every trial.",
-    )
+    parser = argparse.ArgumentParser(prog="optbench search", description="Search config keys with Optuna; every "
+                                     "trial is an ordinary run directory. Overrides (e.g. optimizer=sgd "
+                                     "trainer.epochs=1) are fixed for every trial.")
     parser.add_argument("--space", help="a preset in optbench/conf/search (see `optbench list`) or a YAML file")
     parser.add_argument("--sampler", choices=SAMPLERS, help=f"default {DEFAULTS['sampler']}")
     parser.add_argument("--trials", type=int,
@@ -101,9 +99,8 @@ def _given(opts, search_dir: Path) -> dict:
     spec = load_spec(opts.space) if opts.space else {}
     if spec.get("overrides") and opts.overrides:
         opts.overrides = [*spec["overrides"], *opts.overrides]  # the command line adds to (and wins over) the preset
-    cli = {k: getattr(opts, k) for k in ("sampler", "trials", "seeds", "grid_points", "final_seeds", "sampler_seed",
-                                         "budgets")}
-    spec.update({k: v for k, v in cli.items() if v is not None})
+    flags = ("sampler", "trials", "seeds", "grid_points", "final_seeds", "sampler_seed", "budgets")
+    spec.update({k: getattr(opts, k) for k in flags if getattr(opts, k) is not None})
     if opts.overrides:
         spec["overrides"] = opts.overrides
     if "space" not in spec and read_saved(search_dir) is None:

@@ -27,7 +27,10 @@ def plot_slice(study, target_name: str = "mean best val acc"):
     """
     import pandas as pd
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
     from optuna.distributions import CategoricalDistribution
 
     from optbench.results.plots import log_y, palette, visible  # matplotlib
@@ -66,14 +69,9 @@ def plot_slice(study, target_name: str = "mean best val acc"):
     if few:
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
     else:
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import ListedColormap, Normalize
-
         cmap = ListedColormap([visible(colormaps["viridis"](0.85 * i / 255)) for i in range(256)])
         bar = fig.colorbar(ScalarMappable(Normalize(min(numbers), max(numbers)), cmap), ax=axes.tolist(),
                            label="trial number (ring: the best trial)")
-        from matplotlib.ticker import MaxNLocator
-
         bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return axes
 

@@ -3,7 +3,7 @@
 
 import logging
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared: Shared | None = None):
-    """Run (or resume) the search in `search_dir` until `trials` trials finished; return the study.
-
-    The study is DIR/study.db (SQLite), or with `shared` the named study on a
-    storage that workers on other machines run too (optbench.search.shared).
-    """
+    """Run (or resume) the search in `search_dir` until `trials` trials finished; return the study: DIR/study.db
+    (SQLite), or with `shared` the named study on a storage that workers on other machines run too (shared.py)."""
     import optuna
     import torch
 
@@ -39,13 +36,11 @@ def run_search(search_dir: Path, spec: dict, threads: int | None = None, shared:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # optbench logs each trial itself
     lock = search_dir / "study.lock"
-    if shared is None:
-        with _locked(lock):  # processes sharing the study: creating the SQLite schema, queueing the grid
-            study = sqlite_study(search_dir)
-            done, todo = budget_left(study, space, spec)
-    else:
-        study = open_study(shared, spec)
-        done, todo = budget_left(study, space, spec)  # workers queueing the grid at once: claim drops a doubled point
+    # SQLite: processes sharing the study create its schema and queue the grid under the lock; a shared study's
+    # workers may queue the grid at once (claim drops a doubled point)
+    with _locked(lock) if shared is None else nullcontext():
+        study = sqlite_study(search_dir) if shared is None else open_study(shared, spec)
+        done, todo = budget_left(study, space, spec)
     target = done + todo
     objective = _objective(search_dir, space, spec, None if shared is None else target)
     try:
@@ -106,8 +101,8 @@ def budget_left(study, space: dict, spec: dict) -> tuple[int, int]:
 def next_trial(study, spec: dict, target: int, lock: Path):
     """A new trial, or None once the study has `target` trials finished or running.
 
-    Several processes may run one search (same --dir): counting and asking
-    happen under one lock, so together they run exactly `target` trials.
+    Several processes may run one search (same --dir): counting and asking happen under one lock, so together they
+    run exactly `target` trials.
     """
     from optuna.trial import TrialState
 
@@ -147,12 +142,9 @@ def _locked(path: Path):
     except ImportError:  # Windows: parallel searches in one directory are not supported there
         yield
         return
-    with open(path, "a") as f:
+    with open(path, "a") as f:  # closing the file releases the lock
         fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def enqueue_grid(study, points: list[dict]) -> int:
@@ -162,12 +154,11 @@ def enqueue_grid(study, points: list[dict]) -> int:
     seen = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
     queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     seen |= {_key(t.system_attrs.get("fixed_params", t.params)) for t in queued}  # no params until it runs
-    waiting = len(queued)
     new = [p for p in points if _key(p) not in seen]
     for params in new:
         study.enqueue_trial(params)
-    log.info("grid: %d points, %d queued", len(points), waiting + len(new))
-    return waiting + len(new)
+    log.info("grid: %d points, %d queued", len(points), len(queued) + len(new))
+    return len(queued) + len(new)
 
 
 def _key(params: dict) -> tuple:
@@ -208,10 +199,8 @@ def _objective(search_dir: Path, space: dict, spec: dict, target: int | None = N
 
 
 def _dirname(params: dict, seed: int) -> str:
-    def short(v):
-        return f"{v:.4g}" if isinstance(v, float) else override_text(v)
-
-    return ",".join([*(f"{k}={short(v)}" for k, v in params.items()), f"seed={seed}"])
+    values = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={override_text(v)}" for k, v in params.items()]
+    return ",".join([*values, f"seed={seed}"])
 
 
 def run_one(overrides: list[str], run_dir: Path) -> dict:

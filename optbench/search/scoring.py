@@ -38,9 +38,8 @@ def write_table(study, search_dir: Path) -> None:
     rundir.write_bytes(search_dir / "trials.csv", df.to_csv(index=False).encode())  # parallel searches rewrite it
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
         print(df.drop(columns=["runs"], errors="ignore").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    complete = [t for t in study.trials if t.value is not None]
-    if complete:
-        best = max(complete, key=lambda t: t.value)
+    best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value, default=None)
+    if best is not None:
         print(f"best trial {best.number}: {best.params}: mean val acc {best.value:.4f} "
               f"(test acc {best.user_attrs.get('test_acc_mean', float('nan')):.4f}, reported only)")
 

@@ -13,10 +13,9 @@ from optbench.results import RUN_SETTINGS, rundir
 from optbench.search.spaces import SAMPLERS, grid, parse_space, trial_overrides
 
 SAVED = "search.yaml"
-SPEC_KEYS = ("space", "sampler", "trials", "seeds", "grid_points", "overrides", "final_seeds", "sampler_seed",
-             "budgets", "schedules")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "trials": None, "seeds": [0], "grid_points": 5, "overrides": [],
                             "final_seeds": 0, "sampler_seed": 0, "budgets": None, "schedules": None, "storage": None}
+SPEC_KEYS = ("space", *(k for k in DEFAULTS if k != "storage"))  # what a preset or search.yaml may set
 TRIALS = 20  # finished trials wanted when neither --trials nor a grid says how many
 # keys a resumed search may change: a larger budget does not change what the finished trials mean
 GROWABLE = ("trials", "budgets")
@@ -24,10 +23,8 @@ GROWABLE = ("trials", "budgets")
 UNCOMPARED = (*GROWABLE, "storage")
 
 
-def load_spec(name: str | None) -> dict:
-    """A preset under conf/search/ by name, or a YAML file by path; None gives the defaults with no space."""
-    if name is None:
-        return {}
+def load_spec(name: str) -> dict:
+    """A preset under conf/search/ by name, or a YAML file by path."""
     path = Path(name)
     if not path.is_file():
         path = CONF / "search" / f"{name}.yaml"

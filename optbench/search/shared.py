@@ -13,13 +13,11 @@ No password is written anywhere: split_password takes it out of the URL at the c
 URL without it, and open_storage puts it back in memory from PASSWORD_ENV, which the submitting process sets
 for the workers it starts (the package docstring says how a user passes one).
 
-A worker that dies leaves its trial RUNNING. An RDB storage records each
-running trial's heartbeat in the database (Optuna's heartbeat_interval); a
-trial whose heartbeat stopped for 2 x HEARTBEAT seconds is marked FAIL by
-any live worker and queued again with the same parameters (Optuna's
-RetryHeartbeatStaleTrialCallback). Optuna's journal storage has no
-heartbeat: there only a dead process of the worker's own machine is noticed
-(by its PID, as with SQLite).
+A worker that dies leaves its trial RUNNING. An RDB storage records each running trial's heartbeat in the database
+(Optuna's heartbeat_interval); a trial whose heartbeat stopped for 2 x HEARTBEAT seconds is marked FAIL by any live
+worker and queued again with the same parameters (Optuna's RetryHeartbeatStaleTrialCallback). Optuna's journal
+storage has no heartbeat: there only a dead process of the worker's own machine is noticed (by its PID, as with
+SQLite).
 """
 
 import json
@@ -176,11 +174,9 @@ def open_storage(shared: Shared):
 def password_in_environment(secret: str | None):
     """PASSWORD_ENV set to `secret` while the block runs: the processes started in it (submitit's local workers,
     sbatch's jobs, which take the submitting shell's environment) inherit it, and no file holds it."""
-    if secret is None:
-        yield
-        return
     old = os.environ.get(PASSWORD_ENV)
-    os.environ[PASSWORD_ENV] = secret
+    if secret is not None:
+        os.environ[PASSWORD_ENV] = secret
     try:
         yield
     finally:
@@ -191,39 +187,25 @@ def password_in_environment(secret: str | None):
 
 
 def submit_workers(function, args: tuple, workers: int, folder: Path, cluster: str | None, params: dict) -> list:
-    """`workers` calls of function(*args) as one submitit job array (SLURM, or local processes); waits for them.
-
-    Returns one line per job that failed (empty: all returned).
-    """
+    """`workers` calls of function(*args) as one submitit job array (SLURM, or local processes); waits for them:
+    one line per job that failed (empty: all returned)."""
     try:
-        import submitit
-    except ImportError:
+        from optbench.cluster import failure, make_executor, map_array
+    except ImportError as e:
+        if e.name != "submitit":
+            raise
         raise UserError("--workers needs submitit: pip install 'optbench[slurm]'") from None
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    except RuntimeError as e:  # --cluster slurm where there is no srun
-        raise UserError(f"--cluster {cluster}: {first_line(e)}") from None
-    try:
-        executor.update_parameters(**{"name": "optbench-search", "timeout_min": WORKER_TIMEOUT_MIN, **params})
-    except (ValueError, AssertionError, TypeError, NameError) as e:  # submitit's ways of naming a bad parameter
-        raise UserError(f"--submitit: {first_line(e)}") from None
-    try:
-        jobs = executor.map_array(function, *[[a] * workers for a in args])
-    except (submitit.core.utils.FailedSubmissionError, OSError) as e:  # sbatch refused the array, or is missing
-        raise UserError(f"could not submit the workers: {first_line(e)}") from None
-    ids = sorted({job.job_id.split("_")[0] for job in jobs})  # one id for a SLURM array, one per local process
-    print(f"submitted {workers} workers to {executor.cluster}: job {', '.join(ids)}; logs in {folder}", flush=True)
+    executor = make_executor(cluster, folder, {"name": "optbench-search", "timeout_min": WORKER_TIMEOUT_MIN, **params},
+                             (f"--cluster {cluster}", "--submitit"))
+    jobs, ids = map_array(executor, function, [[a] * workers for a in args], "workers")
+    print(f"submitted {workers} workers to {executor.cluster}: job {ids}; logs in {folder}", flush=True)
     failed = []
     for job in jobs:
         try:
             job.result()
-        except Exception as e:  # submitit re-raises the job's error with its log; one line per job here
-            lines = [line for line in str(e).splitlines() if line.strip()]
-            failed.append(f"worker {job.job_id} failed: {lines[-1] if lines else type(e).__name__} "
-                          f"(log: {job.paths.stderr})")
+        except Exception as e:
+            failed.append(f"worker {job.job_id} failed: {failure(job, e)}")
     return failed
-
-
 
 
 def open_study(shared: Shared, spec: dict):
@@ -246,15 +228,12 @@ def open_study(shared: Shared, spec: dict):
 def run_shared(study, spec: dict, target: int, objective, shared: Shared) -> None:
     """Ask for and run trials of a study other machines share until it has `target` finished trials.
 
-    No lock spans machines: the storage numbers trials in the order it creates
-    them, and a trial runs only when fewer than `target` trials numbered below
-    it are finished or running (claim), so all workers together run `target`.
-    While the rest of the budget is running elsewhere a worker waits, as a
-    heartbeat storage may yet find one of those trials' workers dead and
-    queue it again; a journal storage cannot tell, so its workers stop.
-    (Optuna finds a trial stale only once it has a heartbeat: a worker killed
-    in the milliseconds between asking and its first heartbeat leaves a trial
-    that keeps the others waiting until one of them is stopped.)
+    No lock spans machines: the storage numbers trials in the order it creates them, and a trial runs only when
+    fewer than `target` trials numbered below it are finished or running (claim), so all workers together run
+    `target`. While the rest of the budget is running elsewhere a worker waits, as a heartbeat storage may yet find
+    one of those trials' workers dead and queue it again; a journal storage cannot tell, so its workers stop.
+    (Optuna finds a trial stale only once it has a heartbeat: a worker killed in the milliseconds between asking and
+    its first heartbeat leaves a trial that keeps the others waiting until one of them is stopped.)
     """
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
@@ -287,8 +266,7 @@ class NotClaimed(Exception):
 def claim(trial, spec: dict, target: int) -> None:
     """Raise NotClaimed unless `trial` is one of the study's `target` trials; then seed the sampler by its number.
 
-    The trials numbered below it are decided already or being decided by the
-    same rule, so every worker agrees which trials run.
+    The trials numbered below it are decided already or being decided by the same rule, so every worker agrees.
     """
     from optuna.trial import TrialState
 
@@ -336,6 +314,3 @@ def fail_orphans(study, unclaimed: bool = False) -> None:
                 continue
             log.warning("trial %d: its process %s is gone; marked FAIL", t.number,
                         pid or "(stopped before claiming it)")
-
-
-

@@ -1,6 +1,7 @@
 """Search spaces: the YAML forms of a range, Optuna's distributions, grids, and the overrides one point makes;
 the samplers that draw points, seeded per trial."""
 
+import itertools
 import re
 
 import numpy as np
@@ -29,18 +30,14 @@ def parse_space(space: dict) -> dict:
                 value = _parse_short(value)
             if not isinstance(value, dict):
                 raise ValueError(f"{value!r} is not a range")
-            kind = value.get("type")
+            kind, log, step = value.get("type"), bool(value.get("log", False)), value.get("step")
             if kind == "categorical":
                 out[key] = CategoricalDistribution([_choice(c) for c in value["choices"]])
             elif kind == "float":
-                step = value.get("step")
-                out[key] = FloatDistribution(float(value["low"]), float(value["high"]),
-                                             log=bool(value.get("log", False)),
+                out[key] = FloatDistribution(float(value["low"]), float(value["high"]), log=log,
                                              step=None if step is None else float(step))
             elif kind == "int":
-                step = value.get("step")
-                out[key] = IntDistribution(int(float(value["low"])), int(float(value["high"])),
-                                           log=bool(value.get("log", False)),
+                out[key] = IntDistribution(int(float(value["low"])), int(float(value["high"])), log=log,
                                            step=1 if step is None else int(float(step)) or 1)
             else:
                 raise ValueError(f"type {kind!r} is not float, int or categorical")
@@ -103,11 +100,7 @@ def grid(space: dict, points: int) -> list[dict]:
         values = np.clip(values, d.low, d.high)  # geomspace may round just outside
         is_int = isinstance(d.low, int)
         axes[key] = sorted({int(round(v)) if is_int else float(v) for v in values})
-    keys = list(axes)
-    combos: list[list] = [[]]
-    for key in keys:
-        combos = [c + [v] for c in combos for v in axes[key]]
-    return [dict(zip(keys, c)) for c in combos]
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
 def suggest(trial, key: str, d):
@@ -126,27 +119,18 @@ def trial_overrides(params: dict) -> list[str]:
     return [f"{'' if k in groups() else '++'}{k}={override_text(v)}" for k, v in params.items()]
 
 
-
-def make_sampler(name: str, seed: int):
-    """The Optuna sampler named `name` (SAMPLERS), seeded."""
-    import optuna
-
-    if name == "random" or name == "grid":  # grid points are enqueued; the sampler is never asked
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "cmaes":
-        # the cmaes package does the work; categorical keys fall back to random sampling
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    raise UserError(f"sampler={name} is not a sampler; choices: {', '.join(SAMPLERS)}")
-
-
 def seeded_sampler(spec: dict, *trial: int):
-    """The sampler for one trial, seeded by the search's sampler_seed and the trial's number (and worker).
+    """spec's sampler (SAMPLERS) for one trial, seeded by the search's sampler_seed and the trial's number (and worker).
 
     Hashed, not added: with seed + number, sampler seed 1's trial n drew seed 0's trial n + 1, and two
     searches meant as independent repeats shared all but one point.
     """
-    seed = np.random.SeedSequence([spec["sampler_seed"], *trial]).generate_state(1)[0]
-    return make_sampler(spec["sampler"], int(seed))
+    import optuna
 
+    seed = int(np.random.SeedSequence([spec["sampler_seed"], *trial]).generate_state(1)[0])
+    if spec["sampler"] == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec["sampler"] == "cmaes":
+        # the cmaes package does the work; categorical keys fall back to random sampling
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.RandomSampler(seed=seed)  # random, or grid: its points are enqueued, never sampled

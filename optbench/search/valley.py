@@ -23,9 +23,8 @@ def run_valley(search_dir: Path, spec: dict, threads: int | None = None):
     """Crowded Valley (Schmidt et al. 2021): per schedule, the optimizer's defaults once ("one-shot")
     against random search with growing budgets; returns the comparison table.
 
-    A budget of N trials is the first N finished trials of one search per
-    schedule: for random search that is distributed exactly as a fresh N-trial
-    search, so budgets 25/50/75 cost 75 trials, not 150. As in the paper, a
+    A budget of N trials is the first N finished trials of one search per schedule: for random search that is
+    distributed exactly as a fresh N-trial search, so budgets 25/50/75 cost 75 trials, not 150. As in the paper, a
     budget's score is the test accuracy of the trial validation picked.
     """
     import pandas as pd
@@ -74,7 +73,7 @@ def valley_rows(schedule: str, one_shot: list[dict], defaults: dict, study, budg
     names = BUDGET_NAMES if len(budgets) == len(BUDGET_NAMES) else [f"{b} trial{'s' * (b > 1)}" for b in budgets]
     for label, n in zip(names, budgets):
         scored = [t for t in finished[:n] if t.value is not None]
-        best = max(scored, key=lambda t: t.value) if scored else None
+        best = max(scored, key=lambda t: t.value, default=None)
         rows.append({"schedule": schedule, "budget": f"{label} ({n})" if label in BUDGET_NAMES else label,
                      "trials": min(n, len(finished)), **{k: best.params[k] if best else np.nan for k in defaults},
                      "val_acc": best.value if best else np.nan,
