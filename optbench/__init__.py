@@ -32,12 +32,8 @@ from optbench.api import sweep, train
 __version__ = "0.1.0"
 
 # name -> the module that defines it, imported when the name is first asked for (pandas comes with it)
-_LAZY = {
-    "load_runs": "optbench.results.table",
-    "load_metrics": "optbench.results.table",
-    "rank": "optbench.results.ranking",
-    "format_ranking": "optbench.results.ranking",
-}
+_LAZY = {"load_runs": "optbench.results.table", "load_metrics": "optbench.results.table",
+         "rank": "optbench.results.ranking", "format_ranking": "optbench.results.ranking"}
 __all__ = ["__version__", "format_ranking", "load_metrics", "load_runs", "rank", "sweep", "train"]
 
 

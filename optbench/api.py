@@ -43,10 +43,8 @@ def train(optimizer: str | type = "adam", overrides: Sequence[str] = (), run_dir
     """
     from optbench import trainer
 
-    lines = [*optimizer_overrides(optimizer, optimizer_args), *overrides]
-    cfg, choices = _compose(lines)
-    run_dir = Path(run_dir or _new_folder("outputs"))
-    return trainer.fit(cfg, run_dir, choices)
+    cfg, choices = _compose([*optimizer_overrides(optimizer, optimizer_args), *overrides])
+    return trainer.fit(cfg, Path(run_dir or _new_folder("outputs")), choices)
 
 
 def sweep(grid: Mapping[str, Sequence[Any]], overrides: Sequence[str] = (),
@@ -125,13 +123,13 @@ def _name(v: Any) -> str:
 
 def _compose(overrides: list[str]) -> tuple[Any, dict[str, Any]]:
     """(config, the group choices Hydra made) for `overrides`, composed as `optbench train` composes them."""
-    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
 
-
-    cfg = compose_config(overrides)  # the checks and one-line errors of the command line
-    with initialize_config_module("optbench.conf", version_base="1.3"):
-        runtime = compose("config", overrides=list(overrides), return_hydra_config=True).hydra.runtime
-    return cfg, {k: v for k, v in runtime.choices.items() if not k.startswith("hydra")}
+    cfg = compose_config(overrides, hydra=True)  # the checks and one-line errors of the command line
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):  # what hydra.compose does without return_hydra_config
+        del cfg["hydra"]
+    return cfg, choices
 
 
 def _new_folder(parent: str) -> str:

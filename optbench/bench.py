@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -59,12 +60,10 @@ def _reset_peak(device: torch.device) -> None:
 
 def bf16_autocast_ok(device: torch.device) -> bool:
     """Whether bf16 runs natively here: torch's CPU autocast always takes it; CUDA needs a GPU with bf16 units."""
-    if device.type == "cpu":
-        return True
     if device.type == "cuda":
         # emulated bf16 (pre-Ampere GPUs) would time the emulation, not the format
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return False
+    return device.type == "cpu"
 
 
 # ---------------------------------------------------------------- (a) the usual loops
@@ -105,20 +104,8 @@ class PilMnistDataset(torch.utils.data.Dataset):
         return (x - self.MEAN) / self.STD, int(self.labels[i])
 
 
-def tensor_dataset(split) -> MnistDataset:
-    cpu = torch.device("cpu")
-    x, y = (t.to(cpu) for t in split["train"])
-    return MnistDataset(x, y, split["mean"].to(cpu), split["std"].to(cpu))
-
-
-def pil_dataset(split) -> PilMnistDataset:
-    x, y = (t.cpu().numpy() for t in split["train"])
-    return PilMnistDataset(x, y)
-
-
-def dataloader_epochs(cfg, ds, device, epochs: int, max_steps: int | None = None) -> list[float]:
-    """Seconds per epoch of the usual DataLoader loop over `ds` (workers=0, torch.optim.Adam's default
-    implementation)."""
+def dataloader_epochs(cfg, ds, device, epochs: int, max_steps: int | None) -> list[float]:
+    """Seconds per epoch of the DataLoader loop over `ds` (workers=0, torch.optim.Adam's default implementation)."""
     loader = torch.utils.data.DataLoader(ds, batch_size=cfg.trainer.batch_size, shuffle=True, num_workers=0,
                                          pin_memory=device.type == "cuda")
     torch.manual_seed(cfg.seed)
@@ -173,7 +160,7 @@ def mm_seconds(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype,
 
 
 def gemm_step_seconds(dims: list[int], b: int, device: torch.device, dtype: torch.dtype = torch.float32,
-                      forward_only: bool = False, repeats: int = 20) -> float:
+                      forward_only: bool = False) -> float:
     """Seconds of one batch's matmuls: 3 torch.mm per layer, or only the forward one (evaluation).
 
     (x @ W^T forward, dY @ W for the input gradient, dY^T @ x for the weight
@@ -183,21 +170,19 @@ def gemm_step_seconds(dims: list[int], b: int, device: torch.device, dtype: torc
     total = 0.0
     for n_in, n_out in zip(dims[:-1], dims[1:]):
         shapes = [(b, n_in, n_out)] if forward_only else [(b, n_in, n_out), (b, n_out, n_in), (n_out, b, n_in)]
-        total += sum(mm_seconds(m, k, n, device, dtype, repeats) for m, k, n in shapes)
+        total += sum(mm_seconds(m, k, n, device, dtype) for m, k, n in shapes)
     return total
 
 
-def gemm_floor(dims: list[int], batch: int, n_train: int, device: torch.device,
-               dtype: torch.dtype = torch.float32, repeats: int = 20) -> float:
+def gemm_floor(dims: list[int], batch: int, n_train: int, device: torch.device, dtype: torch.dtype) -> float:
     """Seconds per training epoch of the forward and backward matmuls alone, with `dtype` operands."""
     full, rest = divmod(n_train, batch)
-    rest_seconds = gemm_step_seconds(dims, rest, device, dtype, repeats=repeats) if rest else 0.0
-    return full * gemm_step_seconds(dims, batch, device, dtype, repeats=repeats) + rest_seconds
+    rest_seconds = gemm_step_seconds(dims, rest, device, dtype) if rest else 0.0
+    return full * gemm_step_seconds(dims, batch, device, dtype) + rest_seconds
 
 
 def eval_floor(dims: list[int], split_sizes: list[int], device: torch.device) -> float:
-    """Seconds of one evaluation's matmuls: the forward pass over each split in EVAL_CHUNK chunks, as
-    trainer.evaluate."""
+    """Seconds of one evaluation's matmuls: each split's forward pass in EVAL_CHUNK chunks, as trainer.evaluate."""
     chunks = [min(EVAL_CHUNK, n - i) for n in split_sizes for i in range(0, n, EVAL_CHUNK)]
     per_size = {b: gemm_step_seconds(dims, b, device, forward_only=True) for b in set(chunks)}
     return sum(per_size[b] for b in chunks)
@@ -228,12 +213,9 @@ def _optbench_command() -> list[str]:
 
 
 def help_seconds(n: int = 3) -> float:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        subprocess.run([*_optbench_command(), "--help"], capture_output=True, check=True)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    command = [*_optbench_command(), "--help"]
+    return statistics.median(timeit.repeat(lambda: subprocess.run(command, capture_output=True, check=True),
+                                           number=1, repeat=n))
 
 
 def time_to_first_step(overrides: list[str], tmp: Path) -> tuple[float | None, float | None]:
@@ -246,11 +228,9 @@ def time_to_first_step(overrides: list[str], tmp: Path) -> tuple[float | None, f
     t0 = time.time()
     subprocess.run([*_optbench_command(), "train", *overrides, "trainer.max_steps=1", "trainer.eval_every=1",
                     "trainer.checkpoint_every=0", f"hydra.run.dir={run_dir}"], capture_output=True, check=True)
-    stamps = []
-    for line in (run_dir / "train.log").read_text().splitlines():
-        match = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[optbench\.trainer\]\[INFO\] - (.*)", line)
-        if match:
-            stamps.append((datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), match[2]))
+    line = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[optbench\.trainer\]\[INFO\] - (.*)"
+    stamps = [(datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp(), match[2])
+              for match in re.finditer(line, (run_dir / "train.log").read_text(), re.M)]
     ready = next((t for t, msg in stamps if "parameters" in msg), None)
     eval0 = next((t for t, msg in stamps if msg.startswith("epoch 0 step 0")), None)
     m = rundir.read_metrics(run_dir)
@@ -261,11 +241,9 @@ def time_to_first_step(overrides: list[str], tmp: Path) -> tuple[float | None, f
 
 # ---------------------------------------------------------------- main
 
-def contenders(cfg, base: list[str], opts, split: dict, device: torch.device,
+def contenders(cfg, base: list[str], opts, split: dict, dims: list[int], bs: int, device: torch.device,
                tmp: Path) -> dict[str, Callable[[int, int], list[float]]]:
     """Each row's name -> a function (epochs, round) -> its seconds per epoch, in table order."""
-    n_train, bs = len(split["train"][0]), cfg.trainer.batch_size or len(split["train"][0])
-    dims = [784, *cfg.model.hidden, 10]
     capped = [f"trainer.max_steps={opts.max_steps}"] if opts.max_steps else []
     bf16 = bf16_autocast_ok(device)
 
@@ -277,7 +255,7 @@ def contenders(cfg, base: list[str], opts, split: dict, device: torch.device,
                                                    tmp / f"{name.replace(' ', '_')}_{rnd}")
 
     def floor(dtype):
-        return lambda epochs, rnd: [gemm_floor(dims, bs, n_train, device, dtype)]
+        return lambda epochs, rnd: [gemm_floor(dims, bs, len(split["train"][0]), device, dtype)]
 
     variants = {"optbench": base}
     if "diagnostics" in cfg:  # speed with diagnostics off and with the default ones
@@ -287,7 +265,9 @@ def contenders(cfg, base: list[str], opts, split: dict, device: torch.device,
             variants[AMP] = [*base, "diagnostics=basic", "trainer.amp=true"]
         if importlib.util.find_spec("tensorboard") is not None:
             variants[TENSORBOARD] = [*base, "diagnostics=basic", "trainer.tensorboard=true"]
-    rows = {TENSOR_LOOP: loop(tensor_dataset(split)), PIL_LOOP: loop(pil_dataset(split))}
+    x, y = (t.cpu() for t in split["train"])
+    rows = {TENSOR_LOOP: loop(MnistDataset(x, y, split["mean"].cpu(), split["std"].cpu())),
+            PIL_LOOP: loop(PilMnistDataset(x.numpy(), y.numpy()))}
     rows.update({name: trainer(name, overrides) for name, overrides in variants.items()})
     rows[FLOOR] = floor(torch.float32)
     if bf16:
@@ -339,8 +319,7 @@ def main(args: list[str]) -> int:
                     "autocast where the device runs bf16) next to a DataLoader loop over a tensor Dataset, the "
                     "torchvision-style PIL loop of MNIST tutorials, and the GEMM floor in fp32 and bf16, in one "
                     "process on the same data and model; then a vectorized sweep against the same runs one after "
-                    "another and against the GEMM floor of their work.",
-    )
+                    "another and against the GEMM floor of their work.")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the workload (default: the train defaults)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per contender per round (default: 2)")
     parser.add_argument("--rounds", type=int, default=2, help="measured rounds after the warm-up round (default: 2)")
@@ -365,10 +344,10 @@ def main(args: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="optbench-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        times, memory = measure(contenders(cfg, base, opts, split, device, tmp), opts, device)
+        times, memory = measure(contenders(cfg, base, opts, split, dims, bs, device, tmp), opts, device)
         print_table(times, memory, n_train)
 
-        ready, first = time_to_first_step([*base], tmp)
+        ready, first = time_to_first_step(base, tmp)
         print()
         print(f"`optbench --help`: {help_seconds():.2f} s; `optbench train`: command start -> training loop ready "
               f"{_s(ready)}, -> first step done {_s(first)} (includes the step-0 evaluation)")
@@ -416,26 +395,21 @@ def per_step(base: list[str], K: int, tmp: Path, device: torch.device, short: in
             sync(device)
         return time.perf_counter() - t0, counter
 
-    figures = {}
-    for k in (1, K):
-        (_, a), (_, b) = train(k, short, True), train(k, long, True)
-        figures[k] = {"ops": (b.ops - a.ops) / (long - short) / k,
-                      "kernels": (b.kernels - a.kernels) / (long - short) / k}
+    counters = {k: (train(k, short, True)[1], train(k, long, True)[1]) for k in (1, K)}
+    ops = {k: (b.ops - a.ops) / (long - short) / k for k, (a, b) in counters.items()}
+    kernels = {k: (b.kernels - a.kernels) / (long - short) / k for k, (a, b) in counters.items()}
     seconds: dict[int, list[float]] = {1: [], K: []}
     for order in ((1, K), (K, 1), (1, K)):  # alternating, the first round a warm-up
         for k in order:
             seconds[k].append((train(k, long, False)[0] - train(k, short, False)[0]) / (long - short) / k)
-    for k in (1, K):
-        figures[k]["ms"] = 1000 * statistics.median(seconds[k][1:])
+    ms = {k: 1000 * statistics.median(seconds[k][1:]) for k in (1, K)}
     print()
     print(f"per training step ({long} - {short} steps, evaluation and checkpoints cancel out; "
           "seconds alternate, median of 2):")
     for k, name in ((1, "single run"), (K, f"per model in a {K}-seed pass")):
-        f = figures[k]
-        print(f"  {name:<28} {f['ops']:7.1f} ATen ops ({f['kernels']:.1f} not views: kernel launches on a GPU), "
-              f"{f['ms']:.3f} ms")
-    print(f"  pass / single: {figures[K]['kernels'] / figures[1]['kernels']:.3f}x the launches, "
-          f"{figures[K]['ms'] / figures[1]['ms']:.2f}x the time per model")
+        print(f"  {name:<28} {ops[k]:7.1f} ATen ops ({kernels[k]:.1f} not views: kernel launches on a GPU), "
+              f"{ms[k]:.3f} ms")
+    print(f"  pass / single: {kernels[K] / kernels[1]:.3f}x the launches, {ms[K] / ms[1]:.2f}x the time per model")
 
 
 def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch: int, device: torch.device) -> None:
@@ -454,8 +428,8 @@ def sweep(base: list[str], opts, tmp: Path, split: dict, dims: list[int], batch:
     print()
     print(f"sweep of {K} runs (seed=0..{K - 1}, {opts.sweep_epochs} epoch(s) each, {' '.join(capped) or 'defaults'}, "
           f"evaluation and checkpoints included): one after another {t_separate:.1f} s, "
-          f"vectorized {t_vectorized:.1f} s: "
-          f"{t_separate / t_vectorized:.2f}x faster (largest final train-loss difference {gap:.1e})")
+          f"vectorized {t_vectorized:.1f} s: {t_separate / t_vectorized:.2f}x faster "
+          f"(largest final train-loss difference {gap:.1e})")
     # measured after both passes, so neither pass runs beside it
     floor = runs_floor(dims, batch, split, cfgs[0].data.train_eval_size, separate_dirs, separate, device)
     print(f"GEMM floor of these {K} runs: {floor:.2f} s; one after another is {t_separate / floor:.1f}x the floor, "

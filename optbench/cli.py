@@ -12,6 +12,7 @@ several name a local `results` too.
 
 import argparse
 import errno
+import importlib
 import logging
 import os
 import sys
@@ -77,10 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command, rest = (argv[0], argv[1:]) if argv else ("--help", [])
     commands = {"train": train, "list": list_options, "data": data_command, "gradcheck": gradcheck_command,
-                "trajectories": trajectories_command, "landscape": landscape_command, "search": search_command,
+                "trajectories": trajectories_command, "landscape": landscape_command, "search": _main_of("search"),
                 "report": report_command, "plot": plot_command, "export": export_command,
-                "bench": bench_command, "lectures": lectures_command,
-                "race": lambda args: __import__("optbench.race.command", fromlist=["main"]).main(args)}
+                "bench": _main_of("bench"), "lectures": _main_of("lectures"), "race": _main_of("race.command")}
     if command in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(message: str) -> int:
     print(f"optbench: error: {message}", file=sys.stderr)
     return 2
+
+
+def _main_of(module: str):
+    """optbench.`module`'s main(args), imported only when its command runs (torch stays off `optbench --help`)."""
+    return lambda args: importlib.import_module(f"optbench.{module}").main(args)
 
 
 def train(args: list[str]) -> int:
@@ -175,29 +180,11 @@ def dry_run(args: list[str]) -> int:
     cfg = compose_config(args)
     from optbench.trainer import prepare
 
-    s = prepare(cfg)
-    n_params = sum(p.numel() for p in s.model.parameters())
-    print(f"ok: {type(s.optimizer).__name__} on {s.device}, {n_params} parameters, "
-          f"{s.total_steps} steps of batch {s.batch_size} ({s.steps_per_epoch} per epoch), schedule per {s.interval}")
+    setup = prepare(cfg)
+    n_params = sum(p.numel() for p in setup.model.parameters())
+    print(f"ok: {type(setup.optimizer).__name__} on {setup.device}, {n_params} parameters, {setup.total_steps} steps "
+          f"of batch {setup.batch_size} ({setup.steps_per_epoch} per epoch), schedule per {setup.interval}")
     return 0
-
-
-def bench_command(args: list[str]) -> int:
-    from optbench import bench
-
-    return bench.main(args)
-
-
-def lectures_command(args: list[str]) -> int:
-    from optbench import lectures
-
-    return lectures.main(args)
-
-
-def search_command(args: list[str]) -> int:
-    from optbench import search
-
-    return search.main(args)
 
 
 def list_options(args: list[str]) -> int:
@@ -211,10 +198,8 @@ def list_options(args: list[str]) -> int:
 
 
 def _describe(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        if line.startswith("#") and not line.lstrip("# ").startswith("@"):  # not a Hydra header (# @package)
-            return line.lstrip("# ").strip()
-    return ""
+    comments = [line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    return next((c for c in comments if not c.startswith("@")), "")  # not a Hydra header (# @package)
 
 
 def gradcheck_command(args: list[str]) -> int:
@@ -252,8 +237,7 @@ def trajectories_command(args: list[str]) -> int:
         description="Step optimizers from conf/optimizer/ on a 2-D surface from conf/surface/ and draw their paths.",
         epilog="overrides: optimizer=sgd,momentum,adam (a list: one path each) surface=quadratic,saddle (one figure "
                "each) steps=200 optimizer.lr=0.01 (all optimizers) surface.lr.sgd=0.01 (one) surface.noise=0.5 "
-               "surface.condition=50 seed=1",
-    )
+               "surface.condition=50 seed=1")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the trajectories config")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF of the paths")
     parser.add_argument("--out", default="trajectories", help="folder for the figures (default: ./trajectories)")
@@ -266,9 +250,8 @@ def trajectories_command(args: list[str]) -> int:
         cfgs = [tr.compose(name, surface, rest) for name in optimizers]
         results = [tr.run(cfg) for cfg in cfgs]
         for r in results:
-            end = r["path"][-1]
-            print(f"{surface:<11} {r['name']:<13} lr {r['lr']:<8.4g} f {r['f'][-1]:<12.4g} "
-                  f"at ({end[0]:.4g}, {end[1]:.4g})"
+            x, y = r["path"][-1]
+            print(f"{surface:<11} {r['name']:<13} lr {r['lr']:<8.4g} f {r['f'][-1]:<12.4g} at ({x:.4g}, {y:.4g})"
                   + (f"  left the plot at step {r['stopped']}" if r["stopped"] else ""))
         for path in tr.save(cfgs[0].surface, results, opts.out, opts.gif):
             print(f"wrote {path}")
@@ -279,8 +262,7 @@ def landscape_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="optbench landscape",
         description="Training loss around a run's weights: along filter-normalised random directions (1-D, 2-D) "
-                    "and on the line from the initial to the final weights.",
-    )
+                    "and on the line from the initial to the final weights.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one run directory, or two to compare side by side")
     parser.add_argument("--points", type=int, default=41, help="grid points per axis (default: 41)")
     parser.add_argument("--span", type=float, default=1.0,
@@ -329,7 +311,6 @@ def data_command(args: list[str]) -> int:
     return 0 if all(ok for _, ok, _ in rows) else 1
 
 
-
 def _by(value: str | None) -> list[str] | None:
     return [k.strip() for k in value.split(",") if k.strip()] if value else None
 
@@ -364,16 +345,14 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def report_command(args: list[str]) -> int:
-    parser = _report_parser()
-    opts = parser.parse_args(args)
+    opts = _report_parser().parse_args(args)
     if not 0 < opts.target <= 1:
         raise UserError(f"--target {opts.target} must be an accuracy in (0, 1]")
-    from optbench import results
-
     if not 0.5 <= opts.level < 1:
         raise UserError(f"--level {opts.level} must be a confidence level in [0.5, 1), e.g. 0.95")
     if not 0 <= opts.margin < 1:
         raise UserError(f"--margin {opts.margin} must be an accuracy difference in [0, 1), e.g. 0.005")
+    from optbench import results
 
     runs = results.load_runs(*opts.dirs)
     metrics = results.load_metrics(runs)
@@ -381,8 +360,7 @@ def report_command(args: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     metrics.to_csv(out / "metrics.csv.gz", index=False)
-    table = results.rank(runs, metrics, _by(opts.by), opts.target, opts.level, opts.baseline,
-                         opts.margin or None)
+    table = results.rank(runs, metrics, _by(opts.by), opts.target, opts.level, opts.baseline, opts.margin or None)
     text = results.format_ranking(table)
     table.to_csv(out / "ranking.csv", index=False)
     (out / "ranking.md").write_text(results.markdown(text))
@@ -391,7 +369,7 @@ def report_command(args: list[str]) -> int:
     print(f"{len(runs)} runs ({statuses}); grouped by {', '.join(by) or 'nothing (one group)'}"
           + (f"; {', '.join(tuned)} chosen per group on validation" if tuned else ""))
     print(text.to_string(index=False))
-    written = [out / "runs.csv", out / "metrics.csv.gz", out / "ranking.md", out / "ranking.csv"]
+    written = ["runs.csv", "metrics.csv.gz", "ranking.md", "ranking.csv"]
     lines = results.verdict_lines(table)
     if lines:
         print("\n" + "\n".join(lines))
@@ -403,15 +381,15 @@ def report_command(args: list[str]) -> int:
         import pandas as pd
 
         pd.concat([f.assign(family=name) for name, f in families.items()]).to_csv(out / "comparisons.csv", index=False)
-        written.append(out / "comparisons.csv")
+        written.append("comparisons.csv")
     if tuned:
         cost = results.tuning_cost(results.tuning_trials(runs, by))
         cost.to_csv(out / "tuning_cost.csv", index=False)
-        written.append(out / "tuning_cost.csv")
+        written.append("tuning_cost.csv")
         print(f"\ntuning cost: expected best val acc after n trials drawn from each group's finished runs "
               f"(every {', '.join(tuned)} and seed; Dodge et al. 2019)")
         print(cost.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
-    print(f"wrote {len(written)} files into {out}{_where(opts)}: {', '.join(p.name for p in written)}")
+    print(f"wrote {len(written)} files into {out}{_where(opts)}: {', '.join(written)}")
     if opts.profile:
         from optbench.results import profiles
 
@@ -492,7 +470,3 @@ def _skipped(runs) -> int:
     if skipped:
         print(f"optbench: {len(skipped)} damaged run(s) left out; the rest is done", file=sys.stderr)
     return 1 if skipped else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,6 +8,7 @@ use `groups` and `group_options` and answer at once.
 
 import difflib
 import importlib.util
+import inspect
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -36,13 +37,9 @@ def suggest(word: str, choices) -> str:
 
 def check_group_choices(args: list[str]) -> None:
     """Fail in one line on `optimizer=adamm`, before Hydra prints its longer account."""
-    try:
-        from hydra._internal.utils import get_args_parser
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(args).overrides)
-    except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
+    if (line := config_dirs.parse_command_line(args)) is None:
         return  # malformed command line: Hydra's own message explains it better
+    _, overrides = line
     known, extra = groups(), config_dirs.extra_option_dirs(args)  # the user's own folders' options count too
     for override in overrides:
         group = override.key_or_group
@@ -52,9 +49,8 @@ def check_group_choices(args: list[str]) -> None:
         options = list(config_dirs.options(group, CONF, extra))
         for value in values:
             if isinstance(value, str) and value not in options:
-                raise UserError(
-                    f"{group}={value} is not an option{suggest(value, options)}; choices: {', '.join(options)}"
-                )
+                raise UserError(f"{group}={value} is not an option{suggest(value, options)}; "
+                                f"choices: {', '.join(options)}")
 
 
 def validate_overrides(args: list[str]) -> list[tuple[str, "DictConfig"]]:
@@ -65,33 +61,26 @@ def validate_overrides(args: list[str]) -> list[tuple[str, "DictConfig"]]:
     per value of a sweep (-m), the first value of every key standing in for
     the others; [] for a single run.
     """
-    try:
-        from hydra._internal.utils import get_args_parser
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = get_args_parser().parse_args(args)
-        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-        variants = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in overrides]
-    except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
-        return []  # malformed command line or a sweep kind we cannot expand: Hydra explains it
+    if (line := config_dirs.parse_command_line(args)) is None:
+        return []
+    parsed, overrides = line
     if parsed.help or parsed.hydra_help or parsed.shell_completion or parsed.info:
         return []
-
-    def line(o, value: str | None) -> str:
-        assert value is not None  # parsed from a command line: Hydra sets each override's input_line
-        return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
-
+    try:  # each value as an override line; str(): Hydra sets input_line for every override parsed from text
+        variants = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                    else [str(o.input_line)] for o in overrides if o.key_or_group != "hydra.searchpath"]
+    except Exception:  # noqa: BLE001 - a sweep kind we cannot expand: Hydra explains it
+        return []
     # hydra.compose takes no --config-dir: the user's folders travel as one hydra.searchpath override
     search = config_dirs.searchpath_override(config_dirs.extra_option_dirs(args))
-    kept = [(o, values) for o, values in zip(overrides, variants) if o.key_or_group != "hydra.searchpath"]
-    base = [line(o, values[0]) for o, values in kept]
+    base = [values[0] for values in variants]
     composed = [(" ".join(base), compose_config(base + search))]
-    for i, (o, values) in enumerate(kept):
+    for i, values in enumerate(variants):
         for value in values[1:]:
             try:
-                composed.append((line(o, value), compose_config(base[:i] + [line(o, value)] + base[i + 1 :] + search)))
+                composed.append((value, compose_config(base[:i] + [value] + base[i + 1 :] + search)))
             except UserError as e:  # which value of the sweep it is
-                raise UserError(f"{line(o, value)}: {e}") from None
+                raise UserError(f"{value}: {e}") from None
     return composed if parsed.multirun else []
 
 
@@ -246,8 +235,6 @@ def check_arguments(name: str, node) -> None:
     "list index out of range". Its defaults say what is expected: a
     number, true/false, or a list as long as the default tuple.
     """
-    import inspect
-
     from hydra._internal.utils import _locate  # hydra.utils.get_object would also log the failure
     from omegaconf import OmegaConf
 
@@ -283,8 +270,6 @@ def check_interval(schedule) -> None:
     Any other scheduler would take the loss for an epoch number, and a
     plateau scheduler stepped without one raises a TypeError mid-run.
     """
-    import inspect
-
     from hydra.utils import get_object
 
     try:

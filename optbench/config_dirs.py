@@ -12,38 +12,38 @@ import importlib.util
 from pathlib import Path
 
 
-def extra_option_dirs(args: list[str]) -> list[Path]:
-    """The config folders a command line adds, in Hydra's search order (--config-dir first, then searchpath)."""
+def parse_command_line(args: list[str], strict: bool = True) -> tuple | None:
+    """(Hydra's parsed command line, its overrides); None for a malformed one. strict=False skips unknown flags."""
     try:
         from hydra._internal.utils import get_args_parser
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed, _ = get_args_parser().parse_known_args(args)
-        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+        parser = get_args_parser()
+        parsed = parser.parse_args(args) if strict else parser.parse_known_args(args)[0]
+        return parsed, OverridesParser.create().parse_overrides(parsed.overrides)
     except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
+        return None
+
+
+def extra_option_dirs(args: list[str]) -> list[Path]:
+    """The config folders a command line adds, in Hydra's search order (--config-dir first, then searchpath)."""
+    if (line := parse_command_line(args, strict=False)) is None:
         return []  # a malformed command line: Hydra's own message explains it
-    dirs = [Path(parsed.config_dir).expanduser().resolve()] if parsed.config_dir else []
+    parsed, overrides = line
+    dirs: list[Path | None] = [Path(parsed.config_dir).expanduser().resolve()] if parsed.config_dir else []
     for o in overrides:
         if o.key_or_group == "hydra.searchpath" and not o.is_delete():
             value = o.value()
-            for entry in value if isinstance(value, list) else [value]:
-                folder = _folder(str(entry))
-                if folder is not None:
-                    dirs.append(folder)
-    return list(dict.fromkeys(dirs))
+            dirs += [_folder(str(entry)) for entry in (value if isinstance(value, list) else [value])]
+    return list(dict.fromkeys(d for d in dirs if d is not None))
 
 
 def compose_overrides(args: list[str]) -> list[str]:
     """The overrides for hydra.compose (which takes no --config-dir) that find the same options as `args`:
     the command line's overrides, its hydra.searchpath ones replaced by one naming every extra folder."""
-    try:
-        from hydra._internal.utils import get_args_parser
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed, _ = get_args_parser().parse_known_args(args)
-        overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-    except (Exception, SystemExit):  # argparse exits on a malformed line; Ctrl-C still interrupts
+    if (line := parse_command_line(args, strict=False)) is None:
         return list(args)
+    _, overrides = line
     # input_line is Optional in Hydra's Override, set for every override parsed from text
     kept = [o.input_line for o in overrides if o.key_or_group != "hydra.searchpath" and o.input_line is not None]
     return kept + searchpath_override(extra_option_dirs(args))
