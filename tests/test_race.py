@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from optbench.errors import UserError
 from optbench.race import budget, robustness, sensitivity, sequential, spaces, testset
 
 
@@ -213,6 +214,18 @@ def test_a_resumed_race_keeps_its_experiment_and_runs_where_this_command_says():
     assert _resumed_overrides(saved, None) == saved
     assert _resumed_overrides(saved, ["data.root=/new"]) == ["model.hidden=[32]", "trainer.max_steps=20",
                                                               "data.root=/new"]
+    # a run setting the command does not name stays as the race saved it
+    saved = ["model.hidden=[32]", "trainer.vectorize=off", "device=cpu"]
+    assert _resumed_overrides(saved, ["device=cuda"]) == ["model.hidden=[32]", "trainer.vectorize=off", "device=cuda"]
+
+
+def test_an_epsilon_of_zero_is_kept_and_a_negative_one_refused(tmp_path):
+    from optbench.race.command import _fill, _given, _parser
+
+    given = _given(_parser().parse_args(["--optimizers", "adamw,sgd", "--epsilon", "0"]))
+    assert _fill({**given, "storage": None})["epsilon"] == 0
+    with pytest.raises(UserError, match="--epsilon=-0.01 must be"):
+        _given(_parser().parse_args(["--optimizers", "adamw,sgd", "--epsilon", "-0.01"]))
 
 
 def test_a_schedule_free_optimizer_races_at_a_constant_rate_and_the_others_decay():

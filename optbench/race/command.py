@@ -117,6 +117,8 @@ def _given(opts) -> dict:
         seeds = {"first": first, "step": step, "cap": cap}
     if opts.alpha is not None and not 0 < opts.alpha < 1:
         raise UserError(f"--alpha={opts.alpha} must lie between 0 and 1")
+    if opts.epsilon is not None and not 0 <= opts.epsilon < 1:
+        raise UserError(f"--epsilon={opts.epsilon} must be an accuracy margin in [0, 1)")
     optimizers = [o for o in (opts.optimizers or "").split(",") if o] or None
     if optimizers is not None:
         if len(set(optimizers)) < 2:
@@ -165,7 +167,7 @@ def settle(race_dir: Path, given: dict) -> dict:
                 # workers may name one server differently; without --storage a race keeps where its studies are
                 "storage": given["storage"] or saved.get("storage"),
                 # the good region's margin only reads the runs: a resumed race may draw it anew
-                "epsilon": given["epsilon"] or saved["epsilon"]}
+                "epsilon": saved["epsilon"] if given["epsilon"] is None else given["epsilon"]}
     for name in full["optimizers"]:  # every space and override composed before anything is written
         check_spec({"space": full["spaces"][name], "overrides": running.run_overrides(full, name), "seeds": [0]})
     race_dir.mkdir(parents=True, exist_ok=True)
@@ -174,11 +176,15 @@ def settle(race_dir: Path, given: dict) -> dict:
 
 
 def _resumed_overrides(saved: list[str], given: list[str] | None) -> list[str]:
-    """The saved experiment, run where and how this command says (data.root, device: rundir.RUN_SETTINGS)."""
+    """The saved experiment, run where and how this command says (data.root, device: rundir.RUN_SETTINGS); a run
+    setting it does not name stays as saved (the race's own trainer.vectorize=off among them)."""
     if not given:
         return saved
     factors = comparable("overrides", given)
-    return [*comparable("overrides", saved), *(o for o in given if o not in factors)]
+    how = [o for o in given if o not in factors]
+    named = {o.split("=", 1)[0].lstrip("+") for o in how}
+    kept = [o for o in saved if o not in comparable("overrides", saved) and o.split("=", 1)[0].lstrip("+") not in named]
+    return [*comparable("overrides", saved), *kept, *how]
 
 
 def _fill(given: dict) -> dict:
@@ -193,7 +199,8 @@ def _fill(given: dict) -> dict:
             "trials": given["trials"] or d["trials"], "studies": given["studies"] or d["studies"], "steps": steps,
             "overrides": [*fixed, *user],
             "seeds": given["seeds"] or {"first": d["first_seeds"], "step": d["seed_step"], "cap": d["max_seeds"]},
-            "alpha": given["alpha"] or d["alpha"], "epsilon": given["epsilon"] or d["epsilon"],
+            "alpha": given["alpha"] or d["alpha"],
+            "epsilon": d["epsilon"] if given["epsilon"] is None else given["epsilon"],
             "sampler_seed": d["sampler_seed"] if given["sampler_seed"] is None else given["sampler_seed"],
             "extend_edges": bool(given["extend_edges"]), "shapes": given["shapes"] or [], "storage": given["storage"]}
 
