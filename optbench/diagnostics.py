@@ -93,8 +93,7 @@ def histograms(layers: list[dict], bins: int) -> list[tuple[str, str, torch.Tens
         values = [layer[kind].flatten().float() for layer in layers]
         if not values:
             continue
-        lo = min(v.min() for v in values).item()
-        hi = max(v.max() for v in values).item()
+        lo, hi = min(v.min() for v in values).item(), max(v.max() for v in values).item()
         for i, v in enumerate(values):
             if kind == "grad":  # the sign of a gradient carries no story here
                 lo, hi = -v.abs().max().item(), v.abs().max().item()

@@ -8,26 +8,13 @@ from torch import nn
 
 from optbench.compose import check_value
 
-ACTIVATIONS = {
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "identity": nn.Identity,
-}
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU,
+               "gelu": nn.GELU, "identity": nn.Identity}
 BATCHNORM = ("none", "pre", "post")
 
 
-def build_mlp(
-    hidden: Sequence[int],
-    activation: str = "relu",
-    batchnorm: str = "none",
-    dropout: float = 0.0,
-    n_in: int = 784,
-    n_out: int = 10,
-) -> nn.Sequential:
+def build_mlp(hidden: Sequence[int], activation: str = "relu", batchnorm: str = "none", dropout: float = 0.0,
+              n_in: int = 784, n_out: int = 10) -> nn.Sequential:
     """Linear layers with `activation` between them and 10 logits out.
 
     batchnorm="pre" puts BatchNorm1d between the linear layer and the
@@ -37,8 +24,8 @@ def build_mlp(
     for key, value in (("hidden", hidden), ("activation", activation), ("batchnorm", batchnorm), ("dropout", dropout)):
         check_value(f"model.{key}", value)  # composition checked them for a config; a direct caller too
     layers: list[nn.Module] = [nn.Flatten()]
-    width = n_in
-    for h in hidden:
+    widths = [n_in, *hidden]
+    for width, h in zip(widths, hidden):
         layers.append(nn.Linear(width, h, bias=batchnorm != "pre"))
         if batchnorm == "pre":
             layers.append(nn.BatchNorm1d(h))
@@ -47,8 +34,7 @@ def build_mlp(
             layers.append(nn.BatchNorm1d(h))
         if dropout > 0:
             layers.append(Dropout(dropout))
-        width = h
-    layers.append(nn.Linear(width, n_out))
+    layers.append(nn.Linear(widths[-1], n_out))
     return nn.Sequential(*layers)
 
 
@@ -81,10 +67,7 @@ def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 @torch.no_grad()
 def init_weights(model: nn.Module, init_cfg) -> None:
-    """Apply init.weight / init.bias (partial torch.nn.init functions) to every Linear.
-
-    A null entry keeps torch's default for that tensor.
-    """
+    """Apply init.weight / init.bias (partial torch.nn.init functions) to every Linear; null keeps torch's default."""
     weight_fn = instantiate(init_cfg.weight) if init_cfg.weight is not None else None
     bias_fn = instantiate(init_cfg.bias) if init_cfg.bias is not None else None
     for _, layer in linear_layers(model):

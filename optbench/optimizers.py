@@ -164,7 +164,7 @@ def set_mode(optimizers, mode: str) -> bool:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: torch.nn.Module, batches) -> None:
+def recompute_batchnorm(model: torch.nn.Sequential, batches) -> None:
     """Batch-norm running statistics averaged over `batches` at the model's current weights.
 
     For schedule-free optimizers the statistics gathered during training are
@@ -173,9 +173,7 @@ def recompute_batchnorm(model: torch.nn.Module, batches) -> None:
     average (momentum None); dropout stays off so that no run's random draws
     are spent and the statistics are those the evaluation's forward sees.
     """
-    # the model is an nn.Sequential (models.build_mlp): its layers in order
-    layers = cast(torch.nn.Sequential, model)
-    no_dropout = torch.nn.Sequential(*[torch.nn.Identity() if isinstance(m, Dropout) else m for m in layers])
+    no_dropout = torch.nn.Sequential(*[torch.nn.Identity() if isinstance(m, Dropout) else m for m in model])
     was_training = model.training
     torch.optim.swa_utils.update_bn(batches, no_dropout)
     model.train(was_training)

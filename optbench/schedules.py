@@ -16,8 +16,7 @@ from optbench.errors import UserError
 SCHEDULE_LENGTHS = ("T_max", "total_iters", "total_steps")
 
 
-def build_scheduler(schedule_cfg, optimizer, total_steps: int,
-                    steps_per_epoch: int) -> tuple[LRScheduler, str, int]:
+def build_scheduler(schedule_cfg, optimizer, total_steps: int, steps_per_epoch: int) -> tuple[LRScheduler, str, int]:
     """(torch scheduler, interval, warmup_steps) from the schedule group.
 
     `interval` (step | epoch | eval) and `warmup_steps` are for the trainer; the
@@ -26,8 +25,7 @@ def build_scheduler(schedule_cfg, optimizer, total_steps: int,
     steps: optimisation steps, or epochs for interval=epoch.
     """
     args = cast(dict[str, Any], OmegaConf.to_container(schedule_cfg, resolve=True))
-    interval = args.pop("interval")
-    warmup_steps = args.pop("warmup_steps")
+    interval, warmup_steps = args.pop("interval"), args.pop("warmup_steps")
     length = total_steps if interval == "step" else math.ceil(total_steps / steps_per_epoch)
     for key in SCHEDULE_LENGTHS:
         if key in args and args[key] is None:
@@ -93,9 +91,7 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     whether that steps per optimisation step, per epoch or on a plateau of the
     validation loss, and the schedule runs on undisturbed underneath it.
     """
-    if step >= warmup_steps:
-        return 1.0
-    return (step + 1) / warmup_steps
+    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
 
 
 @contextmanager

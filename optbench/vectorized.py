@@ -40,11 +40,6 @@ VARYING = ("seed", "optimizer", "schedule", "init")
 MAX_MODELS = 32
 
 
-def mode(cfg: DictConfig) -> str:
-    check_value("trainer.vectorize", str(cfg.trainer.vectorize))
-    return str(cfg.trainer.vectorize)
-
-
 def needs_closure(cfg: DictConfig) -> bool:
     """L-BFGS (traits.closure): its line search evaluates the loss a data-dependent number of times per step."""
     return optimizers.traits(cfg.optimizer).closure
@@ -72,7 +67,8 @@ def plan(cfgs: list[DictConfig], max_models: int = MAX_MODELS) -> list[list[int]
     groups: dict[str, list[int]] = {}
     passes: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
-        wanted = mode(cfg)
+        wanted = str(cfg.trainer.vectorize)
+        check_value("trainer.vectorize", wanted)
         reason = why_not(cfg) if wanted != "off" else "trainer.vectorize=off"
         if reason is not None:
             if wanted == "on":
@@ -155,13 +151,10 @@ def stacked_forward(models: list[nn.Sequential], stacked: dict, x: torch.Tensor)
         elif isinstance(module, nn.BatchNorm1d):
             # the K models' channels side by side: per-channel statistics are per-model statistics
             k, n, h = x.shape
-            y = F.batch_norm(
-                x.transpose(0, 1).reshape(n, k * h),
-                stacked[f"{i}.running_mean"].view(-1), stacked[f"{i}.running_var"].view(-1),
-                stacked[f"{i}.weight"].view(-1), stacked[f"{i}.bias"].view(-1),
-                training=True, momentum=cast(float, module.momentum), eps=module.eps,
-            )
-            x = y.view(n, k, h).transpose(0, 1)
+            mean, var, weight, bias = (stacked[f"{i}.{name}"].view(-1)
+                                       for name in ("running_mean", "running_var", "weight", "bias"))
+            x = F.batch_norm(x.transpose(0, 1).reshape(n, k * h), mean, var, weight, bias, training=True,
+                             momentum=cast(float, module.momentum), eps=module.eps).view(n, k, h).transpose(0, 1)
         elif isinstance(module, Dropout):
             # each model's mask from its own generator, drawn as that model alone draws it
             keep = torch.stack([torch.rand(x.shape[1:], device=x.device, generator=cast(Dropout, m[i]).generator)
@@ -176,7 +169,7 @@ def forward_of(models: list[nn.Sequential]):
     """What a training step calls with x [K, B, ...]: the plain model for K = 1 (its bmm path would cost ~1.35x),
     else the stacked forward over views of the models' rows."""
     if len(models) == 1:
-        return models[0], [p for p in models[0].parameters()]
+        return models[0], list(models[0].parameters())
     stacked = stack_models(models)
     return functools.partial(stacked_forward, models, stacked), [stacked[n] for n, _ in models[0].named_parameters()]
 

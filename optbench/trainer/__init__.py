@@ -26,7 +26,6 @@ from optbench.trainer.setup import (
     Setup,
     build_model,
     build_optimizer,
-    check,
     check_setup,
     prepare,
     run_lengths,
@@ -37,7 +36,7 @@ from optbench.vectorized import guard_and_clip
 
 __all__ = [
     "EVAL_CHUNK", "SYNC_EVERY", "Lengths", "Pass", "Setup", "build_model", "build_optimizer", "build_scheduler",
-    "check", "check_setup", "eval_splits", "evaluate", "evaluations_without_improvement", "fit", "fit_pass",
+    "check_setup", "eval_splits", "evaluate", "evaluations_without_improvement", "fit", "fit_pass",
     "guard_and_clip", "make_splits", "normalise", "prepare", "random_shift", "resumable", "run_lengths",
     "select_device", "sync", "train_size", "unopened",
 ]

@@ -12,22 +12,16 @@ EVAL_CHUNK = 8192
 
 
 def make_splits(arrays: dict, val_size: int, device: torch.device) -> dict:
-    """uint8 images and int64 labels on `device`, plus the training split's pixel mean and std.
-
-    Images stay uint8 (a quarter of float32's memory traffic); `normalise`
-    turns a gathered batch into floats with the training statistics.
-    """
+    """uint8 images (a quarter of float32's memory traffic) and int64 labels on `device`, plus the training split's
+    pixel mean and std."""
     images, labels = arrays["train_images"], arrays["train_labels"]
     n_train = train_size(len(images), val_size)
 
-    def to(x, dtype):
-        return torch.from_numpy(x).to(device=device, dtype=dtype)
+    def pair(x, y):
+        return torch.from_numpy(x).to(device, torch.uint8), torch.from_numpy(y).to(device, torch.int64)
 
-    split = {
-        "train": (to(images[:n_train], torch.uint8), to(labels[:n_train], torch.int64)),
-        "val": (to(images[n_train:], torch.uint8), to(labels[n_train:], torch.int64)),
-        "test": (to(arrays["test_images"], torch.uint8), to(arrays["test_labels"], torch.int64)),
-    }
+    split = {"train": pair(images[:n_train], labels[:n_train]), "val": pair(images[n_train:], labels[n_train:]),
+             "test": pair(arrays["test_images"], arrays["test_labels"])}
     train_x = split["train"][0].float()
     split["mean"], split["std"] = train_x.mean(), train_x.std()
     return split

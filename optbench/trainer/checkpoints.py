@@ -15,7 +15,6 @@ from optbench.results import rundir
 from optbench.trainer.runs import Run
 
 if TYPE_CHECKING:
-    from optbench.trainer.setup import Group
     from optbench.trainer.training_pass import Pass
 
 log = logging.getLogger("optbench.trainer")
@@ -34,10 +33,11 @@ def save(training: "Pass", order: torch.Tensor, epoch_step: int) -> None:
                 if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
                     assert bn.num_batches_tracked is not None  # models.build_mlp's batch norm tracks its statistics
                     bn.num_batches_tracked.fill_(training.step)
-        optimizer_state, scheduler_state = run_state(run)
+        optimizer_state = run.group.optimizer.state_dict()  # a shared one: this run's row, as its own would hold
         rundir.save_tensors({
             "model": {name: v.clone() for name, v in run.model.state_dict().items()},  # not the whole stack
-            "optimizer": optimizer_state, "scheduler": scheduler_state,
+            "optimizer": optimizer_state if run.row is None else vectorized.row_state(optimizer_state, run.row),
+            "scheduler": run.group.scheduler.state_dict(),
             "step": training.step, "epoch": training.epoch,
             "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state()},
             "epoch_step": epoch_step,
@@ -52,7 +52,11 @@ def save(training: "Pass", order: torch.Tensor, epoch_step: int) -> None:
 
 def restore(training: "Pass") -> None:
     """Every run's weights, optimizer, schedule, random state, history and files as its checkpoint left them."""
-    load_states(training.groups, training.runs)
+    for group in training.groups:  # a shared optimizer: its runs' rows stacked
+        members = [run for run in training.runs if run.group is group]
+        states = [resumed(run)["optimizer"] for run in members]
+        group.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
+        group.scheduler.load_state_dict(resumed(members[0])["scheduler"])
     for k, run in enumerate(training.runs):
         state = resumed(run)
         run.model.load_state_dict(state["model"])
@@ -70,24 +74,6 @@ def restore(training: "Pass") -> None:
     if resumed(training.runs[0]).get("order") is not None:
         training.resumed_order = torch.stack([resumed(run)["order"] for run in training.runs]).to(training.device)
     training.histogram_steps = [h for h in training.histogram_steps if h > training.step]
-
-
-def run_state(run: Run) -> tuple[dict, dict]:
-    """This run's optimizer and scheduler state, as its own optimizer would hold them (a row of a shared one)."""
-    group = run.group
-    state = group.optimizer.state_dict()
-    if run.row is not None:
-        state = vectorized.row_state(state, run.row)
-    return state, group.scheduler.state_dict()
-
-
-def load_states(groups: list["Group"], runs: list[Run]) -> None:
-    """Each group's optimizer and schedule as its runs' checkpoints left them (a shared one: their rows stacked)."""
-    for group in groups:
-        members = [run for run in runs if run.group is group]
-        states = [resumed(run)["optimizer"] for run in members]
-        group.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
-        group.scheduler.load_state_dict(resumed(members[0])["scheduler"])
 
 
 def resumed(run: Run) -> dict:

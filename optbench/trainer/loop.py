@@ -65,8 +65,7 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
         for run in runs:
             by_step.setdefault(run.resume["step"] if run.resume else None, []).append(run)
         try:
-            reasons = ({why for c in cfgs if (why := vectorized.why_not(c)) is not None} if len(cfgs) > 1
-                       else set())
+            reasons = {why for c in cfgs if (why := vectorized.why_not(c)) is not None} if len(cfgs) > 1 else set()
             if reasons:  # each run's summary says failed, and why
                 raise UserError(f"these runs cannot share a pass: {'; '.join(sorted(reasons))}")
             for part in by_step.values():

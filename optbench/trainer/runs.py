@@ -75,8 +75,9 @@ def unopened(run_dir: Path, error: BaseException) -> dict:
 
 def open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int) -> Run:
     resume, started_over = resumable(cfg, run_dir)
-    if resume is None:
-        clear_run_files(run_dir)
+    if resume is None:  # a fresh start never appends to what an earlier, unfinished attempt left
+        for stale in (rundir.METRICS, rundir.HISTOGRAMS, rundir.CHECKPOINT):
+            (run_dir / stale).unlink(missing_ok=True)
     rundir.write_config(run_dir, cfg)
     if n_runs == 1:
         run_log = log  # a run of its own logs where its caller's logging goes (Hydra: the console and train.log)
@@ -98,10 +99,9 @@ def open_run(cfg: DictConfig, run_dir: Path, choices: dict | None, n_runs: int) 
 
 
 def close(run: Run, status: str, reason: str | None, started: float) -> None:
-    if run.writer is not None:
-        run.writer.close()
-    if run.histogram_file is not None:
-        run.histogram_file.close()
+    for file in (run.writer, run.histogram_file):
+        if file is not None:
+            file.close()
     run.status = status
     run.summary.update(status=status, reason=reason, finished_at=now())
     update_summary(run.summary, run.history, time.perf_counter() - started)
@@ -142,12 +142,6 @@ def resumable(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
         raise rundir.DamagedFile(e.path, e.what, START_AGAIN) from None
 
 
-def clear_run_files(run_dir: Path) -> None:
-    """Remove what an earlier, unfinished attempt left in run_dir, so a fresh start never appends to it."""
-    for stale in (rundir.METRICS, rundir.HISTOGRAMS, rundir.CHECKPOINT):
-        (run_dir / stale).unlink(missing_ok=True)
-
-
 def update_summary(summary: dict, history: list, wall_time: float) -> None:
     summary["wall_time"] = round(wall_time, 3)
     if not history:
@@ -155,16 +149,12 @@ def update_summary(summary: dict, history: list, wall_time: float) -> None:
     last = history[-1]
     finite = [h for h in history if math.isfinite(h["val_acc"])]
     best = max(finite, key=lambda h: h["val_acc"]) if finite else last
-    summary.update(
-        best_val_acc=best["val_acc"],
-        best_step=best["step"],
-        best_epoch=best["epoch"],
-        # test accuracy where validation chose: never used to choose anything
-        test_acc_at_best_val=best["test_acc"],
-        final={k: v for k, v in last.items() if k not in ("step", "epoch")},
-        train_time=round(last["train_time"], 3),
-        seconds_per_epoch=round(last["train_time"] / last["epoch"], 3) if last["epoch"] else None,
-    )
+    summary.update(best_val_acc=best["val_acc"], best_step=best["step"], best_epoch=best["epoch"],
+                   # test accuracy where validation chose: never used to choose anything
+                   test_acc_at_best_val=best["test_acc"],
+                   final={k: v for k, v in last.items() if k not in ("step", "epoch")},
+                   train_time=round(last["train_time"], 3),
+                   seconds_per_epoch=round(last["train_time"] / last["epoch"], 3) if last["epoch"] else None)
 
 
 def now() -> str:

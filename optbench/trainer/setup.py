@@ -1,8 +1,8 @@
 """What a run is built from and checked against before its first step: device, lengths, model, optimizer, schedule.
 
-`check` holds the rules a config must satisfy before any data is read; the
-rules that need the training split's size (the batch size against it) are in
-`run_lengths`. `prepare` builds one run as `optbench train --dry-run` shows it.
+compose.check_config holds the rules a config must satisfy before any data is
+read; the rules that need the training split's size (the batch size against it)
+are in `run_lengths`. `prepare` builds one run as `optbench train --dry-run` shows it.
 """
 
 import functools
@@ -25,7 +25,6 @@ from optbench.trainer.batches import make_splits, train_size
 from optbench.trainer.runs import Run, close
 
 log = logging.getLogger("optbench.trainer")
-
 
 
 def select_device(name: str) -> torch.device:
@@ -87,24 +86,7 @@ def fused_works(factory, like: torch.Tensor) -> bool:
 
 
 def optimizer_impl(optimizer) -> str:
-    if optimizer.defaults.get("fused"):
-        return "fused"
-    if optimizer.defaults.get("foreach"):
-        return "foreach"
-    return "default"
-
-
-def check_trainer(cfg: DictConfig, n_train: int) -> None:
-    """The rules that need the training split's size."""
-    asked = cfg.trainer.batch_size
-    if asked is not None and not 1 <= asked <= n_train:
-        raise UserError(f"trainer.batch_size={asked} must be between 1 and the training split's {n_train} "
-                        "(or null for all of it)")
-    batch_size = asked or n_train
-    if cfg.model.batchnorm != "none" and (batch_size < 2 or n_train % batch_size == 1):
-        # batch norm's statistics of one image are undefined: torch refuses such a batch mid-run
-        raise UserError(f"model.batchnorm={cfg.model.batchnorm} needs every training batch to hold >= 2 images: "
-                        f"trainer.batch_size={asked} leaves a batch of 1 of the {n_train} training images")
+    return next((impl for impl in ("fused", "foreach") if optimizer.defaults.get(impl)), "default")
 
 
 @dataclass(frozen=True)
@@ -118,21 +100,21 @@ class Lengths:
 
 
 def run_lengths(cfg: DictConfig, n_train: int) -> Lengths:
-    """The lengths of a run on n_train images."""
-    check_trainer(cfg, n_train)
-    settings = cfg.trainer
-    batch_size = settings.batch_size or n_train  # null: the whole split (full-batch gradient descent)
+    """The lengths of a run on n_train images, checked against that size."""
+    settings, asked = cfg.trainer, cfg.trainer.batch_size
+    if asked is not None and not 1 <= asked <= n_train:
+        raise UserError(f"trainer.batch_size={asked} must be between 1 and the training split's {n_train} "
+                        "(or null for all of it)")
+    batch_size = asked or n_train  # null: the whole split (full-batch gradient descent)
+    if cfg.model.batchnorm != "none" and (batch_size < 2 or n_train % batch_size == 1):
+        # batch norm's statistics of one image are undefined: torch refuses such a batch mid-run
+        raise UserError(f"model.batchnorm={cfg.model.batchnorm} needs every training batch to hold >= 2 images: "
+                        f"trainer.batch_size={asked} leaves a batch of 1 of the {n_train} training images")
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = settings.epochs * steps_per_epoch
     if settings.max_steps is not None:
         total_steps = min(total_steps, settings.max_steps)
     return Lengths(batch_size, steps_per_epoch, total_steps, settings.eval_every or steps_per_epoch)
-
-
-def check(cfg: DictConfig) -> None:
-    """The rules of a composed config (compose.check_config, where they all are), for a config that did not come
-    through compose.compose_config: a Hydra sweep's job, an API caller's own."""
-    compose.check_config(cfg)
 
 
 def check_setup(cfg: DictConfig, n_images: int) -> None:
@@ -203,7 +185,7 @@ def build_runs(runs: list[Run], device: torch.device, lengths: Lengths) -> list[
     built = []
     for run in runs:
         try:
-            check(run.cfg)
+            compose.check_config(run.cfg)  # a Hydra sweep's job or an API caller's config did not come through compose
             run.model = build_model(run.cfg, device)
             # the start point, for distance-from-init and landscapes (the same weights again on a resume: same seed)
             rundir.save_tensors(run.model.state_dict(), run.dir / rundir.INIT)

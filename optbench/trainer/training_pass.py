@@ -99,16 +99,11 @@ class Pass:
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
                 optimizer_impl=optimizer_impl(run.group.optimizer),
                 n_params=sum(p.numel() for p in run.model.parameters()),
-                steps_per_epoch=lengths.steps_per_epoch,
-                total_steps=lengths.total_steps,
-                torch_threads=torch.get_num_threads(),
-                tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                steps_per_epoch=lengths.steps_per_epoch, total_steps=lengths.total_steps,
+                torch_threads=torch.get_num_threads(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                 cudnn_benchmark=torch.backends.cudnn.benchmark,
-                amp="bf16 autocast (training steps)" if self.settings.amp else None,
-                compile=self.settings.compile,
-                diagnostics=self.diag.level,
-                flags=run.flags,
-            )
+                amp="bf16 autocast (training steps)" if self.settings.amp else None, compile=self.settings.compile,
+                diagnostics=self.diag.level, flags=run.flags)
             if self.K > 1:
                 # train_time and seconds_per_epoch are this run's share: the pass's training time / K
                 run.summary["vectorized"] = {"models": self.K, "index": k, "optimizer_calls": len(self.groups)}
@@ -149,7 +144,7 @@ class Pass:
                     self.advance_schedules("epoch")
                 if self.checkpoint_due(last_of_epoch or self.step == total_steps, stop):
                     # on a stop too: resumed, the run goes on as if never stopped
-                    self.checkpoint(order, epoch_step + 1)
+                    checkpoints.save(self, order, epoch_step + 1)
                 if stop.signal is not None and not evaluates:
                     self.flush_steps()
                     self.run_eval(decide=False)  # where the interrupted run got to (a resume cuts these rows)
@@ -276,14 +271,14 @@ class Pass:
         for k in list(self.alive):
             run, rows, first_bad = self.runs[k], [], None
             for (step, epoch, step_lrs, _), step_values in zip(self.pending, values):
-                mine = [v[k] for v in step_values]
+                mine = dict(zip(self.step_names, [v[k] for v in step_values]))
                 rows.append((step, epoch, "step", "lr", step_lrs[k]))
-                rows.extend((step, epoch, "step", name, v) for name, v in zip(self.step_names, mine))
-                if first_bad is None and not all(math.isfinite(v) for v in mine):
+                rows.extend((step, epoch, "step", name, v) for name, v in mine.items())
+                if first_bad is None and not all(math.isfinite(v) for v in mine.values()):
                     first_bad = step
-                diagnostics.update_flags(run.flags, step, dict(zip(self.step_names, mine)), self.diag.thresholds)
+                diagnostics.update_flags(run.flags, step, mine, self.diag.thresholds)
             run.writer.write_rows(rows)
-            run.last_values = dict(zip(self.step_names, mine))
+            run.last_values = mine
             if first_bad is not None:
                 run.summary["diverged_at_step"] = first_bad
                 self.end(k, "diverged", f"non-finite loss or gradient at step {first_bad}")
@@ -302,8 +297,7 @@ class Pass:
         results = torch.stack([torch.stack([evaluate(self.runs[k].model, self.loss_fn, *xy, self.mean, self.std)
                                             for xy in self.eval_sets.values()]) for k in self.alive]).tolist()
         counts = self.counters.tolist()
-        histograms_now = self.per_layer and diagnostics.histograms_due(self.diag.level, self.histogram_steps,
-                                                                       self.step)
+        histograms_now = self.per_layer and diagnostics.histograms_due(self.diag.level, self.histogram_steps, self.step)
         for k, result in zip(list(self.alive), results):
             self.record_evaluation(k, result, times[k], counts[k], histograms_now)
             self.judge(k, train_loss=result[0][0], val_loss=result[1][0], decide=decide)
@@ -369,10 +363,6 @@ class Pass:
                         optimizers.recompute_batchnorm(self.runs[k].model, (
                             normalise(x_bn[i : i + batch_size], self.mean, self.std)
                             for i in range(0, len(x_bn), batch_size)))
-
-    def checkpoint(self, order: torch.Tensor, epoch_step: int) -> None:
-        """Each running run's checkpoint after `epoch_step` steps of this epoch (checkpoints.save)."""
-        checkpoints.save(self, order, epoch_step)
 
     # ------------------------------------------------------------------ how runs end
 
