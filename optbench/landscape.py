@@ -3,18 +3,15 @@
 Three slices of the training loss on a fixed subset of the training split:
   - along one random direction d:           L(w + a d)            (1-D curve)
   - on the plane of two random directions:  L(w + a d1 + b d2)    (2-D contour)
-  - on the segment from the initial to the final weights: L((1-t) w0 + t w)
-    (Goodfellow, Vinyals & Saxe 2015, "Qualitatively characterizing neural
-    network optimization problems").
-Random directions are filter-normalised (Li et al. 2018, "Visualizing the
-Loss Landscape of Neural Nets"): every row of a weight matrix (the incoming
-weights of one unit, a "filter" of a Linear layer) is rescaled to the norm
-of the same row of the weights, so that a = 1 means "as far again as the
-weights themselves" in every layer alike. Biases and batch-norm parameters get
-a zero direction, as in the paper.
+  - on the segment from the initial to the final weights: L((1-t) w0 + t w) (Goodfellow, Vinyals & Saxe 2015,
+    "Qualitatively characterizing neural network optimization problems").
+Random directions are filter-normalised (Li et al. 2018, "Visualizing the Loss Landscape of Neural Nets"): every row
+of a weight matrix (the incoming weights of one unit, a "filter" of a Linear layer) is rescaled to the norm of the
+same row of the weights, so that a = 1 means "as far again as the weights themselves" in every layer alike. Biases and
+batch-norm parameters get a zero direction, as in the paper.
 
-All grid points are evaluated in batches with torch.func: `vmap` over
-`functional_call`, so one call runs a chunk of models on the whole subset.
+All grid points are evaluated in batches with torch.func: `vmap` over `functional_call`, so one call runs a chunk of
+models on the whole subset.
 """
 
 import inspect
@@ -41,11 +38,9 @@ PLAIN = (int, float, bool, str, type(None))
 
 
 def load_run(run_dir, which: str = "final", device: str | None = None):
-    """(cfg, model, init_state, final_state) of a run; the model holds `which` ("final" or "init") weights, in eval
-    mode.
-
-    Only data is read from the folder: tensors with weights_only, the config's values; what is instantiated
-    (the loss) is the package's own option, by the name the run recorded (`loss_of`)."""
+    """(cfg, model, init_state, final_state) of a run; the model holds `which` ("final" or "init") weights, in
+    eval mode. Only data is read from the folder: tensors with weights_only, the config's values; what is
+    instantiated (the loss) is the package's own option, by the name the run recorded (`loss_of`)."""
     run_dir = Path(run_dir)
     missing = [f for f in (rundir.CONFIG, rundir.INIT, rundir.CHECKPOINT) if not (run_dir / f).is_file()]
     if missing:
@@ -97,19 +92,16 @@ def training_subset(cfg, samples: int, device: torch.device) -> tuple[torch.Tens
 
 
 def filter_normalised_direction(params: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A gaussian direction with each row of each weight matrix scaled to that row's norm in `params`.
-
-    1-D parameters (biases, batch-norm scale and shift) get zeros.
-    """
+    """A gaussian direction with each row of each weight matrix scaled to that row's norm in `params`; 1-D
+    parameters (biases, batch-norm scale and shift) get zeros."""
     direction = {}
     for name, p in params.items():
         if p.dim() <= 1:
             direction[name] = torch.zeros_like(p)
             continue
         d = torch.randn(p.shape, generator=generator, device=generator.device, dtype=p.dtype).to(p.device)
-        rows_d = d.flatten(1).norm(dim=1)
-        rows_p = p.flatten(1).norm(dim=1)
-        direction[name] = d * (rows_p / rows_d.clamp_min(1e-12)).view(-1, *[1] * (p.dim() - 1))
+        scale = p.flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1).clamp_min(1e-12)
+        direction[name] = d * scale.view(-1, *[1] * (p.dim() - 1))
     return direction
 
 
@@ -118,14 +110,11 @@ def losses_along(model, loss_fn, x, y, base: dict, directions: list[dict], coeff
                  chunk: int = 16) -> torch.Tensor:
     """L(base + sum_k coeffs[g, k] * directions[k]) for every row g of coeffs, as a tensor of len(coeffs).
 
-    `model` is build_mlp's Sequential (Flatten, first Linear, rest); buffers keep the model's values.
-    The first Linear holds most of the multiply-adds (784 inputs), and its output is linear in its
-    weights: x W^T on the slice is x W0^T + sum_k c_k x D_k^T. So it is computed once per direction,
-    and only the rest of the network runs per grid point (about 3x faster for the default MLP).
-    """
-    first, rest = model[1], model[2:]
-    if not isinstance(first, torch.nn.Linear):
-        raise TypeError("losses_along expects build_mlp's layout: Flatten, Linear, ...")
+    `model` is build_mlp's Sequential (Flatten, first Linear, rest); buffers keep the model's values. The first
+    Linear holds most of the multiply-adds (784 inputs), and its output is linear in its weights: x W^T on the slice
+    is x W0^T + sum_k c_k x D_k^T. So it is computed once per direction, and only the rest of the network runs per
+    grid point (about 3x faster for the default MLP)."""
+    rest = model[2:]
     w, b = "1.weight", "1.bias"
     inputs = x.flatten(1)
     products = torch.stack([F.linear(inputs, p[w], p.get(b)) for p in (base, *directions)])  # (1 + k, N, h)
@@ -135,13 +124,10 @@ def losses_along(model, loss_fn, x, y, base: dict, directions: list[dict], coeff
     def loss_at(params, hidden):
         return loss_fn(functional_call(rest, params, (hidden,)), y)
 
-    batched_loss = vmap(loss_at)
     out = []
-    coeffs = coeffs.to(device=x.device, dtype=x.dtype)
-    for c in coeffs.split(chunk):
+    for c in coeffs.to(device=x.device, dtype=x.dtype).split(chunk):
         params = {n: base[n] + torch.tensordot(c, stacked[n], dims=1) for n in names}
-        hidden = products[0] + torch.tensordot(c, products[1:], dims=1)
-        out.append(batched_loss(params, hidden))
+        out.append(vmap(loss_at)(params, products[0] + torch.tensordot(c, products[1:], dims=1)))
     return torch.cat(out)
 
 
@@ -169,15 +155,10 @@ def landscape(run_dir, points: int = 41, span: float = 1.0, samples: int = 10000
     start = {n: init[n].to(dev) for n in base}
     interp = losses_along(model, loss_fn, x, y, start, [{n: final[n].to(dev) - start[n] for n in base}],
                           t[:, None], chunk)
-    seconds = time.perf_counter() - started
-    return {
-        "name": Path(run_dir).resolve().name, "run_dir": str(run_dir), "which": which, "samples": len(x),
-        "alpha": a.numpy(), "surface": surface.cpu().numpy(), "curve": curve.cpu().numpy(),
-        "t": t.numpy(), "interp": interp.cpu().numpy(), "seconds": seconds,
-    }
+    return {"name": Path(run_dir).resolve().name, "run_dir": str(run_dir), "which": which, "samples": len(x),
+            "alpha": a.numpy(), "surface": surface.cpu().numpy(), "curve": curve.cpu().numpy(), "t": t.numpy(),
+            "interp": interp.cpu().numpy(), "seconds": time.perf_counter() - started}
 
-
-# ---------------------------------------------------------------- figures
 
 # what a panel title says about a run when nothing else tells the runs apart
 SETTINGS = ("optimizer.name", "optimizer.lr", "trainer.batch_size", "trainer.epochs", "model.hidden",
@@ -227,14 +208,13 @@ def plot_curves(results: list[dict]):
             title="1-D slice: L(w + a d)")
     ax2.set(xlabel="interpolation t (0: initial weights, 1: final weights)",
             ylabel="training loss (cross-entropy, log)", title="Linear interpolation: L((1-t) w0 + t w)")
+    for t in (0, 1):
+        ax2.axvline(t, color="0.4", lw=0.8, ls=":")
     for ax, key in ((ax1, "curve"), (ax2, "interp")):
         values = np.concatenate([r[key] for r in results])
         log_y(ax, pd.Series(values[np.isfinite(values)]))
         ax.grid(alpha=0.3, which="both")
-    for t in (0, 1):
-        ax2.axvline(t, color="0.4", lw=0.8, ls=":")
-    ax1.legend(fontsize=9)
-    ax2.legend(fontsize=9)
+        ax.legend(fontsize=9)
     fig.suptitle(f"Training loss on {results[0]['samples']} training images" + (f"; {shared}" if shared else ""))
     return fig
 
@@ -245,10 +225,9 @@ def plot_surfaces(results: list[dict]):
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
-    lo = min(float(r["surface"][np.isfinite(r["surface"])].min()) for r in results)
-    hi = max(float(r["surface"][np.isfinite(r["surface"])].max()) for r in results)
-    levels = np.geomspace(lo, hi, 30)
-    norm = LogNorm(lo, hi)
+    finite = np.concatenate([r["surface"][np.isfinite(r["surface"])] for r in results])
+    lo, hi = float(finite.min()), float(finite.max())
+    levels, norm = np.geomspace(lo, hi, 30), LogNorm(lo, hi)
     names, shared = titles(results)
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results) + 1.4, 4.9), layout="constrained",
                              squeeze=False)
@@ -263,13 +242,11 @@ def plot_surfaces(results: list[dict]):
         ax.yaxis.set_major_locator(MaxNLocator(5))
     bar = fig.colorbar(cs, ax=axes[0].tolist(), label="training loss (cross-entropy, log scale)")
     # ticks at 1, 2, 5 times a power of ten, as plain numbers: values one reads off, not the contour levels
-    decades = np.log10(hi / lo)
-    bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 3 else (1.0,)))
+    bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if np.log10(hi / lo) < 3 else (1.0,)))
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     bar.ax.yaxis.set_minor_locator(NullLocator())
     fig.suptitle(f"2-D slice L(w + a d1 + b d2), filter-normalised directions, {results[0]['samples']} training images"
-                 + (f"\n{shared}; red +: the {results[0]['which']} weights" if shared
-                    else f"; red +: the {results[0]['which']} weights"))
+                 + (f"\n{shared}" if shared else "") + f"; red +: the {results[0]['which']} weights")
     return fig
 
 
@@ -279,13 +256,11 @@ def save_figures(results: list[dict], out_dir) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = "landscape" + ("_init" if results[0]["which"] == "init" else "")
-    paths = []
-    for name, fig in ((f"{prefix}_1d.png", plot_curves(results)), (f"{prefix}_2d.png", plot_surfaces(results))):
-        fig.savefig(out_dir / name, dpi=150)
+    paths = [out_dir / f"{prefix}_1d.png", out_dir / f"{prefix}_2d.png", out_dir / f"{prefix}.npz"]
+    for path, fig in zip(paths, (plot_curves(results), plot_surfaces(results))):
+        fig.savefig(path, dpi=150)
         plt.close(fig)
-        paths.append(out_dir / name)
     arrays = {f"{i}_{k}": v for i, r in enumerate(results) for k, v in r.items() if isinstance(v, np.ndarray)}
     # numpy's stubs match **arrays against savez's allow_pickle: bool keyword, not its **kwds of arrays
-    np.savez(out_dir / f"{prefix}.npz", **arrays)  # type: ignore[arg-type]
-    paths.append(out_dir / f"{prefix}.npz")
+    np.savez(paths[2], **arrays)  # type: ignore[arg-type]
     return paths

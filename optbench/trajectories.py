@@ -1,11 +1,9 @@
 """Optimizer paths on 2-D test functions: the lectures' pictures, drawn by the real optimizers.
 
-Each optimizer is the torch.optim object built from the same YAML file as for
-training (conf/optimizer/, composed with Hydra, built by
-trainer.build_optimizer), stepping on one 2-element parameter tensor. The
-surfaces are the `surface` config group: Rosenbrock, Beale, a saddle and an
-ill-conditioned quadratic; `surface.noise` > 0 adds seeded gaussian noise to
-every gradient, the stand-in for a mini-batch gradient.
+Each optimizer is the torch.optim object built from the same YAML file as for training (conf/optimizer/, composed with
+Hydra, built by trainer.build_optimizer), stepping on one 2-element parameter tensor. The surfaces are the `surface`
+config group: Rosenbrock, Beale, a saddle and an ill-conditioned quadratic; `surface.noise` > 0 adds seeded gaussian
+noise to every gradient, the stand-in for a mini-batch gradient.
 """
 
 import math
@@ -17,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from optbench.compose import compose_config
+from optbench.compose import CONF, compose_config
 from optbench.errors import UserError
 from optbench.trainer import build_optimizer
 
@@ -26,8 +24,6 @@ DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam
 # a path that runs this many plot windows away has diverged or escaped: stop it there
 ESCAPE = 10.0
 
-
-# ---------------------------------------------------------------- surfaces
 
 def rosenbrock(xy: torch.Tensor, surface: DictConfig) -> torch.Tensor:
     x, y = xy[..., 0], xy[..., 1]
@@ -60,8 +56,6 @@ def surface_fn(surface: DictConfig):
     return lambda xy: FUNCTIONS[surface.function](xy, surface)
 
 
-# ---------------------------------------------------------------- configs
-
 def expand(overrides: list[str]) -> tuple[list, list, list[str]]:
     """(optimizers, surfaces, other overrides) from a command line such as `optimizer=sgd,adam optimizer.lr=0.1`."""
     try:
@@ -75,20 +69,15 @@ def expand(overrides: list[str]) -> tuple[list, list, list[str]]:
             found[o.key_or_group] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
         else:
             rest.append(str(o.input_line))  # set for every override parsed from text
-    optimizers = found.get("optimizer") or [n for n in DEFAULT_OPTIMIZERS if _exists("optimizer", n)]
-    return optimizers, found.get("surface", ["quadratic"]), rest
-
-
-def _exists(group: str, name: str) -> bool:
-    return (Path(__file__).parent / "conf" / group / f"{name}.yaml").is_file()
+    present = [n for n in DEFAULT_OPTIMIZERS if (CONF / "optimizer" / f"{n}.yaml").is_file()]
+    return found.get("optimizer") or present, found.get("surface", ["quadratic"]), rest
 
 
 def compose(optimizer: str, surface: str, overrides: list[str]) -> DictConfig:
     """The trajectories config for one optimizer on one surface.
 
-    Unless the command line sets optimizer.lr, the surface's lr for this optimizer replaces the
-    YAML's own (rates tuned for MNIST mini-batches make nothing move on Rosenbrock in 500 steps).
-    """
+    Unless the command line sets optimizer.lr, the surface's lr for this optimizer replaces the YAML's own (rates
+    tuned for MNIST mini-batches make nothing move on Rosenbrock in 500 steps)."""
     cfg = compose_config([f"optimizer={optimizer}", f"surface={surface}", *overrides], config_name="trajectories")
     lr_given = any(o.split("=", 1)[0].lstrip("+~") == "optimizer.lr" for o in overrides)
     OmegaConf.set_struct(cfg, False)
@@ -122,15 +111,12 @@ def check(cfg: DictConfig) -> None:
             raise UserError(f"surface.{key}={list(s[key])} must be [low, high] with low < high")
 
 
-# ---------------------------------------------------------------- running
-
 def run(cfg: DictConfig) -> dict:
     """Step cfg.optimizer on cfg.surface from its start point: path (steps+1, 2) and f at each point.
 
-    One step is one optimizer.step(closure): a single gradient for most optimizers, up to
-    max_iter function evaluations for L-BFGS. A path that leaves the window far behind
-    (divergence, or escape down a saddle) stops there; `stopped` says at which step.
-    """
+    One step is one optimizer.step(closure): a single gradient for most optimizers, up to max_iter function
+    evaluations for L-BFGS. A path that leaves the window far behind (divergence, or escape down a saddle) stops
+    there; `stopped` says at which step."""
     f = surface_fn(cfg.surface)
     xy = torch.tensor(list(cfg.surface.start), dtype=torch.float32, requires_grad=True)
     optimizer = build_optimizer(cfg.optimizer, [xy])
@@ -167,8 +153,6 @@ def steps_to_reach(result: dict, minimum, distance: float) -> int | None:
     hits = np.flatnonzero(d <= distance)
     return int(hits[0]) if len(hits) else None
 
-
-# ---------------------------------------------------------------- figures
 
 def _title(surface: DictConfig) -> str:
     name = surface.function
@@ -270,9 +254,8 @@ def plot_values(surface: DictConfig, results: list[dict]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
-    fmin = None
-    if surface.minimum is not None:
-        fmin = float(surface_fn(surface)(torch.tensor(list(surface.minimum), dtype=torch.float64)))
+    fmin = None if surface.minimum is None else float(
+        surface_fn(surface)(torch.tensor(list(surface.minimum), dtype=torch.float64)))
     for r, style in zip(results, _styles(results)):
         y = r["f"] if fmin is None else np.maximum(r["f"] - fmin, 1e-12)
         ax.plot(np.arange(len(y)), y, label=_label(r), **{**style, "lw": min(style["lw"], 2.5)})
@@ -322,14 +305,13 @@ def save(surface: DictConfig, results: list[dict], out_dir, gif: bool = False) -
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = surface.function + ("_noisy" if surface.noise > 0 else "")
-    written = []
-    for suffix, fig in (("paths", plot_paths(surface, results)), ("values", plot_values(surface, results))):
-        fig.savefig(out_dir / f"{stem}_{suffix}.png", dpi=150)
+    written = [out_dir / f"{stem}_paths.png", out_dir / f"{stem}_values.png"]
+    for path, fig in zip(written, (plot_paths(surface, results), plot_values(surface, results))):
+        fig.savefig(path, dpi=150)
         plt.close(fig)
-        written.append(out_dir / f"{stem}_{suffix}.png")
     if gif:
-        animation = animate(surface, results)
-        animation.save(out_dir / f"{stem}_paths.gif", writer=PillowWriter(fps=15), dpi=80)
-        plt.close(animation._fig)
         written.append(out_dir / f"{stem}_paths.gif")
+        animation = animate(surface, results)
+        animation.save(written[-1], writer=PillowWriter(fps=15), dpi=80)
+        plt.close(animation._fig)
     return written

@@ -1,5 +1,6 @@
 """The catalogue: conf/lectures/<claim>.yaml read and checked, and the experiment a claim asks for at a scale."""
 
+import itertools
 import re
 from pathlib import Path
 
@@ -10,32 +11,20 @@ from optbench.errors import UserError
 from optbench.lectures.measures import QUANTITIES
 
 CATALOGUE = CONF / "lectures"
-
-
 # default: this 2-core CPU runs the whole catalogue in about 15 minutes; middle: a laptop over a lunch break
 # (about an hour here); full: a GPU
 SCALES = ("default", "middle", "full")
 OUT = "lectures"
 KEYS = {"quote", "lecture", "condition", "design", "differs", "overrides", "groups", "seeds", "quantity", "predict",
         "combine", "target", "x", "scales", "not_testable", "search"}
+REQUIRED = ("quote", "lecture", "groups", "seeds", "quantity", "predict")
 # what a larger scale may change: its own condition, seeds, shared overrides and per-group overrides on top
 SCALE_KEYS = {"condition", "seeds", "overrides", "groups"}
-
-
 # what a search claim's group may set: the rest of the search is the claim's (`search`, `overrides`, the seeds)
 SEARCH_GROUP_KEYS = ("sampler", "grid_points", "trials", "space")
-
-
 # quantities read from one run's summary, so that a search's chosen trial gives them
 SEARCH_QUANTITIES = ("best_val_acc", "test_acc")
-
-
 X_AXES = ("step", "epoch", "examples", "layer")
-
-
-REQUIRED = ("quote", "lecture", "groups", "seeds", "quantity", "predict")
-
-
 COMBINE = ("all", "any")
 
 
@@ -53,19 +42,16 @@ def load(name: str, catalogue: Path = CATALOGUE) -> dict:
         claim = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
-    unknown = set(claim) - KEYS
-    missing = [k for k in REQUIRED if k not in claim]
-    if unknown or missing:
-        raise UserError(f"{path}: " + "; ".join(
-            ([f"unknown keys {sorted(unknown)}"] if unknown else [])
-            + ([f"missing keys {missing}"] if missing else [])))
+    unknown, missing = sorted(set(claim) - KEYS), [k for k in REQUIRED if k not in claim]
+    problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+    if problems:
+        raise UserError(f"{path}: " + "; ".join(problems))
     if claim["quantity"] not in QUANTITIES:
         raise UserError(f"{path}: quantity {claim['quantity']!r} is not one of {', '.join(QUANTITIES)}")
-    if claim.get("x", "step") not in X_AXES:
-        raise UserError(f"{path}: x {claim['x']!r} must be one of {', '.join(X_AXES)}")
     claim.setdefault("combine", "all")
-    if claim["combine"] not in COMBINE:
-        raise UserError(f"{path}: combine {claim['combine']!r} must be one of {', '.join(COMBINE)}")
+    for key, allowed in (("x", X_AXES), ("combine", COMBINE)):
+        if claim.get(key, "step") not in allowed:
+            raise UserError(f"{path}: {key} {claim[key]!r} must be one of {', '.join(allowed)}")
     claim["predict"] = [parse_prediction(p, claim["groups"], path) for p in claim["predict"]]
     if "search" in claim:
         _check_search_claim(claim, path)
@@ -108,12 +94,10 @@ def _check_scales(claim: dict, path) -> None:
         if scale not in SCALES:
             raise UserError(f"{path}: not_testable.{scale}: the scales are {', '.join(SCALES)}")
     for scale, block in scales.items():
-        unknown = set(block or {}) - SCALE_KEYS
-        if unknown:
+        if unknown := set(block or {}) - SCALE_KEYS:
             raise UserError(f"{path}: scales.{scale} sets {sorted(unknown)}; "
                             f"it may set {', '.join(sorted(SCALE_KEYS))}")
-        extra = set((block or {}).get("groups") or {}) - set(claim["groups"])
-        if extra:
+        if extra := set((block or {}).get("groups") or {}) - set(claim["groups"]):
             raise UserError(f"{path}: scales.{scale}.groups names {sorted(extra)}, not groups of the claim")
     if not all(isinstance(v, str) and v.strip() for v in untestable.values()):
         raise UserError(f"{path}: not_testable gives per scale the reason, a sentence")
@@ -130,10 +114,7 @@ def untestable(claim: dict, scale: str = "default") -> str | None:
 
 
 def _first_comment(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+    return next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
 
 
 def experiment(claim: dict, scale: str = "default", extra=()) -> tuple[dict, list[int]]:
@@ -145,9 +126,9 @@ def experiment(claim: dict, scale: str = "default", extra=()) -> tuple[dict, lis
     shared = [*(claim.get("overrides") or []), *(bigger.get("overrides") or [])]
     per_group = bigger.get("groups") or {}
     if "search" in claim:
-        return {g: {**claim["search"], **(settings or {}), "overrides": merge_overrides(shared, list(extra))}
+        return {g: {**claim["search"], **(settings or {}), "overrides": merge_overrides(shared, extra)}
                 for g, settings in claim["groups"].items()}, seeds
-    return {g: merge_overrides(shared, list(o or []), list(per_group.get(g) or []), list(extra))
+    return {g: merge_overrides(shared, o or [], per_group.get(g) or [], extra)
             for g, o in claim["groups"].items()}, seeds
 
 
@@ -158,10 +139,9 @@ def override_key(line: str) -> str:
 def merge_overrides(*lists) -> list[str]:
     """Later lists win per key: Hydra refuses the same key twice on one command line."""
     merged: dict[str, str] = {}
-    for lines in lists:
-        for line in lines:
-            merged.pop(override_key(line), None)
-            merged[override_key(line)] = line
+    for line in itertools.chain(*lists):
+        merged.pop(override_key(line), None)  # a key set again moves to where it was set last
+        merged[override_key(line)] = line
     return list(merged.values())
 
 
@@ -188,9 +168,6 @@ def compositions(claim: dict, scale: str = "default", extra=()) -> dict:
         return groups
     from optbench import search
 
-    def first_point(spec):
-        space = search.parse_space(spec["space"])
-        return search.trial_overrides(search.grid(space, 2)[0])
-
-    return {g: [*spec["overrides"], *first_point(spec)] for g, spec in groups.items()}
+    return {g: [*spec["overrides"], *search.trial_overrides(search.grid(search.parse_space(spec["space"]), 2)[0])]
+            for g, spec in groups.items()}
 

@@ -17,8 +17,8 @@ from optbench.lectures.running import load_claim_runs, measure, train
 from optbench.lectures.verdicts import UNTESTABLE, comparison_text, judge, verdict_text
 
 
-def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, log=print,
-              train_first: bool = True, damaged: list | None = None) -> dict | None:
+def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, train_first: bool = True,
+              damaged: list | None = None) -> dict | None:
     """Train (what is missing; nothing with train_first=False), measure, judge, draw; the result saved as
     out/<claim>/verdict.json with the experiment's condition, and the claim's handout beside it. A claim not
     testable at `scale` trains nothing and says why. None when a group has no finished run to measure; when
@@ -27,34 +27,32 @@ def run_claim(claim: dict, out: Path, scale: str, extra, level: float | None, lo
     started, load = time.perf_counter(), os.getloadavg()[0]
     command = shlex.join(["optbench", "lectures", "run", claim["name"], *(["--scale", scale] * (scale != "default")),
                           *extra])
-    (out / claim["name"]).mkdir(parents=True, exist_ok=True)
+    folder = out / claim["name"]
+    folder.mkdir(parents=True, exist_ok=True)
     why = untestable(claim, scale)
     if why:
         result = {"verdict": UNTESTABLE, "reason": why, "groups": [], "comparisons": [], "seconds": 0.0,
-                  "command": command}
+                  "command": command, "scale": scale, "condition": condition(claim, scale)}
     else:
-        previous = out / claim["name"] / "verdict.json"
-        previous = json.loads(previous.read_text()) if previous.is_file() else {}
-        trained = train(claim, out, scale, extra, log) if train_first else True
+        previous = json.loads((folder / "verdict.json").read_text()) if (folder / "verdict.json").is_file() else {}
+        trained = train(claim, out, scale, extra) if train_first else True
         runs = load_claim_runs(claim, out, scale, extra, damaged)
         values = measure(claim, runs, damaged)
-        empty = [g for g, v in values.items() if not v.notna().any()]
-        if empty:
-            log(f"{claim['name']}: could not be run (no finished run in {', '.join(empty)})")
+        if empty := [g for g, v in values.items() if not v.notna().any()]:
+            print(f"{claim['name']}: could not be run (no finished run in {', '.join(empty)})")
             return None
         result = judge(claim, values, level)
         if not trained:  # a run that failed or was refused (a damaged one): judged on those that finished
             result["training_failed"] = True
-            log(f"{claim['name']}: some runs did not train (see the log named above); judged on those that finished")
+            print(f"{claim['name']}: some runs did not train (see the log named above); judged on those that finished")
         result.update(scale=scale, condition=condition(claim, scale))  # the figure prints them
         result["figure"] = _draw(claim, result, runs, out)
         if train_first or previous.get("scale") != scale:  # the training's time, the load average before and after
             result.update(seconds=time.perf_counter() - started, load=[load, os.getloadavg()[0]], command=command)
         else:  # a report of runs trained before: their time and command stay
             result.update({k: previous[k] for k in ("seconds", "load", "command") if k in previous})
-    result.update(scale=scale, condition=condition(claim, scale))
-    (out / claim["name"] / "verdict.json").write_text(json.dumps(result, indent=1, default=_json))
-    (out / claim["name"] / "handout.md").write_text(handout(claim, result))
+    (folder / "verdict.json").write_text(json.dumps(result, indent=1, default=_json))
+    (folder / "handout.md").write_text(handout(claim, result))
     return result
 
 
@@ -128,7 +126,7 @@ def main(args: list[str]) -> int:
         check(claim, opts.scale, extra)
     out = Path(opts.out or (OUT if opts.scale == "default" else f"{OUT}-{opts.scale}"))
     out.mkdir(parents=True, exist_ok=True)
-    done, failed, partial, started = [], [], [], time.perf_counter()
+    done, failed, started = [], [], time.perf_counter()
     damaged: list[str] = []  # the damaged files' messages, filled in by load_claim_runs
     for claim in claims:
         print(f"{claim['name']}: {claim['description']}")
@@ -138,11 +136,10 @@ def main(args: list[str]) -> int:
             failed.append(claim["name"])
             continue
         done.append((claim, result))
-        if result.get("training_failed"):
-            partial.append(claim["name"])
         print(f"{claim['name']}: {verdict_text(result)} ({result['seconds']:.0f} s; condition: {result['condition']})")
         for row in result["comparisons"]:
             print("  " + comparison_text(row, QUANTITIES[claim["quantity"]][1]))
+    partial = [claim["name"] for claim, result in done if result.get("training_failed")]
     page = collect(out, catalogue)
     if page:
         for path in write_page(*page, out, title="The lectures, tested: optbench on MNIST"):

@@ -1,11 +1,13 @@
 """The figure beside each verdict: the deciding quantity per seed, and the curve (or trials) it is read from."""
 
+import functools
+import itertools
 import textwrap
 from typing import Any
 
 import numpy as np
 
-from optbench.lectures.measures import QUANTITIES, batch_size, evaluations, layer_series
+from optbench.lectures.measures import QUANTITIES, batch_size, evaluations, layer_series, summed_over_layers
 from optbench.lectures.running import chosen_trials
 from optbench.lectures.verdicts import verdict_text
 from optbench.results import rundir
@@ -26,12 +28,11 @@ def figure(claim: dict, result: dict, runs: list[dict]):
     zoomed = bool(claim.get("target")) and "search" not in claim
     fig, axes = plt.subplots(1, 2 + zoomed, figsize=(16 if zoomed else 12, 5.2),
                              gridspec_kw={"width_ratios": [1, 1.4, 1][: 2 + zoomed]})
-    left, right = axes[:2]
-    _values_panel(left, claim, result, label, colours)
+    _values_panel(axes[0], claim, result, label, colours)
     if "search" in claim:
-        _trials_panel(right, claim, runs, colours)
+        _trials_panel(axes[1], claim, runs, colours)
     else:
-        _curves_panel(right, claim, runs, colours, split, metric, x, log_y)
+        _curves_panel(axes[1], claim, runs, colours, split, metric, x, log_y)
     if zoomed:
         _curves_panel(axes[2], claim, runs, colours, split, metric, x, log_y)
         _zoom_to_rings(axes[2], metric == "acc" and 1 - claim["target"] or claim["target"])
@@ -48,22 +49,18 @@ def _values_panel(left, claim: dict, result: dict, label: str, colours):
         left.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values,
                      color=colours[i % len(colours)], alpha=0.5, s=18, zorder=2)
         if np.isfinite(g["mean"]):
-            low, high = g["low"], g["high"]
-            err = [[g["mean"] - low], [high - g["mean"]]] if np.isfinite(low) else None
+            err = [[g["mean"] - g["low"]], [g["high"] - g["mean"]]] if np.isfinite(g["low"]) else None
             left.errorbar([i + 0.3], [g["mean"]], yerr=err, fmt="o", color="black", capsize=5, zorder=3)
     left.set_xticks(range(len(result["groups"])), [g["group"] for g in result["groups"]])
     left.set_xlim(-0.5, len(result["groups"]) - 0.3)
-    if claim.get("target"):
-        label += f" {claim['target']:g}"
-    left.set_ylabel("\n".join(textwrap.wrap(label, 38)))
+    left.set_ylabel("\n".join(textwrap.wrap(label + (f" {claim['target']:g}" if claim.get("target") else ""), 38)))
     left.set_title(f"per seed (dots), mean and {100 * result['level']:g}% interval (black)", fontsize=10)
     left.grid(alpha=0.3)
 
 
 def _zoom_to_rings(ax, level: float):
     """The view around the rings (where each seed is read) and the target `level`, as the curves are drawn."""
-    rings = [c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets") and len(c.get_offsets())
-             and not c.get_facecolor().any()]
+    rings = [c.get_offsets() for c in ax.collections if len(c.get_offsets()) and not c.get_facecolor().any()]
     points = np.vstack(rings) if rings else np.empty((0, 2))
     points = points[np.isfinite(points).all(axis=1)]
     if not len(points):
@@ -113,8 +110,7 @@ def _curves_panel(right, claim: dict, runs: list[dict], colours, split: str, met
 
     error = metric == "acc"
     read_at = READ_AT.get(claim["quantity"], READ_LAST)
-    for i, group in enumerate(claim["groups"]):
-        colour = colours[i % len(colours)]
+    for group, colour in zip(claim["groups"], itertools.cycle(colours)):
         mine = [r for r in runs if r["group"] == group and r["status"] != "failed"]
         diverged = sum(r["status"] == "diverged" for r in mine)
         curves = {}
@@ -181,31 +177,26 @@ def _trials_panel(right, claim: dict, runs: list[dict], colours):
 
     key = next(iter(claim["search"]["space"]))
     chosen = {r["dir"] for r in chosen_trials(claim, [r for r in runs if r["status"] in rundir.FINISHED]).values() if r}
-    for i, group in enumerate(claim["groups"]):
+    for group, colour in zip(claim["groups"], itertools.cycle(colours)):
         mine = [r for r in runs if r["group"] == group and r["status"] != "failed"]
         xs = [_dotted(r["config"], key) for r in mine]
         ys = [r["summary"].get("best_val_acc", np.nan) for r in mine]
         searches = len({r["seed"] for r in mine})
-        right.scatter(xs, ys, color=colours[i % len(colours)], alpha=0.45, s=16,
+        right.scatter(xs, ys, color=colour, alpha=0.45, s=16,
                       label=f"{group} ({searches} searches of {len(mine) // max(searches, 1)} trials)")
         ring = [(x, y) for r, x, y in zip(mine, xs, ys) if r["dir"] in chosen]
         if ring:
-            right.scatter(*zip(*ring), facecolors="none", edgecolors=colours[i % len(colours)], s=90, lw=1.5)
+            right.scatter(*zip(*ring), facecolors="none", edgecolors=colour, s=90, lw=1.5)
     if getattr(parse_space({key: claim["search"]["space"][key]})[key], "log", False):
         right.set_xscale("log")
-    right.set_ylim(0, 1)
-    right.set_xlabel(key)
-    right.set_ylabel("best validation accuracy of the trial")
+    right.set(ylim=(0, 1), xlabel=key, ylabel="best validation accuracy of the trial")
     right.set_title("each dot one trial, ringed: the trial each search chose", fontsize=10)
     right.legend(title="group", loc="lower left")
     right.grid(alpha=0.3)
 
 
-def _dotted(config: dict, key: str):
-    value: Any = config
-    for part in key.split("."):
-        value = (value or {}).get(part)
-    return value
+def _dotted(config: Any, key: str):
+    return functools.reduce(lambda value, part: (value or {}).get(part), key.split("."), config)
 
 
 def _curve(run, split: str, metric: str, x: str):
@@ -213,11 +204,7 @@ def _curve(run, split: str, metric: str, x: str):
     if x == "layer":
         values = layer_series(metrics, metric)
         return np.arange(1, len(values) + 1), values
-    if split == "diag":
-        rows = metrics[(metrics.split == "diag") & metrics.metric.str.startswith(metric + "/") & (metrics.step > 0)]
-        series = rows.groupby("step")["value"].sum()
-    else:
-        series = evaluations(metrics, split, metric)
+    series = summed_over_layers(metrics, metric) if split == "diag" else evaluations(metrics, split, metric)
     steps = series.index.to_numpy(float)
     if x == "epoch":
         steps = steps / run["summary"]["steps_per_epoch"]

@@ -10,6 +10,8 @@ import numpy as np
 
 from optbench.results import rundir
 
+WAY_OUT = "move the run directory away, or delete it to train the run again"  # a damaged file's remedy
+
 
 def evaluations(metrics, split: str, metric: str):
     rows = metrics[(metrics.split == split) & (metrics.metric == metric)]
@@ -62,6 +64,12 @@ def loss_rise(run, claim) -> float:
     return float(np.clip(np.diff(np.log(loss)), 0, None).sum()) if len(loss) > 1 else np.nan
 
 
+def summed_over_layers(metrics, prefix: str):
+    """Per step after step 0, the diagnostic `prefix`/<layer> summed over the layers."""
+    rows = metrics[(metrics.split == "diag") & metrics.metric.str.startswith(prefix + "/") & (metrics.step > 0)]
+    return rows.groupby("step")["value"].sum()
+
+
 def layer_series(metrics, prefix: str, step: int = 0) -> np.ndarray:
     """Per hidden layer, in order, the diagnostic `prefix`/fc<i> at `step` (0: the initial weights)."""
     rows = metrics[(metrics.split == "diag") & metrics.metric.str.startswith(prefix + "/") & (metrics.step == step)]
@@ -85,9 +93,7 @@ def saturated_at_init(run, claim) -> float:
 def update_shrink(run, claim) -> float:
     """Size of the last step's update at the last evaluation over that at the first one after step 0,
     summed over layers: 1 when the step size holds, near 0 when the learning rate vanishes."""
-    rows = run["metrics"][(run["metrics"].split == "diag") & run["metrics"].metric.str.startswith("update_size/")]
-    per_step = rows.groupby("step")["value"].sum()
-    per_step = per_step[per_step.index > 0]
+    per_step = summed_over_layers(run["metrics"], "update_size")
     return float(per_step.iloc[-1] / per_step.iloc[0]) if len(per_step) > 1 and per_step.iloc[0] > 0 else np.nan
 
 
@@ -102,10 +108,9 @@ def distinct_units(run, claim) -> float:
     import torch
 
     path = Path(run["dir"]) / rundir.CHECKPOINT
-    state = rundir.read_tensors(path, "move the run directory away, or delete it to train the run again")
+    state = rundir.read_tensors(path, WAY_OUT)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise rundir.DamagedFile(path, "holds no model weights", "move the run directory away, or delete it "
-                                 "to train the run again")
+        raise rundir.DamagedFile(path, "holds no model weights", WAY_OUT)
     state = state["model"]
     weight = next(v for k, v in state.items() if k.endswith("weight") and v.ndim == 2)
     bias = next(v for k, v in state.items() if k.endswith("bias"))

@@ -23,13 +23,15 @@ def _label(claim: dict) -> str:
 
 def experiment_lines(claim: dict, result: dict) -> list[str]:
     """The experiment in two lines: what is trained and what decides; the condition it holds under."""
-    groups = ", ".join(claim["groups"])
     seeds = max((g["n"] for g in result["groups"]), default=None)
     combine = {"all": " (all must hold)", "any": " (one suffices, Holm-corrected)"}[claim["combine"]]
-    return [f"Trains {groups} on MNIST" + (f", {seeds} seeds each" if seeds else "") + f"; decided on the "
-            f"{_label(claim)}; predicted: " + ", ".join(f"{a} {op} {b}" for a, op, b in claim["predict"])
-            + (combine if len(claim["predict"]) > 1 else "") + ".",
-            f"Condition: {result['condition']}."]
+    return [f"Trains {', '.join(claim['groups'])} on MNIST" + (f", {seeds} seeds each" if seeds else "")
+            + f"; decided on the {_label(claim)}; predicted: " + _predictions(claim)
+            + (combine if len(claim["predict"]) > 1 else "") + ".", f"Condition: {result['condition']}."]
+
+
+def _predictions(claim: dict) -> str:
+    return ", ".join(f"{a} {op} {b}" for a, op, b in claim["predict"])
 
 
 def markdown_section(claim: dict, result: dict) -> str:
@@ -64,6 +66,11 @@ def handout(claim: dict, result: dict) -> str:
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
+def _differences(comparisons: list[dict]) -> str:
+    return "; ".join(f"{number(r['difference'], True)} [{number(r['low'], True)}, {number(r['high'], True)}]"
+                     for r in comparisons)
+
+
 def _took(result: dict) -> str:
     load = result.get("load")
     return f"{result['seconds']:.0f} s" + (
@@ -72,18 +79,10 @@ def _took(result: dict) -> str:
 
 def summary_rows(claims: list[dict], results: list[dict]) -> list[dict]:
     """One row per claim for the summary table: claim, lecture, verdict, the deciding difference and interval."""
-    rows = []
-    for claim, result in zip(claims, results):
-        c = result["comparisons"]
-        rows.append({
-            "claim": claim["name"], "lecture": claim["lecture"][:3],
-            "prediction": ", ".join(f"{a} {op} {b}" for a, op, b in claim["predict"]),
-            "quantity": claim["quantity"],
-            "difference [interval]": "; ".join(f"{number(r['difference'], True)} [{number(r['low'], True)}, "
-                                               f"{number(r['high'], True)}]" for r in c) or "-",
-            "verdict": verdict_text(result), "scale": result["scale"], "seconds": round(result["seconds"]),
-        })
-    return rows
+    return [{"claim": claim["name"], "lecture": claim["lecture"][:3], "prediction": _predictions(claim),
+             "quantity": claim["quantity"], "difference [interval]": _differences(result["comparisons"]) or "-",
+             "verdict": verdict_text(result), "scale": result["scale"], "seconds": round(result["seconds"])}
+            for claim, result in zip(claims, results)]
 
 
 def write_page(claims: list[dict], results: list[dict], out: Path, title: str) -> list[Path]:
@@ -141,9 +140,8 @@ def _markdown_table(table) -> str:
 def scales_table(folders: list[Path], catalogue: Path = CATALOGUE) -> str:
     """Markdown: one row per claim of the catalogue, for each folder (one per scale) its verdict, difference and
     interval and time, and whether the verdict changes between them: a change is itself a lesson."""
-    found = [{name: json.loads(p.read_text()) for name in names(catalogue) if (p := Path(f) / name / "verdict.json")
-              .is_file()} for f in folders]
-    heads = [next((r.get("scale", "default") for r in results.values()), Path(f).name) + f" ({Path(f).name})"
+    found = [_verdicts(Path(f), catalogue) for f in folders]
+    heads = [next((r["scale"] for r in results.values()), Path(f).name) + f" ({Path(f).name})"
              for f, results in zip(folders, found)]
     lines = ["| claim | " + " | ".join(f"{h}: verdict | difference [interval] | time" for h in heads) + " | changes |",
              "|---|" + "---|---|---|" * len(folders) + "---|"]
@@ -155,9 +153,7 @@ def scales_table(folders: list[Path], catalogue: Path = CATALOGUE) -> str:
                 cells += ["not run", "", ""]
                 continue
             verdicts.append(result["verdict"])
-            cells += [verdict_text(result), "; ".join(f"{number(r['difference'], True)} [{number(r['low'], True)}, "
-                                                       f"{number(r['high'], True)}]" for r in result["comparisons"]),
-                      f"{result.get('seconds', 0):.0f} s"]
+            cells += [verdict_text(result), _differences(result["comparisons"]), f"{result.get('seconds', 0):.0f} s"]
         changes = " -> ".join(verdicts) if len(set(verdicts)) > 1 else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {changes} |")
     return "\n".join(lines) + "\n"
@@ -166,13 +162,12 @@ def scales_table(folders: list[Path], catalogue: Path = CATALOGUE) -> str:
 def collect(out: Path, catalogue: Path = CATALOGUE) -> tuple[list[dict], list[dict]] | None:
     """(claims, results) of every claim with a verdict.json below `out`, in catalogue order: the page covers
     every claim run into this folder so far, not only those of the last command."""
-    claims: list[dict] = []
-    results: list[dict] = []
-    for name in names(catalogue):
-        path = out / name / "verdict.json"
-        if path.is_file():
-            result = json.loads(path.read_text())
-            result.setdefault("condition", ""), result.setdefault("scale", "default")  # written before they were kept
-            claims.append(load(name, catalogue))
-            results.append(result)
-    return (claims, results) if claims else None
+    found = _verdicts(out, catalogue)
+    return ([load(name, catalogue) for name in found], list(found.values())) if found else None
+
+
+def _verdicts(folder: Path, catalogue: Path) -> dict:
+    """claim -> its verdict.json in `folder`, for every claim of the catalogue that has one, in catalogue order."""
+    # condition and scale default for the verdicts written before they were kept
+    return {name: {"condition": "", "scale": "default", **json.loads(path.read_text())} for name in names(catalogue)
+            if (path := folder / name / "verdict.json").is_file()}

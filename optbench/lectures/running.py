@@ -1,6 +1,7 @@
 """Training a claim's groups (one `optbench train -m` per multirun, one `optbench search` per search seed) and
 reading its runs back, grouped and measured."""
 
+import itertools
 import logging
 import subprocess
 import sys
@@ -14,17 +15,14 @@ import yaml
 
 from optbench.errors import UserError
 from optbench.lectures.catalogue import experiment, override_key
-from optbench.lectures.measures import QUANTITIES
+from optbench.lectures.measures import QUANTITIES, WAY_OUT
 from optbench.results import rundir
 
 
 def multiruns(groups: dict) -> list[tuple[str, list[str]]]:
-    """(folder below runs/, overrides) of each `optbench train -m` the groups need.
-
-    Groups that differ in one key only train as one multirun sweeping it
-    (`optimizer=sgd,momentum`): one process, and the launcher vectorizes
-    across groups as well as seeds where it can. Otherwise one per group.
-    """
+    """(folder below runs/, overrides) of each `optbench train -m` the groups need. Groups that differ in one key
+    only train as one multirun sweeping it (`optimizer=sgd,momentum`): one process, and the launcher vectorizes
+    across groups as well as seeds where it can. Otherwise one per group."""
     lists = list(groups.values())
     shared = [line for line in lists[0] if all(line in other for other in lists[1:])]
     rest = [[line for line in lines if line not in shared] for lines in lists]
@@ -35,11 +33,11 @@ def multiruns(groups: dict) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-def train(claim: dict, out: Path, scale: str = "default", extra=(), log=print) -> bool:
+def train(claim: dict, out: Path, scale: str = "default", extra=()) -> bool:
     """Train every group of `claim` below out/<claim>/runs/; False when a multirun (or a search) failed."""
     groups, seeds = experiment(claim, scale, extra)
     if "search" in claim:
-        return all(_search(claim, out, scale, extra, group, spec, seed, log)
+        return all(_search(claim, out, scale, extra, group, spec, seed)
                    for group, spec in groups.items() for seed in seeds)
     ok = True
     for folder, overrides in multiruns(groups):
@@ -50,11 +48,11 @@ def train(claim: dict, out: Path, scale: str = "default", extra=(), log=print) -
         def multirun(stream, command=command):
             return subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode
 
-        ok &= _logged(" ".join(command), multirun, sweep_dir, f"{claim['name']}/{folder}: {len(seeds)} seeds", log)
+        ok &= _logged(" ".join(command), multirun, sweep_dir, f"{claim['name']}/{folder}: {len(seeds)} seeds")
     return ok
 
 
-def _logged(command: str, run, folder: Path, what: str, log) -> bool:
+def _logged(command: str, run, folder: Path, what: str) -> bool:
     """run(stream) -> exit code, with `command` and then its output in folder/lectures.log; one line saying how
     long it took or that it failed."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,8 +61,8 @@ def _logged(command: str, run, folder: Path, what: str, log) -> bool:
         stream.write(command + "\n")
         stream.flush()
         code = run(stream)
-    log(f"  {what} in {time.perf_counter() - started:.1f} s"
-        + ("" if code == 0 else f", FAILED (exit {code}; see {folder / 'lectures.log'})"))
+    print(f"  {what} in {time.perf_counter() - started:.1f} s"
+          + ("" if code == 0 else f", FAILED (exit {code}; see {folder / 'lectures.log'})"))
     return code == 0
 
 
@@ -75,7 +73,7 @@ def search_dir(claim: dict, out: Path, scale: str, extra, group: str, seed: int)
     return out / claim["name"] / "runs" / rundir.folder_name(",".join([group, *tags])) / f"seed={seed}"
 
 
-def _search(claim: dict, out: Path, scale: str, extra, group: str, spec: dict, seed: int, log) -> bool:
+def _search(claim: dict, out: Path, scale: str, extra, group: str, spec: dict, seed: int) -> bool:
     """One whole `optbench search` of `group` as repeat `seed` (the training seed and the sampler's seed), in
     this process: a search composes each trial as the command line would, and a fresh interpreter per search
     cost 8 s of imports, more than its 16 short trials."""
@@ -99,7 +97,7 @@ def _search(claim: dict, out: Path, scale: str, extra, group: str, spec: dict, s
                 return 1
 
     return _logged(" ".join(["optbench", "search", *args]), in_process, folder,
-                   f"{claim['name']}/{group} seed {seed}: {spec.get('trials')} trials", log)
+                   f"{claim['name']}/{group} seed {seed}: {spec.get('trials')} trials")
 
 
 @contextmanager
@@ -140,50 +138,45 @@ def load_claim_runs(claim: dict, out: Path, scale: str = "default", extra=(),
     searches' trials, each with the seed of its search and its trial number. A run with a damaged file is
     left out, one warning naming the file, and its message appended to `damaged`."""
     groups, seeds = experiment(claim, scale, extra)
-    damaged = [] if damaged is None else damaged
     runs = []
     if "search" in claim:
-        for group in groups:
-            for seed in seeds:
-                for run_dir in _run_dirs(search_dir(claim, out, scale, extra, group, seed) / "search" / "runs"):
-                    run = _unless_damaged(read_run, run_dir, damaged)
-                    if run is not None:
-                        runs.append({**run, "group": group, "seed": seed, "trial": int(run_dir.name.split("_", 1)[0])})
+        for group, seed in itertools.product(groups, seeds):
+            for run_dir in _run_dirs(search_dir(claim, out, scale, extra, group, seed) / "search" / "runs"):
+                run = _unless_damaged(damaged, read_run, run_dir)
+                if run is not None:
+                    runs.append({**run, "group": group, "seed": seed, "trial": int(run_dir.name.split("_", 1)[0])})
         return runs
     for run_dir in _run_dirs(out / claim["name"] / "runs"):
-        group = _unless_damaged(lambda d: group_of(_overrides(d), groups), run_dir, damaged)
-        run = _unless_damaged(read_run, run_dir, damaged) if group is not None else None
+        group = _unless_damaged(damaged, lambda d: group_of(_overrides(d), groups), run_dir)
+        run = _unless_damaged(damaged, read_run, run_dir) if group is not None else None
         if run is not None:
             runs.append({**run, "group": group, "seed": run["config"].get("seed")})
     return runs
 
 
-def _unless_damaged(read, run_dir: Path, damaged: list):
-    """read(run_dir), or None with a one-line warning when a file of the run is damaged."""
+def _unless_damaged(damaged: list | None, read, *args):
+    """read(*args), or None with a one-line warning (its message appended to `damaged`) when a file of a run is
+    damaged."""
     try:
-        return read(run_dir)
+        return read(*args)
     except rundir.DamagedFile as e:
-        warn_damaged(e, damaged)
+        if damaged is not None:
+            damaged.append(str(e))
+        print(f"optbench: warning: skipped a damaged run: {e}", file=sys.stderr)
         return None
-
-
-def warn_damaged(error: rundir.DamagedFile, damaged: list) -> None:
-    damaged.append(str(error))
-    print(f"optbench: warning: skipped a damaged run: {error}", file=sys.stderr)
 
 
 def _overrides(run_dir: Path) -> list[str]:
     """The overrides Hydra saved for the run ([] when there is no such file)."""
     path = run_dir / ".hydra" / "overrides.yaml"
-    way_out = "move the run directory away, or delete it to train the run again"
     try:
         lines = yaml.safe_load(path.read_bytes())
     except FileNotFoundError:
         return []
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise rundir.DamagedFile(path, f"cannot be read ({type(e).__name__})", way_out) from None
+        raise rundir.DamagedFile(path, f"cannot be read ({type(e).__name__})", WAY_OUT) from None
     if lines is not None and not (isinstance(lines, list) and all(isinstance(x, str) for x in lines)):
-        raise rundir.DamagedFile(path, "is not a list of overrides", way_out)
+        raise rundir.DamagedFile(path, "is not a list of overrides", WAY_OUT)
     return lines or []
 
 
@@ -211,24 +204,14 @@ def measure(claim: dict, runs: list[dict], damaged: list | None = None) -> dict:
     import pandas as pd
 
     function = QUANTITIES[claim["quantity"]][0]
-    damaged = [] if damaged is None else damaged
-
-    def value(run):
-        try:
-            return function(run, claim)
-        except rundir.DamagedFile as e:
-            warn_damaged(e, damaged)
-            return None
-
     values = {}
     for group in claim["groups"]:
         mine = [r for r in runs if r["group"] == group and r["status"] in rundir.FINISHED]
-        if "search" in claim:
-            chosen = chosen_trials(claim, mine)
-            seeds = sorted(seed for _, seed in chosen)
-            found = {s: np.nan if chosen[group, s] is None else value(chosen[group, s]) for s in seeds}
+        if "search" in claim:  # chosen_trials is in seed order; an unfinished search is NaN
+            found = {seed: np.nan if trial is None else _unless_damaged(damaged, function, trial, claim)
+                     for (_, seed), trial in chosen_trials(claim, mine).items()}
         else:
-            found = {r["seed"]: value(r) for r in mine}
+            found = {r["seed"]: _unless_damaged(damaged, function, r, claim) for r in mine}
         found = {s: v for s, v in found.items() if v is not None}
         values[group] = pd.Series(list(found.values()), index=list(found), dtype=float)
     return values

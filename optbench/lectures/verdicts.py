@@ -12,13 +12,12 @@ SUPPORTED, CONTRADICTED, UNRESOLVED, UNTESTABLE = ("supported", "contradicted", 
 
 
 def judge(claim: dict, values: dict, level: float | None = None) -> dict:
-    """Per group: mean and t-interval; per prediction: the paired comparison, its outcome and the
-    smallest effect it could have resolved; the verdict.
+    """Per group: mean and t-interval; per prediction: the paired comparison, its outcome and the smallest effect
+    it could have resolved; the verdict.
 
-    combine 'all': supported when every prediction is resolved as predicted, contradicted when any is
-    resolved the other way. 'any' (Holm-corrected over the predictions): supported when one is resolved as
-    predicted, contradicted when all are resolved the other way. Otherwise not resolved.
-    """
+    combine 'all': supported when every prediction is resolved as predicted, contradicted when any is resolved the
+    other way. 'any' (Holm-corrected over the predictions): supported when one is resolved as predicted,
+    contradicted when all are resolved the other way. Otherwise not resolved."""
     from optbench.results import stats
 
     level = stats.LEVEL if level is None else level
@@ -44,15 +43,12 @@ def judge(claim: dict, values: dict, level: float | None = None) -> dict:
             row["interval_level"] = float(1 - alpha)
         row["outcome"] = (UNRESOLVED if not resolved or row["difference"] == 0 else
                           SUPPORTED if sign * row["difference"] > 0 else CONTRADICTED)
-        row["smallest_effect"] = smallest_effect(values[a], values[b], 1 - (1 - level) / m, row["paired"],
-                                                 row["test"])
+        row["smallest_effect"] = smallest_effect(values[a], values[b], 1 - (1 - level) / m, row["paired"], row["test"])
     outcomes = [r["outcome"] for r in rows]
-    if claim["combine"] == "all":
-        verdict = (SUPPORTED if all(o == SUPPORTED for o in outcomes) else
-                   CONTRADICTED if CONTRADICTED in outcomes else UNRESOLVED)
-    else:
-        verdict = (SUPPORTED if SUPPORTED in outcomes else
-                   CONTRADICTED if all(o == CONTRADICTED for o in outcomes) else UNRESOLVED)
+    # the rules above: 'any' swaps the quantifiers of 'all'
+    to_support, to_contradict = (all, any) if claim["combine"] == "all" else (any, all)
+    verdict = (SUPPORTED if to_support(o == SUPPORTED for o in outcomes) else
+               CONTRADICTED if to_contradict(o == CONTRADICTED for o in outcomes) else UNRESOLVED)
     needed = [r["seeds_needed"] for r in rows if r["outcome"] == UNRESOLVED]
     return {"groups": groups, "comparisons": rows, "verdict": verdict, "level": level,
             "seeds_needed": max(needed) if needed else None}
@@ -66,8 +62,7 @@ def smallest_effect(a, b, level: float, paired: bool, test: str = "") -> float:
         smallest = t_{(1+level)/2, n-1} * sd(d) / sqrt(n),  sd with n - 1 in the denominator.
     Unpaired: smallest = t_{(1+level)/2, df} * sqrt(s_a^2/n_a + s_b^2/n_b), df by Welch-Satterthwaite.
     A true difference below it leaves 0 inside the interval. inf where nothing can be resolved: fewer than 2
-    values a side, or a sign-flip test over n seeds whose smallest p, 2 / 2^n, is above 1 - level.
-    """
+    values a side, or a sign-flip test over n seeds whose smallest p, 2 / 2^n, is above 1 - level."""
     import pandas as pd
     from scipy import stats as scipy_stats
 
