@@ -80,3 +80,15 @@ def test_an_unfinished_search_gives_no_value():
     assert lectures.chosen_trial(trials, spec) is None  # 2 of 3 trials: the search has not chosen yet
     diverged = {"trial": 2, "status": "diverged", "summary": {"best_val_acc": 0.95}}
     assert lectures.chosen_trial([*trials, diverged], spec)["trial"] == 1  # a diverged trial counts, is not chosen
+
+
+def test_a_failed_search_does_not_keep_the_claims_other_searches_from_running(monkeypatch, tmp_path):
+    import yaml
+
+    from optbench.lectures import running
+
+    ran = []
+    monkeypatch.setattr(running, "_search", lambda claim, out, scale, extra, group, spec, seed:
+                        ran.append((group, seed)) or group != "grid")  # every grid search fails
+    assert running.train({"name": "tiny_search", **yaml.safe_load(TINY_SEARCH)}, tmp_path) is False
+    assert sorted(ran) == [("grid", 0), ("grid", 1), ("random", 0), ("random", 1)]

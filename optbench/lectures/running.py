@@ -37,8 +37,9 @@ def train(claim: dict, out: Path, scale: str = "default", extra=()) -> bool:
     """Train every group of `claim` below out/<claim>/runs/; False when a multirun (or a search) failed."""
     groups, seeds = experiment(claim, scale, extra)
     if "search" in claim:
-        return all(_search(claim, out, scale, extra, group, spec, seed)
-                   for group, spec in groups.items() for seed in seeds)
+        # a list, not a generator: one failed search must not keep the others from running
+        return all([_search(claim, out, scale, extra, group, spec, seed)
+                    for group, spec in groups.items() for seed in seeds])
     ok = True
     for folder, overrides in multiruns(groups):
         sweep_dir = out / claim["name"] / "runs" / folder
