@@ -1,14 +1,18 @@
 """Golden outputs: what a single run, a vectorized pass and a sweep's ranking wrote before the code was moved.
 
-Recorded once with `OPTBENCH_RECORD_GOLDEN=1 pytest tests/test_golden.py` (the files in tests/golden/); every
-later run of the same commands must write the same numbers: bit for bit on the CPU they were recorded on, within
-float rounding elsewhere (another CPU's kernels sum in another order). Timing and provenance fields are left out;
-a field the recording lacks (added since) is allowed, a recorded one that changed or went missing is not.
+Recorded with `OPTBENCH_RECORD_GOLDEN=1 pytest tests/test_golden.py` by the code of commit cea0a57, once per CPU
+(tests/golden/<cpu>/, its machine.txt says which); every later run of the same commands must write the same numbers,
+bit for bit on a CPU with a recording. Another CPU's kernels sum in another order, and over 60 steps that moves the
+numbers by up to 1% (gradient norms) and a dead fraction by 1 unit in 256, measured between the AMD EPYC and the Intel
+Xeon recordings: a CPU with no recording is held to the first one within that spread (CROSS_CPU). Timing and
+provenance fields are left out; a field the recording lacks (added since) is allowed, a recorded one that changed or
+went missing is not.
 """
 
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +41,9 @@ COMMANDS = {
 # what depends on the clock, the machine or the software's version, not on the computation
 UNCOMPARED = {"wall_time", "train_time", "seconds_per_epoch", "started_at", "finished_at", "versions", "host",
               "git_commit", "torch_threads", "device_name", "pass_train_time", "tf32_matmul", "cudnn_benchmark"}
+# twice the largest difference between the two recorded CPUs (relative 0.9% on a gradient norm, 0.004 absolute on a
+# dead fraction or a loss near zero): a changed schedule, rate or initialisation moves the numbers far more
+CROSS_CPU = {"rtol": 0.02, "atol": 0.008}
 RANKED = ["optimizer.name", "runs", "best_val_acc", "best_val_acc_std", "test_acc", "final_train_loss"]
 
 
@@ -44,6 +51,13 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return f"{cpu} | torch {torch.__version__}"
+
+
+def recording() -> tuple[Path, bool]:
+    """This CPU's recording and True (compared bit for bit), or the first recording and False (within CROSS_CPU)."""
+    folders = sorted(p.parent for p in GOLDEN.glob("*/machine.txt"))
+    mine = [f for f in folders if (f / "machine.txt").read_text().strip() == machine()]
+    return (mine[0], True) if mine else (folders[0], False)
 
 
 @pytest.fixture(scope="module")
@@ -91,36 +105,36 @@ def same(want, have, exact: bool) -> bool:
     if isinstance(want, list):
         return isinstance(have, list) and len(want) == len(have) and all(map(same, want, have, [exact] * len(want)))
     if isinstance(want, float) and isinstance(have, (int, float)) and not exact:
-        return have == pytest.approx(want, rel=1e-4, abs=1e-6, nan_ok=True)
+        return have == pytest.approx(want, rel=CROSS_CPU["rtol"], abs=CROSS_CPU["atol"], nan_ok=True)
     return want == have or (want != want and have != have)  # NaN == NaN here
 
 
 def record(trained: Path) -> None:
-    GOLDEN.mkdir(exist_ok=True)
+    folder = GOLDEN / re.sub(r"[^a-z0-9]+", "-", machine().split(" | ")[0].lower()).strip("-")
     for name in COMMANDS:
         for rel, run in runs_of(trained / name).items():
-            target = GOLDEN / name / rel
+            target = folder / name / rel
             target.mkdir(parents=True, exist_ok=True)
             metrics_of(run).to_csv(target / "metrics.csv", index=False)
             (target / "summary.json").write_text(json.dumps(comparable(json.loads((run / "summary.json").read_text())),
                                                             indent=1, sort_keys=True) + "\n")
-    pd.read_csv(trained / "sweep" / "ranking.csv")[RANKED].to_csv(GOLDEN / "ranking.csv", index=False)
-    (GOLDEN / "machine.txt").write_text(machine() + "\n")
+    pd.read_csv(trained / "sweep" / "ranking.csv")[RANKED].to_csv(folder / "ranking.csv", index=False)
+    (folder / "machine.txt").write_text(machine() + "\n")
 
 
 @pytest.mark.fast
 def test_golden_files_are_there():
-    assert (GOLDEN / "machine.txt").is_file() or RECORD
-    assert len(list(GOLDEN.rglob("summary.json"))) == 1 + 4 + 6 or RECORD
+    folders = [p.parent for p in GOLDEN.glob("*/machine.txt")]
+    assert len(folders) >= 2 or RECORD  # the AMD EPYC and the Intel Xeon ones
+    assert all(len(list(f.rglob("summary.json"))) == 1 + 4 + 6 for f in folders)
 
 
 def test_runs_write_the_recorded_metrics_and_summaries(trained):
     if RECORD:
         record(trained)
-    exact = (GOLDEN / "machine.txt").read_text().strip() == machine()
-    tolerance = {} if exact else {"rtol": 1e-4, "atol": 1e-6}
+    golden_dir, exact = recording()
     for name in COMMANDS:
-        recorded = runs_of(GOLDEN / name)
+        recorded = runs_of(golden_dir / name)
         now = runs_of(trained / name)
         assert sorted(now) == sorted(recorded), name
         for rel, golden in recorded.items():
@@ -129,14 +143,14 @@ def test_runs_write_the_recorded_metrics_and_summaries(trained):
             pd.testing.assert_frame_equal(got[["step", "epoch", "split", "metric"]],
                                           expected[["step", "epoch", "split", "metric"]], obj=f"{name}/{rel} rows")
             pd.testing.assert_series_equal(got.value, expected.value, check_exact=exact, obj=f"{name}/{rel} values",
-                                           **tolerance)
+                                           **({} if exact else CROSS_CPU))
             want = json.loads((golden / "summary.json").read_text())
             have = comparable(json.loads((now[rel] / "summary.json").read_text()))
             assert same(want, have, exact), f"{name}/{rel}: {want} != {have}"
 
 
 def test_the_sweep_ranks_as_recorded(trained):
-    expected = pd.read_csv(GOLDEN / "ranking.csv")
+    golden_dir, exact = recording()
+    expected = pd.read_csv(golden_dir / "ranking.csv")
     got = pd.read_csv(trained / "sweep" / "ranking.csv")[RANKED]
-    exact = (GOLDEN / "machine.txt").read_text().strip() == machine()
-    pd.testing.assert_frame_equal(got, expected, check_exact=exact, **({} if exact else {"rtol": 1e-4}))
+    pd.testing.assert_frame_equal(got, expected, check_exact=exact, **({} if exact else CROSS_CPU))
