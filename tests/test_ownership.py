@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,6 +11,8 @@ import pandas as pd
 import pytest
 
 from optbench.results import rundir
+
+from conftest import optbench
 
 TINY = ("device=cpu", "model.hidden=[32]", "data.val_size=1000", "data.train_eval_size=500")
 
@@ -48,17 +51,41 @@ def test_four_runs_started_together_get_four_folders(mnist_root, tmp_path):
     assert sorted(seen) == sorted(optimizers)
 
 
+def held_by(sweep, pid) -> int:
+    """How many of the sweep's runs `pid` holds (a process.json is written whole before its run trains)."""
+    held = 0
+    for record in sweep.glob("*/process.json"):
+        try:
+            holder = json.loads(record.read_text())
+        except ValueError:  # being written
+            continue
+        held += holder.get("pid") == pid and not holder.get("released")
+    return held
+
+
 def test_the_same_sweep_started_twice_trains_each_run_once(mnist_root, tmp_path):
     sweep = tmp_path / "sweep"
-    args = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=300", "trainer.eval_every=100",
+    args = ("optimizer=sgd,adam", "seed=0,1", "trainer.max_steps=20", "trainer.eval_every=10",
             f"hydra.sweep.dir={sweep}")
     first = start(mnist_root, tmp_path, "-m", *args)
-    time.sleep(0.5)
-    second = start(mnist_root, tmp_path, "-m", *args)
-    outcomes = []
-    for proc in (first, second):
-        out, err = proc.communicate(timeout=600)
-        outcomes.append((proc.returncode, out, err))
+    # the second starts while the first trains, whatever the machine's load: the first, once its pass holds all
+    # four runs, is stopped (SIGSTOP) until the second has ended, so it cannot finish them first. The second is
+    # this process (another pid, as a second interpreter's would be), which has torch and Hydra loaded already
+    deadline = time.monotonic() + 300
+    while held_by(sweep, first.pid) < 4 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, "the first process ended before its pass held the sweep's four runs"
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        assert held_by(sweep, first.pid) == 4, "the first process never held the sweep's four runs"
+        second = optbench("train", "-m", f"data.root={mnist_root}", *TINY, *args)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    outcomes = [(second.returncode, second.stdout, second.stderr)]
+    out, err = first.communicate(timeout=300)
+    outcomes.insert(0, (first.returncode, out, err))
+    # the second met a run the first was training, and said so
+    assert f"is being trained by process {first.pid}" in outcomes[1][1] + outcomes[1][2], outcomes[1][2][-2000:]
     runs = sorted(p.parent for p in sweep.rglob("summary.json"))
     assert len(runs) == 4
     for run in runs:
@@ -73,8 +100,6 @@ def test_the_same_sweep_started_twice_trains_each_run_once(mnist_root, tmp_path)
 
 
 def test_a_live_holder_is_refused_in_one_line_and_a_dead_one_is_taken_over(mnist_root, tmp_path):
-    from conftest import optbench
-
     run = tmp_path / "run"
     run.mkdir()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
