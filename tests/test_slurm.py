@@ -7,9 +7,13 @@ without one would hang this process instead of timing out.
 """
 
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -103,36 +107,64 @@ def submitit_log(sweep_dir) -> str:
     return "".join(p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*_log.*")))
 
 
+def pending(pid: int, signum: int) -> bool:
+    """Whether `signum` was sent to the process and waits for it to run again: /proc's shared-pending mask."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("ShdPnd:"))
+    return bool(mask >> (signum - 1) & 1)
+
+
 def test_a_job_warned_before_its_time_limit_is_requeued_and_resumes_to_the_uninterrupted_metrics(
         slurm_cluster, mnist_root, tmp_path):
-    # ~3000 steps of a pass of two, a few seconds: the warning lands while it trains, after its first evaluation
-    args = ["train", "-m", f"data.root={mnist_root}", *TINY, "trainer.batch_size=20", "trainer.max_steps=3000",
-            "trainer.eval_every=500", "trainer.log_every=50", "seed=0,1"]
+    # 1000 steps of a pass of two: the warning lands while it trains, after its first evaluation (step 250)
+    args = ["train", "-m", f"data.root={mnist_root}", *TINY, "trainer.batch_size=20", "trainer.max_steps=1000",
+            "trainer.eval_every=250", "trainer.log_every=50", "seed=0,1"]
     whole, warned = tmp_path / "whole", tmp_path / "warned"
-    # the uninterrupted twin, in process: tests/test_executors.py holds in process and submitit's jobs to the same rows
-    out = optbench(*args, f"hydra.sweep.dir={whole}")
-    assert out.returncode == 0, out.stderr[-3000:]
     sent, ended = [], threading.Event()
 
     def warn_the_job_as_slurm_does():
-        """SLURM's --signal=USR2@90 before the time limit, sent now: once both runs have evaluated at step 500."""
-        while not ended.wait(0.05):
+        """SLURM's --signal=USR2@90 before the time limit, sent now: once both runs have evaluated at step 250.
+
+        The job's process is stopped (SIGSTOP) the moment that is seen and continued once the warning waits for it, so
+        the trip through slurmctld, slurmd and slurmstepd cannot let the pass train on to its end on a loaded machine.
+        """
+        while not ended.wait(0.02):
             runs = run_dirs(warned) if warned.is_dir() else []
-            if len(runs) == 2 and all(evaluated_at(run / "metrics.csv", 500) for run in runs):
-                job = submitit_job(runs[0])
-                done = subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, text=True, timeout=30)
-                sent.append((job, done.returncode, done.stderr))
+            if len(runs) == 2 and all(evaluated_at(run / "metrics.csv", 250) for run in runs):
+                pid = read(runs[0], "process.json")["pid"]  # the job's process, on this one node
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    job = submitit_job(runs[0])
+                    done = subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, text=True,
+                                          timeout=30)
+                    deadline = time.monotonic() + 30
+                    while done.returncode == 0 and not pending(pid, signal.SIGUSR2) and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    sent.append((job, done.returncode, done.stderr))
+                finally:
+                    os.kill(pid, signal.SIGCONT)
                 return
 
     warner = threading.Thread(target=warn_the_job_as_slurm_does)
     warner.start()
+    # run_cli's process, started first: the uninterrupted twin trains in process while the job starts and waits out
+    # its requeue (the credential's lifetime), time the machine would otherwise spend idle
+    sweep = subprocess.Popen([sys.executable, "-m", "optbench", *args, *ON_SLURM, f"hydra.sweep.dir={warned}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        out = run_cli(*args, *ON_SLURM, f"hydra.sweep.dir={warned}", timeout=TIMEOUT_S)
+        # the uninterrupted twin: tests/test_executors.py holds in process and submitit's jobs to the same rows
+        twin = optbench(*args, f"hydra.sweep.dir={whole}")
+        stdout, stderr = sweep.communicate(timeout=TIMEOUT_S)
     finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
         ended.set()
         warner.join()
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert sent, "the sweep ended before both runs had evaluated at step 500: no warning was sent"
+    assert twin.returncode == 0, twin.stderr[-3000:]
+    assert sweep.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert sent, "the sweep ended before both runs had evaluated at step 250: no warning was sent"
     (job, code, error), = sent
     assert code == 0, error
     log = submitit_log(warned)
