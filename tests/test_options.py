@@ -290,8 +290,17 @@ def first_step_update(root, tmp_path, *overrides):
     return step_series(metrics, "grad_norm")[0], update, summary
 
 
-def test_clip_by_norm_caps_the_update_and_records_the_pre_clip_norm(mnist_root, tmp_path):
-    free_norm, free_update, _ = first_step_update(mnist_root, tmp_path)
+@pytest.fixture(scope="module")
+def plain_step(mnist_root, tmp_path_factory):
+    """The unclipped, unpenalised step the clipping and L1 tests compare with: one run for the three of them.
+
+    (grad_norm, update / lr, summary, run dir); no test changes it."""
+    tmp = tmp_path_factory.mktemp("options")
+    return (*first_step_update(mnist_root, tmp), tmp / "plain")
+
+
+def test_clip_by_norm_caps_the_update_and_records_the_pre_clip_norm(plain_step, mnist_root, tmp_path):
+    free_norm, free_update, _, _ = plain_step
     assert free_update.norm().item() == pytest.approx(free_norm, rel=1e-4)  # no clipping: update = gradient
     clipped_norm, clipped_update, summary = first_step_update(mnist_root, tmp_path, "trainer.clip_grad_norm=0.05")
     assert free_norm > 0.05
@@ -302,8 +311,8 @@ def test_clip_by_norm_caps_the_update_and_records_the_pre_clip_norm(mnist_root, 
     assert summary["clipped_steps"] == 1
 
 
-def test_clip_by_value_clamps_every_entry(mnist_root, tmp_path):
-    _, free_update, _ = first_step_update(mnist_root, tmp_path)
+def test_clip_by_value_clamps_every_entry(plain_step, mnist_root, tmp_path):
+    _, free_update, _, _ = plain_step
     _, update, summary = first_step_update(mnist_root, tmp_path, "trainer.clip_grad_value=0.001")
     assert free_update.abs().max() > 0.001
     assert update.abs().max().item() == pytest.approx(0.001, rel=1e-3)
@@ -311,10 +320,10 @@ def test_clip_by_value_clamps_every_entry(mnist_root, tmp_path):
     assert summary["clipped_steps"] == 1
 
 
-def test_l1_penalty_adds_lambda_sign_w_to_the_weight_gradient(mnist_root, tmp_path):
-    _, free_update, _ = first_step_update(mnist_root, tmp_path)
+def test_l1_penalty_adds_lambda_sign_w_to_the_weight_gradient(plain_step, mnist_root, tmp_path):
+    _, free_update, _, plain = plain_step
     _, update, _ = first_step_update(mnist_root, tmp_path, "trainer.l1=0.01")
-    before = torch.load(tmp_path / "plain" / "init.pt", weights_only=True)
+    before = torch.load(plain / "init.pt", weights_only=True)
     # weights get -lr * l1 * sign(w) more; biases nothing
     expected = torch.cat([(0.01 * before[k].sign() if k.endswith("weight") else torch.zeros_like(before[k])).flatten()
                           for k in before])
