@@ -12,12 +12,14 @@ from conftest import optbench
 
 pytest.importorskip("optuna")
 
+# each run evaluated at its first and last step only (trainer.eval_every unset): an evaluation reads the whole
+# 10,000-image test split, and one every step (11 a run) was most of the claim's time
 TINY_SEARCH = """\
 # Random against grid search over the learning rate, 2 trials each: a tiny search claim
 quote: "better than grid method if hyper-parameter number is higher"
 lecture: 002_dec716290824bb7e.txt
-overrides: [diagnostics=off, optimizer=sgd, "model.hidden=[16]", trainer.max_steps=10, trainer.eval_every=1,
-            data.train_eval_size=500, data.val_size=1000, device=cpu, trainer.checkpoint_every=0]
+overrides: [diagnostics=off, optimizer=sgd, "model.hidden=[16]", trainer.max_steps=10, data.train_eval_size=500,
+            data.val_size=1000, device=cpu, trainer.checkpoint_every=0]
 search:
   space: {optimizer.lr: "log(0.01, 0.3)"}
   trials: 2
