@@ -1,6 +1,7 @@
 """`optbench lectures`: the catalogue against the lecture notes, verdicts from real multiruns, the page in Chromium."""
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -38,6 +39,14 @@ def test_the_catalogue_covers_the_lectures():
     assert {lectures.load(n)["lecture"][:3] for n in CLAIMS} >= {"000", "001", "003", "004"}
 
 
+@functools.cache
+def _composed(*overrides: str):
+    """compose(), once per override list in this worker: the two tests below compose the same groups at the
+    default scale and the full scale's first (a third of their compositions, each a whole Hydra compose); the
+    config files do not change during a session and neither test alters the config it gets."""
+    return compose(*overrides)
+
+
 @pytest.mark.parametrize("name", CLAIMS)
 def test_claim_loads_and_its_groups_compose(name):
     claim = lectures.load(name)
@@ -46,13 +55,13 @@ def test_claim_loads_and_its_groups_compose(name):
     groups, seeds = lectures.experiment(claim)
     assert len(seeds) >= 6  # below 6 paired seeds the sign-flip test can never resolve at 5%
     assert set(groups) == set(claim["groups"]) and len(groups) >= 2
-    configs = [_plain(compose(*overrides)) for overrides in lectures.compositions(claim).values()]
+    configs = [_plain(_composed(*overrides)) for overrides in lectures.compositions(claim).values()]
     # the groups differ in what the claim is about, not in nothing (a search claim's groups: in how they search)
     differ = groups.values() if "search" in claim else configs
     assert len({yaml.safe_dump(c) for c in differ}) == len(configs)
     full, full_seeds = lectures.experiment(claim, "full")
     assert len(full_seeds) >= len(seeds)
-    compose(*next(iter(lectures.compositions(claim, "full").values())))  # the full scale composes too
+    _composed(*next(iter(lectures.compositions(claim, "full").values())))  # the full scale composes too
 
 
 # quantities read from the network at initialisation: their figure is per layer, not a learning curve
@@ -72,7 +81,7 @@ def test_every_run_has_a_curve_at_every_scale(name):
         if lectures.untestable(claim, scale):
             continue
         for group, overrides in lectures.compositions(claim, scale).items():
-            cfg = compose(*overrides)
+            cfg = _composed(*overrides)
             lengths = run_lengths(cfg, 60000 - cfg.data.val_size)
             total, every = lengths.total_steps, lengths.eval_every
             evaluations = total // every + (total % every > 0)
