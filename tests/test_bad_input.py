@@ -184,8 +184,11 @@ def _limit_file_size():
 
 def test_a_full_disk_fails_the_run_in_one_line_and_keeps_the_rows_written(mnist_root, tmp_path):
     out = subprocess.run(
+        # step 0's evaluation on 1000 validation and 500 training images, not 10,000 and all 50,000: the rows
+        # that fill the file are the steps' (about 250 of them before 100 kB)
         [sys.executable, "-m", "optbench", "train", f"data.root={mnist_root}", "trainer.max_steps=3000",
-         "model.hidden=[16]", "trainer.checkpoint_every=0", f"hydra.run.dir={tmp_path}"],
+         "model.hidden=[16]", "trainer.checkpoint_every=0", "data.val_size=1000", "data.train_eval_size=500",
+         f"hydra.run.dir={tmp_path}"],
         capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=300,
     )
     assert out.returncode != 0
@@ -208,8 +211,9 @@ def test_report_and_plot_cope_with_half_written_runs_and_mixed_schemas(mnist_roo
     from conftest import compose
 
     for name, extra in (("a", "optimizer=sgd"), ("b", "optimizer=adam"), ("c", "optimizer=adam")):
+        # 1000 validation images, not 10,000: the files are under test, not the evaluation
         fit(compose(f"data.root={mnist_root}", "device=cpu", "trainer.max_steps=10", "data.train_eval_size=1000",
-                    extra),
+                    "data.val_size=1000", extra),
             tmp_path / name,
             {"optimizer": extra.split("=")[1]})
     # b: written by an older optbench whose config had other keys
