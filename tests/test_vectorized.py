@@ -162,8 +162,9 @@ def test_a_pass_whose_models_all_diverge_ends_them_all_diverged(mnist_root, tmp_
 
 
 def test_an_interrupted_pass_resumes_as_a_pass_to_the_same_metrics(mnist_root, tmp_path):
+    # two epochs: the kill lands after the first one's checkpoints, and the pass resumes into the second
     args = ["train", "-m", f"data.root={mnist_root}", "device=cpu", "diagnostics=off", "model.hidden=[32]",
-            "data.train_eval_size=1000", "trainer.batch_size=1000", "trainer.epochs=3", "model.dropout=0.1", "seed=0,1"]
+            "data.train_eval_size=1000", "trainer.batch_size=1000", "trainer.epochs=2", "model.dropout=0.1", "seed=0,1"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert optbench(*args, f"hydra.sweep.dir={whole}").returncode == 0  # in process: only the killed one needs its own
     command = [sys.executable, "-m", "optbench", *args, f"hydra.sweep.dir={killed}"]
