@@ -29,7 +29,7 @@ def choices(hydra_cfg) -> dict:
 
 def train_task(cfg) -> float | None:
     """Hydra's task for `optbench train`: train (or skip, or resume) the run in Hydra's output directory."""
-    from optbench.trainer import fit, unopened
+    from optbench.trainer import finished_run, fit, unopened
 
     schema.register()  # a joblib or submitit worker process composes nothing, but resolves the config
     hydra_cfg = HydraConfig.get()
@@ -70,26 +70,6 @@ def record_traceback(run_dir) -> None:
     """The exception being handled, in full, at the end of the run's train.log (the console gets one line)."""
     with open(Path(run_dir) / rundir.LOG, "a") as f:
         traceback.print_exc(file=f)
-
-
-def finished_run(cfg, run_dir: Path) -> dict | None:
-    """The summary of a run already finished in run_dir with this config, when it is to be kept: re-running a sweep
-    with the same hydra.sweep.dir then trains only what is missing."""
-    try:
-        summary = rundir.read_summary(run_dir)
-    except rundir.DamagedFile:
-        if cfg.trainer.resume:
-            raise
-        return None  # trainer.resume=false: the run starts again (trainer.resumable says so in its log)
-    if summary is None or not cfg.trainer.skip_completed or summary.get("status") not in rundir.FINISHED:
-        return None
-    changed = rundir.config_differences(run_dir, cfg)
-    if not changed:
-        log.info("skipped: %s already %s with this config (trainer.skip_completed=false reruns it)",
-                 run_dir, summary["status"])
-        return summary
-    log.info("training %s again: its config changed (%s)", run_dir, ", ".join(changed[:5]))
-    return None  # fit() resumes an unfinished run of this config, or starts over
 
 
 def share_machine(cfg, hydra_cfg) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from optbench.results import rundir
 
-from conftest import optbench
+from conftest import compose, optbench
 
 TINY = ("device=cpu", "model.hidden=[32]", "data.val_size=1000", "data.train_eval_size=500")
 
@@ -131,3 +131,17 @@ def test_a_holder_on_another_host_is_alive_until_its_heartbeat_is_old(tmp_path):
             with rundir.hold(tmp_path):
                 pass
     assert rundir.holder(tmp_path) is None
+
+
+def test_a_run_another_process_finished_after_this_one_looked_is_kept_not_trained_again(mnist_root, tmp_path):
+    """A sweep decides which runs to skip before it starts; a run that another process (the same sweep started
+    twice) finishes in between is found finished once fit_pass holds its folder, and kept as it is."""
+    from optbench.trainer import fit_pass
+
+    cfg = compose(f"data.root={mnist_root}", *TINY, "trainer.max_steps=5", "trainer.eval_every=5")
+    run = tmp_path / "run"
+    first = fit_pass([cfg], [run])[0]  # the other process's run, finished after this sweep looked
+    files = {name: (run / name).read_bytes() for name in ("metrics.csv", "summary.json")}
+    again = fit_pass([cfg], [run])[0]
+    assert again["status"] == "completed" and again == first
+    assert {name: (run / name).read_bytes() for name in files} == files  # not started over, nothing appended

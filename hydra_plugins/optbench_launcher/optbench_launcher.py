@@ -160,6 +160,7 @@ class OptbenchLauncher(BasicLauncher):
         still to train (by its position in `configs`) the task config, output dir and group choices."""
         from optbench import jobs
         from optbench.errors import UserError
+        from optbench.trainer import finished_run
 
         prepared = {}
 
@@ -167,7 +168,7 @@ class OptbenchLauncher(BasicLauncher):
             """What optbench's train task does before fit, without fit."""
             hydra_cfg = HydraConfig.get()
             try:
-                previous = jobs.finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
+                previous = finished_run(cfg, Path(hydra_cfg.runtime.output_dir))
             except UserError as e:  # a damaged summary.json or config.yaml: this run fails, the others go on
                 log.error("%s: %s", Path(hydra_cfg.runtime.output_dir).name, e)
                 jobs.failed_runs.append(f"{Path(hydra_cfg.runtime.output_dir).name}: {e}")

@@ -20,7 +20,7 @@ from optbench.trainer.batches import (
     train_size,
 )
 from optbench.trainer.loop import fit, fit_pass
-from optbench.trainer.runs import resumable, unopened
+from optbench.trainer.runs import finished_run, resumable, unopened
 from optbench.trainer.setup import (
     Lengths,
     Setup,
@@ -36,7 +36,7 @@ from optbench.vectorized import guard_and_clip
 
 __all__ = [
     "EVAL_CHUNK", "SYNC_EVERY", "Lengths", "Pass", "Setup", "build_model", "build_optimizer", "build_scheduler",
-    "check_setup", "eval_splits", "evaluate", "evaluations_without_improvement", "fit", "fit_pass",
+    "check_setup", "eval_splits", "evaluate", "evaluations_without_improvement", "finished_run", "fit", "fit_pass",
     "guard_and_clip", "make_splits", "normalise", "prepare", "random_shift", "resumable", "run_lengths",
     "select_device", "sync", "train_size", "unopened",
 ]

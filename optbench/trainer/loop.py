@@ -21,7 +21,7 @@ from optbench import data, vectorized
 from optbench.errors import UserError
 from optbench.results import rundir
 from optbench.trainer.batches import make_splits
-from optbench.trainer.runs import Run, close, open_run, unopened
+from optbench.trainer.runs import Run, close, finished_run, open_run, unopened
 from optbench.trainer.setup import build_runs, run_lengths, select_device
 from optbench.trainer.training_pass import Pass
 
@@ -55,6 +55,9 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 held.enter_context(rundir.hold(run_dir, job))
+                if (done := finished_run(cfg, run_dir)) is not None:  # by another process since this job was planned
+                    outcome[run_dir] = done
+                    continue
                 runs.append(open_run(cfg, run_dir, chosen, len(cfgs)))
             except UserError as e:
                 if len(cfgs) == 1:

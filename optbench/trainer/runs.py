@@ -115,6 +115,27 @@ def close(run: Run, status: str, reason: str | None, started: float) -> None:
     rundir.sweep_log.info(line)  # the console, a single run's train.log, and a sweep's sweep.log
 
 
+def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The summary of a run already finished in run_dir with this config, when it is to be kept: re-running a sweep
+    with the same hydra.sweep.dir then trains only what is missing. Asked before a job starts, and again once
+    fit_pass holds the directory (another process may have finished the run in between)."""
+    try:
+        summary = rundir.read_summary(run_dir)
+    except rundir.DamagedFile:
+        if cfg.trainer.resume:
+            raise
+        return None  # trainer.resume=false: the run starts again (trainer.resumable says so in its log)
+    if summary is None or not cfg.trainer.skip_completed or summary.get("status") not in rundir.FINISHED:
+        return None
+    changed = rundir.config_differences(run_dir, cfg)
+    if not changed:
+        log.info("skipped: %s already %s with this config (trainer.skip_completed=false reruns it)",
+                 run_dir, summary["status"])
+        return summary
+    log.info("training %s again: its config changed (%s)", run_dir, ", ".join(changed[:5]))
+    return None  # fit() resumes an unfinished run of this config, or starts over
+
+
 def resumable(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
     """(the checkpoint to continue from: an unfinished run of this same config in run_dir, or None;
     why an earlier attempt found there is not continued, or None when there was none).
