@@ -1,6 +1,7 @@
 """One owner per run directory: processes started together never share, restart or append to each other's runs."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -133,15 +134,20 @@ def test_a_holder_on_another_host_is_alive_until_its_heartbeat_is_old(tmp_path):
     assert rundir.holder(tmp_path) is None
 
 
-def test_a_run_another_process_finished_after_this_one_looked_is_kept_not_trained_again(mnist_root, tmp_path):
+def test_a_run_another_process_finished_after_this_one_looked_is_kept_not_trained_again(mnist_root, tmp_path,
+                                                                                        caplog):
     """A sweep decides which runs to skip before it starts; a run that another process (the same sweep started
     twice) finishes in between is found finished once fit_pass holds its folder, and kept as it is."""
     from optbench.trainer import fit_pass
 
-    cfg = compose(f"data.root={mnist_root}", *TINY, "trainer.max_steps=5", "trainer.eval_every=5")
+    budget = (f"data.root={mnist_root}", *TINY, "trainer.max_steps=5", "trainer.eval_every=5")
+    cfg = compose(*budget)
     run = tmp_path / "run"
     first = fit_pass([cfg], [run])[0]  # the other process's run, finished after this sweep looked
     files = {name: (run / name).read_bytes() for name in ("metrics.csv", "summary.json")}
     again = fit_pass([cfg], [run])[0]
     assert again["status"] == "completed" and again == first
     assert {name: (run / name).read_bytes() for name in files} == files  # not started over, nothing appended
+    with caplog.at_level(logging.INFO, logger="optbench"):  # another config: trained again, and the log says why
+        fit_pass([compose(*budget, "optimizer.lr=0.002")], [run])
+    assert "starting over: the earlier run there completed (its config changed: optimizer.lr)" in caplog.text

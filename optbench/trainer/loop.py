@@ -39,7 +39,8 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
     Each run directory is held by this process while it trains (rundir.hold;
     `job` names the executor's job or worker). An unfinished run of the same
     config in its directory (killed, interrupted) continues from its last
-    checkpoint when trainer.resume is on; anything else there is replaced.
+    checkpoint when trainer.resume is on; a finished one of this config is
+    kept (trainer.skip_completed); anything else there is replaced.
     Status: completed, diverged (non-finite loss or gradient), interrupted
     (SIGINT/SIGTERM) or failed (an exception, re-raised). A single run's bad
     setting, damaged file or live holder raises UserError; in a pass that run

@@ -127,13 +127,11 @@ def finished_run(cfg: DictConfig, run_dir: Path) -> dict | None:
         return None  # trainer.resume=false: the run starts again (trainer.resumable says so in its log)
     if summary is None or not cfg.trainer.skip_completed or summary.get("status") not in rundir.FINISHED:
         return None
-    changed = rundir.config_differences(run_dir, cfg)
-    if not changed:
-        log.info("skipped: %s already %s with this config (trainer.skip_completed=false reruns it)",
-                 run_dir, summary["status"])
-        return summary
-    log.info("training %s again: its config changed (%s)", run_dir, ", ".join(changed[:5]))
-    return None  # fit() resumes an unfinished run of this config, or starts over
+    if rundir.config_differences(run_dir, cfg):
+        return None  # trained again: resumable() names the changed keys in the run's log
+    log.info("skipped: %s already %s with this config (trainer.skip_completed=false reruns it)",
+             run_dir, summary["status"])
+    return summary
 
 
 def resumable(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
@@ -147,8 +145,10 @@ def resumable(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, str | None]:
         if summary is None:
             return None, None
         status = summary.get("status")
-        if status in rundir.FINISHED:
-            return None, f"the earlier run there {status} (trainer.skip_completed=false, or its config changed)"
+        if status in rundir.FINISHED:  # not kept by finished_run: a rerun asked for, or another config
+            changed = rundir.config_differences(run_dir, cfg) if cfg.trainer.skip_completed else []
+            why = f"its config changed: {', '.join(changed[:5])}" if changed else "trainer.skip_completed=false"
+            return None, f"the earlier run there {status} ({why})"
         if not cfg.trainer.resume:
             return None, f"trainer.resume=false (the earlier run there is {status})"
         changed = rundir.config_differences(run_dir, cfg)
