@@ -2,6 +2,7 @@
 but the entry point imports the CLI. Read from the source (every import, also those inside functions)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,28 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
     path = tmp_path / "mod.py"
     path.write_text("def f():\n    from optbench.results import rank\n    return rank\n")
     assert imported("optbench.mod", path, modules()) == {"optbench.results", "optbench.results.ranking"}
+
+
+def unnamed_rooms(page: str) -> list[str]:
+    """The package's modules and subpackages (and their modules) that the design page's layout does not name."""
+    layout = page.split("## The layout", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    missing = []
+    for path in sorted(PACKAGE.glob("*")):
+        if path.name.startswith(("_", ".")) or path.name == "conf" or not (path.suffix == ".py" or path.is_dir()):
+            continue
+        if path.is_dir():
+            if f"{path.name}/" not in layout:
+                missing.append(f"{path.name}/")
+            block = re.split(r"\n  (?=\S)", layout.split(f"{path.name}/", 1)[-1])[0]  # its lines, to the next room
+            missing += [f"{path.name}/{m.stem}" for m in sorted(path.glob("[!_]*.py")) if m.stem not in block]
+        elif path.name not in layout:
+            missing.append(path.name)
+    return missing
+
+
+def test_the_design_page_names_every_room_of_the_package():
+    page = (PACKAGE.parent / "docs" / "explanation" / "design.md").read_text()
+    assert unnamed_rooms(page) == []
+    # and the check can fail: a page without the race's line misses the race and its modules
+    without_race = "\n".join(line for line in page.splitlines() if not line.startswith("  race/"))
+    assert "race/" in unnamed_rooms(without_race)
