@@ -95,13 +95,14 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 
 
 @contextmanager
-def warmup(groups, step: int):
-    """Each group's scheduled rates multiplied by warmup_factor(step, group.warmup_steps) for the optimisation
+def warmup(steppers, step: int):
+    """Each stepper's scheduled rates multiplied by warmup_factor(step, stepper.warmup_steps) for the optimisation
     step taken inside, and set back after it: the schedule never sees the warmed-up rate."""
-    scheduled = [(param_group, param_group["lr"]) for group in groups for param_group in group.optimizer.param_groups]
-    for group in groups:
-        factor = warmup_factor(step, group.warmup_steps)
-        for param_group in group.optimizer.param_groups:
+    scheduled = [(param_group, param_group["lr"])
+                 for stepper in steppers for param_group in stepper.optimizer.param_groups]
+    for stepper in steppers:
+        factor = warmup_factor(step, stepper.warmup_steps)
+        for param_group in stepper.optimizer.param_groups:
             param_group["lr"] *= factor
     try:
         yield

@@ -52,7 +52,7 @@ def why_not(cfg: DictConfig) -> str | None:
     return None
 
 
-def group_key(cfg: DictConfig) -> str:
+def pass_key(cfg: DictConfig) -> str:
     """Configurations with equal keys can share a pass: all but VARYING and trainer.vectorize agree."""
     c = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     for key in VARYING:
@@ -64,7 +64,7 @@ def group_key(cfg: DictConfig) -> str:
 def plan(cfgs: list[DictConfig], max_models: int = MAX_MODELS) -> list[list[int]]:
     """Indices of `cfgs` in passes of at most `max_models`: lists of more than one index train together, in order
     of first job."""
-    groups: dict[str, list[int]] = {}
+    filling: dict[str, list[int]] = {}  # pass key -> the pass of that key still taking runs
     passes: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
         wanted = str(cfg.trainer.vectorize)
@@ -78,29 +78,30 @@ def plan(cfgs: list[DictConfig], max_models: int = MAX_MODELS) -> list[list[int]
                 log.info("job %d runs on its own: %s", i, reason)
             passes.append([i])
             continue
-        key = group_key(cfg)
-        if key not in groups or len(groups[key]) >= max_models:
-            groups[key] = []
-            passes.append(groups[key])
-        groups[key].append(i)
+        key = pass_key(cfg)
+        if key not in filling or len(filling[key]) >= max_models:
+            filling[key] = []
+            passes.append(filling[key])
+        filling[key].append(i)
     return passes
 
 
-def optimizer_groups(cfgs: list[DictConfig]) -> list[list[int]]:
-    """Indices of the runs of a pass that can share one optimizer: same row-wise optimizer, same schedule.
+def shared_steppers(cfgs: list[DictConfig]) -> list[list[int]]:
+    """Indices of the runs of a pass, one list per Stepper: runs with the same row-wise optimizer and schedule
+    share one optimizer.
 
     A schedule stepped with each run's own validation loss (interval=eval,
     plateau) keeps its run alone.
     """
-    groups: dict[str | int, list[int]] = {}
+    steppers: dict[str | int, list[int]] = {}
     for i, cfg in enumerate(cfgs):
         # a fallback optimizer (Muon's parameter groups) makes a run's optimizer its own
         shareable = (optimizers.traits(cfg.optimizer).row_wise and "fallback" not in cfg.optimizer
                      and cfg.schedule.interval != "eval")
         key = json.dumps([OmegaConf.to_container(cfg.optimizer, resolve=True),
                           OmegaConf.to_container(cfg.schedule, resolve=True)], sort_keys=True) if shareable else i
-        groups.setdefault(key, []).append(i)
-    return list(groups.values())
+        steppers.setdefault(key, []).append(i)
+    return list(steppers.values())
 
 
 def row_state(state: dict, row: int) -> dict:

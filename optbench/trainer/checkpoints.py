@@ -33,11 +33,11 @@ def save(training: "Pass", order: torch.Tensor, epoch_step: int) -> None:
                 if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
                     assert bn.num_batches_tracked is not None  # models.build_mlp's batch norm tracks its statistics
                     bn.num_batches_tracked.fill_(training.step)
-        optimizer_state = run.group.optimizer.state_dict()  # a shared one: this run's row, as its own would hold
+        optimizer_state = run.stepper.optimizer.state_dict()  # a shared one: this run's row, as its own would hold
         rundir.save_tensors({
             "model": {name: v.clone() for name, v in run.model.state_dict().items()},  # not the whole stack
             "optimizer": optimizer_state if run.row is None else vectorized.row_state(optimizer_state, run.row),
-            "scheduler": run.group.scheduler.state_dict(),
+            "scheduler": run.stepper.scheduler.state_dict(),
             "step": training.step, "epoch": training.epoch,
             "rng": {"torch": torch.get_rng_state(), "generator": run.generator.get_state()},
             "epoch_step": epoch_step,
@@ -52,11 +52,11 @@ def save(training: "Pass", order: torch.Tensor, epoch_step: int) -> None:
 
 def restore(training: "Pass") -> None:
     """Every run's weights, optimizer, schedule, random state, history and files as its checkpoint left them."""
-    for group in training.groups:  # a shared optimizer: its runs' rows stacked
-        members = [run for run in training.runs if run.group is group]
+    for stepper in training.steppers:  # a shared optimizer: its runs' rows stacked
+        members = [run for run in training.runs if run.stepper is stepper]
         states = [resumed(run)["optimizer"] for run in members]
-        group.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
-        group.scheduler.load_state_dict(resumed(members[0])["scheduler"])
+        stepper.optimizer.load_state_dict(states[0] if len(members) == 1 else vectorized.stack_states(states))
+        stepper.scheduler.load_state_dict(resumed(members[0])["scheduler"])
     for k, run in enumerate(training.runs):
         state = resumed(run)
         run.model.load_state_dict(state["model"])

@@ -34,7 +34,7 @@ def fit(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> di
 
 
 def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None, job: str | None = None) -> list[dict]:
-    """Train the runs of `cfgs` (one `vectorized.group_key`) in one loop, each into its run dir; their summaries.
+    """Train the runs of `cfgs` (one `vectorized.pass_key`) in one loop, each into its run dir; their summaries.
 
     Each run directory is held by this process while it trains (rundir.hold;
     `job` names the executor's job or worker). An unfinished run of the same
@@ -46,7 +46,7 @@ def fit_pass(cfgs: list[DictConfig], run_dirs: list, choices: list | None = None
     setting, damaged file or live holder raises UserError; in a pass that run
     fails (or, held elsewhere, is left alone) and the others go on.
     """
-    if len({vectorized.group_key(c) for c in cfgs}) != 1:
+    if len({vectorized.pass_key(c) for c in cfgs}) != 1:
         raise ValueError("fit_pass: the configs differ in more than seed/optimizer/schedule/init")
     started = time.perf_counter()
     outcome = {}  # run dir -> the summary of a run that could not be opened

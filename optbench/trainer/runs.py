@@ -21,7 +21,7 @@ from optbench.errors import UserError
 from optbench.results import rundir
 
 if TYPE_CHECKING:
-    from optbench.trainer.setup import Group
+    from optbench.trainer.setup import Stepper
 
 log = logging.getLogger("optbench.trainer")
 
@@ -39,12 +39,12 @@ class Run:
     summary: dict
     log: logging.Logger
     resume: dict | None = None  # the checkpoint it continues from
-    # model, generator, group, writer and histogram_file are None until the pass builds them (setup.build_runs,
+    # model, generator, stepper, writer and histogram_file are None until the pass builds them (setup.build_runs,
     # Pass.open_files), before any step reads them: typed as what they then always are
     model: torch.nn.Sequential = cast(torch.nn.Sequential, None)  # its own; in a pass its tensors are row k's
     generator: torch.Generator = cast(torch.Generator, None)  # its data order, shifts and dropout masks, as alone
-    group: "Group" = cast("Group", None)
-    row: int | None = None  # its row among the group's stacked rows (None: the group steps this run alone)
+    stepper: "Stepper" = cast("Stepper", None)
+    row: int | None = None  # its row among the stepper's stacked rows (None: the stepper steps this run alone)
     history: list = field(default_factory=list)  # one dict per evaluation
     flags: dict = field(default_factory=lambda: dict.fromkeys(FLAGS))
     previous: tuple | None = None  # (step, per-layer parameters) one step before an evaluation

@@ -122,12 +122,13 @@ def check_setup(cfg: DictConfig, n_images: int) -> None:
     optimizer and schedule built on the CPU (torch's own checks, such as lr >= 0, happen there)."""
     lengths = run_lengths(cfg, train_size(n_images, cfg.data.val_size))
     model = build_model(cfg, torch.device("cpu"))
-    build_training(cfg, model.parameters(), lengths, model)
+    build_stepper(cfg, model.parameters(), lengths, model)
 
 
 @dataclass
-class Group:
-    """Runs stepped by one torch optimizer and scheduler: one run, or the rows of runs whose settings agree."""
+class Stepper:
+    """One torch optimizer and its scheduler, and the runs they step: one run, or the rows of runs whose settings
+    agree (a "group" elsewhere is a config group or a set of runs compared as one)."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -157,9 +158,9 @@ def prepare(cfg: DictConfig) -> Setup:
     lengths = run_lengths(cfg, len(split["train"][0]))
     model = build_model(cfg, device)
     forward = torch.compile(model, mode=cfg.trainer.compile) if cfg.trainer.compile else model
-    group = build_training(cfg, model.parameters(), lengths, model)
-    return Setup(device, model, group.optimizer, group.interval, forward, lengths.batch_size, lengths.steps_per_epoch,
-                 lengths.total_steps)
+    stepper = build_stepper(cfg, model.parameters(), lengths, model)
+    return Setup(device, model, stepper.optimizer, stepper.interval, forward, lengths.batch_size,
+                 lengths.steps_per_epoch, lengths.total_steps)
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Sequential:
@@ -170,10 +171,10 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Sequential:
     return model
 
 
-def build_training(cfg: DictConfig, params, lengths: Lengths, model=None) -> "Group":
+def build_stepper(cfg: DictConfig, params, lengths: Lengths, model=None) -> "Stepper":
     """The run's optimizer over `params` (`model`'s, for parameter groups) and its schedule (no views yet)."""
     optimizer = build_optimizer(cfg.optimizer, params, model)
-    return Group(optimizer, *build_scheduler(cfg.schedule, optimizer, lengths.total_steps, lengths.steps_per_epoch),
+    return Stepper(optimizer, *build_scheduler(cfg.schedule, optimizer, lengths.total_steps, lengths.steps_per_epoch),
                  views=[])
 
 
@@ -192,7 +193,7 @@ def build_runs(runs: list[Run], device: torch.device, lengths: Lengths) -> list[
             run.initial = [diagnostics.flat_layer(layer).clone() for _, layer in linear_layers(run.model)]
             run.generator = torch.Generator(device=device).manual_seed(run.cfg.seed)
             set_dropout_generator(run.model, run.generator)
-            run.group = build_training(run.cfg, run.model.parameters(), lengths, run.model)
+            run.stepper = build_stepper(run.cfg, run.model.parameters(), lengths, run.model)
             built.append(run)
         except UserError as e:
             if len(runs) == 1:
@@ -203,7 +204,7 @@ def build_runs(runs: list[Run], device: torch.device, lengths: Lengths) -> list[
     return built
 
 
-def share_optimizers(runs: list[Run], leaves: list, lengths: Lengths) -> list["Group"]:
+def share_optimizers(runs: list[Run], leaves: list, lengths: Lengths) -> list["Stepper"]:
     """The pass's optimizers: runs with the same row-wise optimizer and schedule (contiguous rows) share one.
 
     Elementwise optimizers (traits.row_wise) do the same arithmetic on a
@@ -211,21 +212,21 @@ def share_optimizers(runs: list[Run], leaves: list, lengths: Lengths) -> list["G
     optimizer call per step, not one per run. Every other run keeps its own,
     whose parameters are its model's (views of its row).
     """
-    groups, start = [], 0
-    for members in vectorized.optimizer_groups([run.cfg for run in runs]):
+    steppers, start = [], 0
+    for members in vectorized.shared_steppers([run.cfg for run in runs]):
         rows = slice(start, start + len(members))
         start += len(members)
         if len(runs) == 1:
-            groups.append(runs[0].group)  # K = 1: the model's own parameters are the leaves
+            steppers.append(runs[0].stepper)  # K = 1: the model's own parameters are the leaves
         elif len(members) == 1:
             run = runs[rows.start]
-            run.group.views = [(p, leaf, rows.start) for p, leaf in zip(run.model.parameters(), leaves)]
-            groups.append(run.group)
+            run.stepper.views = [(p, leaf, rows.start) for p, leaf in zip(run.model.parameters(), leaves)]
+            steppers.append(run.stepper)
         else:
             params = [torch.nn.Parameter(leaf.data[rows]) for leaf in leaves]
-            group = build_training(runs[rows.start].cfg, params, lengths)
-            group.views = [(p, leaf, rows) for p, leaf in zip(params, leaves)]
+            stepper = build_stepper(runs[rows.start].cfg, params, lengths)
+            stepper.views = [(p, leaf, rows) for p, leaf in zip(params, leaves)]
             for j, run in enumerate(runs[rows]):
-                run.group, run.row = group, j
-            groups.append(group)
-    return groups
+                run.stepper, run.row = stepper, j
+            steppers.append(stepper)
+    return steppers

@@ -29,7 +29,7 @@ from optbench.results import rundir
 from optbench.trainer import checkpoints
 from optbench.trainer.batches import eval_splits, evaluate, normalise, random_shift, sync
 from optbench.trainer.runs import Run, close, update_summary
-from optbench.trainer.setup import Group, Lengths, optimizer_impl, share_optimizers
+from optbench.trainer.setup import Lengths, Stepper, optimizer_impl, share_optimizers
 
 log = logging.getLogger("optbench.trainer")
 
@@ -54,13 +54,13 @@ class Pass:
         self.mean, self.std = split["mean"], split["std"]
         self.eval_sets = eval_splits(split, cfg.data.train_eval_size)
         # the runs that share an optimizer side by side: their rows of the stack are one slice
-        self.runs = [runs[k] for members in vectorized.optimizer_groups([r.cfg for r in runs]) for k in members]
+        self.runs = [runs[k] for members in vectorized.shared_steppers([r.cfg for r in runs]) for k in members]
         self.K = len(self.runs)
         models = [r.model for r in self.runs]
         self.forward, self.leaves = vectorized.forward_of(models)
         if self.settings.compile:
             self.forward = torch.compile(self.forward, mode=self.settings.compile)
-        self.groups = share_optimizers(self.runs, self.leaves, lengths)
+        self.steppers = share_optimizers(self.runs, self.leaves, lengths)
         self.line_search = vectorized.needs_closure(cfg)  # L-BFGS: one run, stepped with a closure
         self.grad_index = vectorized.grad_index(models[0], device)  # per-layer and per-parameter gradient norms
         self.per_layer = self.diag.level != "off"
@@ -97,7 +97,7 @@ class Pass:
             run.summary.update(
                 device=str(device),
                 device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-                optimizer_impl=optimizer_impl(run.group.optimizer),
+                optimizer_impl=optimizer_impl(run.stepper.optimizer),
                 n_params=sum(p.numel() for p in run.model.parameters()),
                 steps_per_epoch=lengths.steps_per_epoch, total_steps=lengths.total_steps,
                 torch_threads=torch.get_num_threads(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
@@ -106,18 +106,18 @@ class Pass:
                 diagnostics=self.diag.level, flags=run.flags)
             if self.K > 1:
                 # train_time and seconds_per_epoch are this run's share: the pass's training time / K
-                run.summary["vectorized"] = {"models": self.K, "index": k, "optimizer_calls": len(self.groups)}
+                run.summary["vectorized"] = {"models": self.K, "index": k, "optimizer_calls": len(self.steppers)}
             run.writer = rundir.MetricsWriter(run.dir, self.settings.tensorboard,
                                               resumed_at=self.step if run.resume else None)
             run.histogram_file = open(run.dir / rundir.HISTOGRAMS, "a", newline="")
             if run.histogram_file.tell() == 0:
                 csv.writer(run.histogram_file).writerow(diagnostics.HISTOGRAM_COLUMNS)
             run.log.info("%s | %d parameters | %s (%s) | %d steps of batch %d%s", device, run.summary["n_params"],
-                         type(run.group.optimizer).__name__, run.summary["optimizer_impl"], lengths.total_steps,
+                         type(run.stepper.optimizer).__name__, run.summary["optimizer_impl"], lengths.total_steps,
                          lengths.batch_size, f" | in a pass of {self.K} runs" if self.K > 1 else "")
         if self.K > 1:
             log.info("vectorized pass of %d runs on %s: %d steps of batch %d, %d optimizer call(s) per step",
-                     self.K, device, lengths.total_steps, lengths.batch_size, len(self.groups))
+                     self.K, device, lengths.total_steps, lengths.batch_size, len(self.steppers))
 
     # ------------------------------------------------------------------ the loop and its step
 
@@ -173,8 +173,8 @@ class Pass:
         x, y = normalise(images, self.mean, self.std), self.train_y[rows]
         if self.per_layer and evaluates_next:
             self.keep_previous_weights()
-        with schedules.warmup(self.groups, self.step):  # the scheduled rate, scaled for this step only
-            lrs = [run.group.optimizer.param_groups[0]["lr"] for run in self.runs]
+        with schedules.warmup(self.steppers, self.step):  # the scheduled rate, scaled for this step only
+            lrs = [run.stepper.optimizer.param_groups[0]["lr"] for run in self.runs]
             if self.line_search:
                 losses, norms = self.step_with_closure(x, y)
             else:
@@ -208,8 +208,8 @@ class Pass:
         grads = [p.grad for p in self.leaves]
         norms = vectorized.norms(grads, self.K)
         vectorized.guard_and_clip(grads, norms, settings.clip_grad_norm, settings.clip_grad_value, self.counters)
-        for group in self.groups:
-            for param, leaf, rows in group.views:
+        for stepper in self.steppers:
+            for param, leaf, rows in stepper.views:
                 param.grad = leaf.grad[rows]
         return objective, losses.detach(), norms
 
@@ -222,24 +222,24 @@ class Pass:
             evaluations.append(self.forward_backward(x, y))
             return evaluations[-1][0]
 
-        self.groups[0].optimizer.step(closure)
+        self.steppers[0].optimizer.step(closure)
         _, losses, norms = evaluations[0]
         return losses, norms
 
     def step_optimizers(self) -> None:
-        for group in list(self.groups):
+        for stepper in list(self.steppers):
             try:
-                group.optimizer.step()
+                stepper.optimizer.step()
             except Exception as e:  # a user's optimizer that raises fails its runs, not the pass
                 if self.K == 1:
                     raise
-                self.fail_group(group, e)
+                self.fail_stepper(stepper, e)
 
     def advance_schedules(self, event: str) -> None:
         """Step the schedules that step on `event` (step | epoch); eval ones step in `judge` with the val loss."""
-        for group in self.groups:
-            if group.interval == event:
-                group.scheduler.step()
+        for stepper in self.steppers:
+            if stepper.interval == event:
+                stepper.scheduler.step()
 
     def keep_previous_weights(self) -> None:
         for k in self.alive:  # the point one step back, for the update sizes at the evaluation
@@ -247,7 +247,7 @@ class Pass:
                                                  for _, layer in linear_layers(self.runs[k].model)])
 
     def optimizers(self) -> list:
-        return [group.optimizer for group in self.groups]
+        return [stepper.optimizer for stepper in self.steppers]
 
     def progress(self) -> None:
         """Where the runs are, every trainer.progress_every seconds, for a log without a terminal (a job's output
@@ -342,9 +342,9 @@ class Pass:
             return
         if not decide:
             return
-        if run.group.interval == "eval" and self.step > 0:
-            # the group of a run stepped on its own validation loss is its own; its scheduler takes a metric
-            cast(ReduceLROnPlateau, run.group.scheduler).step(val_loss)
+        if run.stepper.interval == "eval" and self.step > 0:
+            # the stepper of a run stepped on its own validation loss is its own; its scheduler takes a metric
+            cast(ReduceLROnPlateau, run.stepper.scheduler).step(val_loss)
         if settings.patience and evaluations_without_improvement([h["val_loss"] for h in run.history],
                                                                  settings.min_delta) >= settings.patience:
             run.log.info("stopped early at epoch %d step %d", self.epoch, self.step)
@@ -355,11 +355,11 @@ class Pass:
         """Optimizers with train()/eval() (schedule-free) move the weights to the point they evaluate at;
         batch norm's running statistics are then re-estimated there (on the train-evaluation images)."""
         batch_size = self.lengths.batch_size
-        for group in self.groups:
-            if optimizers.set_mode([group.optimizer], "eval"):
+        for stepper in self.steppers:
+            if optimizers.set_mode([stepper.optimizer], "eval"):
                 x_bn = self.eval_sets["train"][0]
                 for k in self.alive:
-                    if self.runs[k].group is group and optimizers.has_batchnorm(self.runs[k].model):
+                    if self.runs[k].stepper is stepper and optimizers.has_batchnorm(self.runs[k].model):
                         optimizers.recompute_batchnorm(self.runs[k].model, (
                             normalise(x_bn[i : i + batch_size], self.mean, self.std)
                             for i in range(0, len(x_bn), batch_size)))
@@ -384,9 +384,9 @@ class Pass:
         self.alive.remove(k)
         close(run, status, reason, self.started)
 
-    def fail_group(self, group: Group, error: Exception) -> None:
-        self.groups.remove(group)
-        for k in [k for k in self.alive if self.runs[k].group is group]:
+    def fail_stepper(self, stepper: Stepper, error: Exception) -> None:
+        self.steppers.remove(stepper)
+        for k in [k for k in self.alive if self.runs[k].stepper is stepper]:
             self.runs[k].log.error("run failed", exc_info=True)  # the traceback in its own train.log
             self.end(k, "failed", f"{type(error).__name__}: {error}")
 
